@@ -1,0 +1,130 @@
+"""The injection mechanism: the only place that edits a model's module tree.
+
+``wrap(model, path)`` replaces the module at ``path`` with an :class:`AdaptedModule` that keeps the
+original as ``base_layer`` and runs the active adapters around it; ``unwrap`` puts the very same
+original module object back. No Hugging Face forward function is copied: adapters only see the
+wrapped module's arguments and its output.
+
+An adapter attached at a site is an :class:`AdapterModule` with two hooks:
+- ``pre(args, kwargs) -> (args, kwargs)``: change the wrapped module's inputs (parallel adapters that
+  add to a residual argument, prefix keys/values passed to the attention function, soft prompts);
+- ``post(args, kwargs, output) -> output``: change its output (sequential adapters, LoRA).
+Several active adapters at one site run in activation order (a stack).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+
+class AdapterModule(nn.Module):
+    """Base class of every module an adapter method attaches at a site.
+
+    ``order`` sorts output hooks at one site: 0 for modules that extend the wrapped operation itself
+    (LoRA), 10 for modules that transform its output (sequential adapters).
+    """
+
+    order: int = 10
+
+    def pre(self, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
+        return args, kwargs
+
+    def post(self, args: tuple, kwargs: dict[str, Any], output: Any) -> Any:
+        return output
+
+    def bind(self, wrapper: AdaptedModule) -> None:
+        """Called once when attached; modules that need the wrapped layer (e.g. LoRA) keep a reference."""
+
+
+class AdaptedModule(nn.Module):
+    """A module wrapped for adapters: ``base_layer`` is the original, ``adapters`` holds one module per adapter name."""
+
+    def __init__(self, base_layer: nn.Module) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        self.adapters = nn.ModuleDict()
+        self.active: tuple[str, ...] = ()
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        modules = [self.adapters[name] for name in self.active if name in self.adapters]
+        modules.sort(key=lambda m: m.order)
+        for module in modules:
+            args, kwargs = module.pre(args, kwargs)
+        output = self.base_layer(*args, **kwargs)
+        for module in modules:
+            output = module.post(args, kwargs, output)
+        return output
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "base_layer":
+                raise
+            return getattr(self.base_layer, name)
+
+
+def get_module(model: nn.Module, path: str) -> nn.Module:
+    """The submodule at dotted ``path`` ("" is the model itself)."""
+    return model.get_submodule(path) if path else model
+
+
+def _set_module(model: nn.Module, path: str, module: nn.Module) -> None:
+    parent_path, _, child = path.rpartition(".")
+    parent = get_module(model, parent_path)
+    while isinstance(parent, AdaptedModule):  # a wrapped parent: edit the original module it holds
+        parent = parent.base_layer
+    setattr(parent, child, module)
+
+
+def wrap(model: nn.Module, path: str) -> AdaptedModule:
+    """Wrap the module at ``path`` (idempotent) and return the wrapper."""
+    module = get_module(model, path)
+    if isinstance(module, AdaptedModule):
+        return module
+    wrapper = AdaptedModule(module)
+    _set_module(model, path, wrapper)
+    return wrapper
+
+
+def unwrap(model: nn.Module, path: str) -> nn.Module:
+    """Put the original module back at ``path`` and return it."""
+    module = get_module(model, path)
+    if isinstance(module, AdaptedModule):
+        _set_module(model, path, module.base_layer)
+        return module.base_layer
+    return module
+
+
+def attach(model: nn.Module, path: str, name: str, adapter: AdapterModule) -> AdaptedModule:
+    """Attach ``adapter`` under ``name`` at the module ``path`` (wrapping it if needed)."""
+    wrapper = wrap(model, path)
+    if name in wrapper.adapters:
+        raise ValueError(f"{path}: an adapter named {name!r} is already attached")
+    wrapper.adapters[name] = adapter
+    adapter.bind(wrapper)
+    return wrapper
+
+
+def detach(model: nn.Module, path: str, name: str) -> None:
+    """Remove adapter ``name`` from ``path``; unwrap when no adapter is left there."""
+    wrapper = get_module(model, path)
+    if not isinstance(wrapper, AdaptedModule):
+        return
+    if name in wrapper.adapters:
+        del wrapper.adapters[name]
+    wrapper.active = tuple(n for n in wrapper.active if n != name)
+    if len(wrapper.adapters) == 0:
+        unwrap(model, path)
+
+
+def wrappers(model: nn.Module) -> dict[str, AdaptedModule]:
+    """Every wrapper in ``model`` by module path."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, AdaptedModule)}
+
+
+def set_active(model: nn.Module, names: tuple[str, ...]) -> None:
+    """Make ``names`` (in order) the active adapters at every site."""
+    for wrapper in wrappers(model).values():
+        wrapper.active = tuple(names)

@@ -1,0 +1,180 @@
+"""Saving and loading adapters: ``adapter_config.json`` + ``adapter.safetensors`` (+ ``head.safetensors``).
+
+Writes are atomic (temporary file in the same directory, then ``os.replace``); the JSON is written
+last, so a directory with a config always has its tensors. Nothing is unpickled.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .config import read_json
+from .errors import AdapterLoadError, ConfigError
+from .model import AdaptedModel
+from .registry import config_from_dict
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter.safetensors"
+HEAD_NAME = "head.safetensors"
+FORMAT = "adapterkit"
+FORMAT_VERSION = 1
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that a crash leaves either the old file or the new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(data, indent=2, sort_keys=False) + "\n").encode("utf-8"))
+
+
+def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """Load a safetensors file; a missing, truncated or corrupt file raises AdapterLoadError naming it."""
+    if not path.is_file():
+        raise AdapterLoadError(f"{path}: file not found")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise AdapterLoadError(f"{path}: not a valid safetensors file ({exc})") from None
+
+
+def save_adapter(model: AdaptedModel, name: str, directory: str | Path, *, include_head: bool = False,
+                 extra: dict[str, Any] | None = None) -> Path:
+    """Save adapter ``name`` (and optionally the task head) to ``directory``."""
+    directory = Path(directory)
+    config = model.adapter_configs[name]
+    atomic_save_tensors(directory / WEIGHTS_NAME, model.adapter_state_dict(name), {"format": FORMAT})
+    meta: dict[str, Any] = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "name": name,
+        "config": config.to_dict(),
+        "base_model": model.base_model_info(),
+    }
+    if include_head:
+        head = model.head_state_dict()
+        atomic_save_tensors(directory / HEAD_NAME, head, {"format": FORMAT})
+        cfg = model.model.config
+        meta["head"] = {
+            "model_class": type(model.model).__name__,
+            "num_labels": getattr(cfg, "num_labels", None),
+            "id2label": {str(k): v for k, v in (getattr(cfg, "id2label", None) or {}).items()},
+            "problem_type": getattr(cfg, "problem_type", None),
+        }
+    elif (directory / HEAD_NAME).exists():
+        (directory / HEAD_NAME).unlink()
+    if extra:
+        meta["extra"] = extra
+    atomic_write_json(directory / CONFIG_NAME, meta)
+    return directory
+
+
+def read_adapter_config(directory: str | Path) -> dict[str, Any]:
+    """Read and validate ``adapter_config.json``: format, config and base-model fields."""
+    path = Path(directory) / CONFIG_NAME
+    if not Path(directory).is_dir():
+        raise AdapterLoadError(f"{directory}: not a directory")
+    try:
+        meta = read_json(path)
+    except ConfigError as exc:
+        raise AdapterLoadError(str(exc)) from None
+    if meta.get("format") != FORMAT:
+        raise AdapterLoadError(f"{path}: format: expected {FORMAT!r}, got {meta.get('format')!r}")
+    known = {"format", "format_version", "name", "config", "base_model", "head", "extra"}
+    unknown = sorted(set(meta) - known)
+    if unknown:
+        raise AdapterLoadError(f"{path}: {unknown[0]}: unknown field; known fields: {sorted(known)}")
+    for key in ("name", "config", "base_model"):
+        if key not in meta:
+            raise AdapterLoadError(f"{path}: {key}: missing")
+    if not isinstance(meta["base_model"], dict):
+        raise AdapterLoadError(f"{path}: base_model: expected an object")
+    return meta
+
+
+def check_compatible(model: AdaptedModel, meta: dict[str, Any], source: Path) -> None:
+    """Fail naming the field when the adapter was saved for another model."""
+    mine = model.base_model_info()
+    for key in ("model_type", "hidden_size", "num_layers"):
+        saved = meta["base_model"].get(key)
+        if saved is None:
+            raise AdapterLoadError(f"{source}: base_model.{key}: missing")
+        if saved != mine[key]:
+            raise AdapterLoadError(
+                f"{source}: base_model.{key}: adapter was saved for {saved!r}, this model has {mine[key]!r}"
+            )
+
+
+def load_adapter(model: AdaptedModel, directory: str | Path, name: str | None = None, *,
+                 load_head: bool = True, activate: bool = True) -> str:
+    """Load an adapter directory onto ``model``; returns the adapter's name."""
+    directory = Path(directory)
+    meta = read_adapter_config(directory)
+    source = directory / CONFIG_NAME
+    check_compatible(model, meta, source)
+    try:
+        config = config_from_dict(meta["config"], f"{source}: config")
+    except ConfigError as exc:
+        raise AdapterLoadError(str(exc)) from None
+    tensors = read_tensors(directory / WEIGHTS_NAME)
+    name = name or meta["name"]
+    model.add_adapter(name, config, activate=False)
+    try:
+        model.load_adapter_state_dict(name, tensors, directory / WEIGHTS_NAME)
+    except Exception:
+        model.delete_adapter(name)
+        raise
+    if load_head and (directory / HEAD_NAME).exists():
+        load_head_weights(model, directory / HEAD_NAME)
+    if activate:
+        model.set_active_adapters(*model.active_adapters, name)
+    return name
+
+
+def load_head_weights(model: AdaptedModel, path: Path) -> None:
+    """Copy a saved head into the model; shape or key mismatches name the file and key."""
+    tensors = read_tensors(path)
+    params = dict(model.model.named_parameters())
+    for key, tensor in tensors.items():
+        if key not in params:
+            raise AdapterLoadError(f"{path}: {key}: no such head parameter in {type(model.model).__name__}")
+        if tuple(params[key].shape) != tuple(tensor.shape):
+            raise AdapterLoadError(
+                f"{path}: {key}: shape {tuple(tensor.shape)} does not match the model's {tuple(params[key].shape)} "
+                "(a different label set?)"
+            )
+    with torch.no_grad():
+        for key, tensor in tensors.items():
+            params[key].copy_(tensor.to(params[key].dtype))

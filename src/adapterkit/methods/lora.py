@@ -1,0 +1,112 @@
+"""LoRA (Hu et al. 2022): W x + (alpha / r) * B A x on chosen linear projections.
+
+``merge`` folds B A into the base weight for inference (no extra cost at all); ``unmerge`` restores
+the exact original weight, which was kept aside when merging.
+"""
+from __future__ import annotations
+
+import math
+import weakref
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..architectures import LINEAR_SITES
+from ..config import MethodConfig, check, opt
+from ..errors import ConfigError
+from ..injection import AdaptedModule, AdapterModule
+from ..registry import register_method
+from .base import Attachment, BuildContext
+
+
+class LoRALinear(AdapterModule):
+    """Low-rank update of one ``nn.Linear``; call ``merge``/``unmerge`` to fold it into the weight."""
+
+    order = 0
+
+    def __init__(self, in_features: int, out_features: int, r: int, alpha: float, dropout: float) -> None:
+        super().__init__()
+        self.lora_A = nn.Parameter(torch.empty(r, in_features))
+        self.lora_B = nn.Parameter(torch.zeros(out_features, r))
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        self.scaling = alpha / r
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.merged = False
+        self._saved_weight: torch.Tensor | None = None
+        self._wrapper: weakref.ReferenceType[AdaptedModule] | None = None
+
+    def bind(self, wrapper: AdaptedModule) -> None:
+        self._wrapper = weakref.ref(wrapper)
+
+    def delta_weight(self) -> torch.Tensor:
+        return (self.lora_B @ self.lora_A) * self.scaling
+
+    def post(self, args: tuple, kwargs: dict[str, Any], output: torch.Tensor) -> torch.Tensor:
+        if self.merged:
+            return output
+        x = args[0] if args else kwargs["input"]
+        return output + F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B) * self.scaling
+
+    def _base(self) -> nn.Linear:
+        wrapper = self._wrapper() if self._wrapper else None
+        if wrapper is None:
+            raise RuntimeError("LoRA module is not attached to a layer")
+        return wrapper.base_layer
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """Fold the update into the base weight; the original is kept so ``unmerge`` is exact."""
+        if self.merged:
+            return
+        base = self._base()
+        self._saved_weight = base.weight.detach().clone()
+        base.weight.add_(self.delta_weight().to(base.weight.dtype))
+        self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """Restore the base weight bit for bit."""
+        if not self.merged:
+            return
+        base = self._base()
+        base.weight.copy_(self._saved_weight)
+        self._saved_weight = None
+        self.merged = False
+
+
+@register_method
+@dataclass
+class LoRAConfig(MethodConfig):
+    """Low-rank adaptation of the chosen projections."""
+
+    method: ClassVar[str] = "lora"
+    r: int = opt(8, "rank of the update")
+    alpha: float = opt(16.0, "scaling numerator: the update is multiplied by alpha / r")
+    dropout: float = opt(0.0, "dropout on the LoRA input")
+    targets: tuple[str, ...] = opt(("query", "value"), f"projections to adapt, from {list(LINEAR_SITES)}")
+    layers: tuple[int, ...] | None = opt(None, "layer indices to adapt (default: all)")
+    learning_rate: float | None = opt(None, "learning rate for this adapter's parameters")
+
+    def validate(self) -> None:
+        check(self.r > 0, "r", "must be > 0")
+        check(self.alpha > 0, "alpha", "must be > 0")
+        check(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)")
+        check(len(self.targets) > 0, "targets", "name at least one projection")
+        bad = [t for t in self.targets if t not in LINEAR_SITES]
+        check(not bad, "targets", f"unknown {bad}; known: {list(LINEAR_SITES)}")
+
+    def build(self, ctx: BuildContext) -> list[Attachment]:
+        out = []
+        for i in ctx.layer_indices(self.layers):
+            layer = ctx.layers[i]
+            for site in self.targets:
+                linear = ctx.model.get_submodule(f"{layer.path}.{layer.group.sites[site]}")
+                linear = getattr(linear, "base_layer", linear)
+                if not isinstance(linear, nn.Linear):
+                    raise ConfigError(f"targets: {site!r} in layer {i} is a {type(linear).__name__}, not nn.Linear")
+                module = LoRALinear(linear.in_features, linear.out_features, self.r, self.alpha, self.dropout)
+                out.append(Attachment(i, site, module))
+        return out
