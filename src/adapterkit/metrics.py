@@ -82,7 +82,7 @@ def matthews_corrcoef(predictions: Any, labels: Any) -> float:
     cls = _classes(p, y, None)
     index = {c: i for i, c in enumerate(cls)}
     cm = np.zeros((len(cls), len(cls)), dtype=np.float64)
-    for t, q in zip(y.tolist(), p.tolist()):
+    for t, q in zip(y.tolist(), p.tolist(), strict=True):
         cm[index[t], index[q]] += 1
     t_k = cm.sum(axis=1)
     p_k = cm.sum(axis=0)

@@ -58,7 +58,7 @@ def _read_delimited(
                     raise DataError(
                         f"{path}: line {line}: expected {len(names)} fields {names}, found {len(record)}"
                     )
-                rows.append(dict(zip(names, record)))
+                rows.append(dict(zip(names, record, strict=True)))
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not valid UTF-8 text ({exc})") from exc
     except csv.Error as exc:

@@ -1,0 +1,609 @@
+"""The task registry: what each data set's files, columns, labels and metric are, and loaders.
+
+A loaded example is a dict:
+
+- classification: ``{"text": str, "text_pair": str | None, "label": int}`` (label id)
+- regression: ``{"text": str, "text_pair": str | None, "label": float}``
+- qa: ``{"id", "question", "context", "answers": {"text": [...], "answer_start": [...]}}``
+
+Registered task files are relative to a data directory laid out like ``../shared/data`` (see its
+README); pass ``data_dir`` or set ``ADAPTERKIT_DATA_DIR``. The ``sample_sentiment`` task ships with
+the package and needs no data directory.
+"""
+from __future__ import annotations
+
+import numbers
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from adapterkit.data.formats import FORMATS, read_table
+from adapterkit.data.sampling import carve_dev
+from adapterkit.errors import ConfigError, DataError
+from adapterkit.metrics import METRICS
+
+Example = dict[str, Any]
+
+KINDS = ("classification", "regression", "qa")
+DATA_DIR_ENV = "ADAPTERKIT_DATA_DIR"
+#: Seed used when a task's dev split is carved out of its train file (``dev_from_train``).
+CARVE_SEED = 0
+_DEFAULT_METRIC = {"classification": "accuracy", "regression": "spearman", "qa": "squad_f1"}
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """Where a task's files are and how to turn their rows into examples."""
+
+    name: str
+    kind: str  # "classification" | "regression" | "qa"
+    text_columns: tuple[str, ...]  # source column names, 1 or 2 (QA: ("question", "context"))
+    label_column: str | None
+    labels: tuple[str, ...] | None  # label names in id order, as they appear in the file
+    metric: str  # primary metric name, a key of adapterkit.metrics.METRICS
+    files: dict[str, str]  # split -> path relative to the data dir (or absolute)
+    fmt: str | None = None  # reader override, e.g. "tsv_noheader"; "hub" for Hub-backed tasks
+    fieldnames: tuple[str, ...] | None = None  # for headerless files
+    hub: tuple[str, str | None] | None = None  # Hugging Face Hub (dataset, config)
+    description: str = ""
+    #: When set, split "dev" is carved (stratified, seed CARVE_SEED) out of the "train" file and
+    #: "train" is the remainder; a count or a fraction in (0, 1).
+    dev_from_train: int | float | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        where = f"task {self.name!r}"
+        if not self.name:
+            raise ConfigError("name: task name is empty")
+        if self.kind not in KINDS:
+            raise ConfigError(f"{where}: kind: unknown kind {self.kind!r}; known kinds are {list(KINDS)}")
+        cols = (self.text_columns,) if isinstance(self.text_columns, str) else tuple(self.text_columns)
+        if not 1 <= len(cols) <= 2 or not all(isinstance(c, str) and c for c in cols):
+            raise ConfigError(f"{where}: text_columns: expected 1 or 2 column names, got {self.text_columns!r}")
+        if self.kind == "qa" and len(cols) != 2:
+            raise ConfigError(f"{where}: text_columns: QA needs (question, context) columns, got {cols!r}")
+        object.__setattr__(self, "text_columns", cols)
+        if self.kind != "qa" and not self.label_column:
+            raise ConfigError(f"{where}: label_column: required for kind {self.kind!r}")
+        if self.labels is not None:
+            labels = tuple(str(lab) for lab in self.labels)
+            if self.kind != "classification":
+                raise ConfigError(f"{where}: labels: only classification tasks have labels")
+            if len(set(labels)) != len(labels) or len(labels) < 2:
+                raise ConfigError(f"{where}: labels: need at least 2 distinct labels, got {labels!r}")
+            object.__setattr__(self, "labels", labels)
+        if self.metric not in METRICS:
+            raise ConfigError(f"{where}: metric: unknown metric {self.metric!r}; known are {sorted(METRICS)}")
+        if not self.files:
+            raise ConfigError(f"{where}: files: no splits given")
+        object.__setattr__(self, "files", dict(self.files))
+        if self.fmt is not None and self.fmt not in (*FORMATS, "hub"):
+            raise ConfigError(f"{where}: fmt: unknown format {self.fmt!r}; known are {[*FORMATS, 'hub']}")
+        if self.fieldnames is not None:
+            object.__setattr__(self, "fieldnames", tuple(self.fieldnames))
+        if self.dev_from_train is not None and "train" not in self.files:
+            raise ConfigError(f"{where}: dev_from_train needs a 'train' file")
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        """Split names this task provides."""
+        names = list(self.files)
+        if self.dev_from_train is not None and "dev" not in names:
+            names.insert(names.index("train") + 1, "dev")
+        return tuple(names)
+
+    @property
+    def num_labels(self) -> int:
+        """Number of model outputs: classes for classification, 1 for regression, 2 for QA (start/end)."""
+        if self.kind == "classification":
+            if self.labels is None:
+                raise ConfigError(f"task {self.name!r}: labels: unknown label set")
+            return len(self.labels)
+        return 1 if self.kind == "regression" else 2
+
+    @property
+    def id2label(self) -> dict[int, str]:
+        """Label id -> label name (empty for regression and QA)."""
+        return dict(enumerate(self.labels or ()))
+
+    @property
+    def label2id(self) -> dict[str, int]:
+        """Label name -> label id (empty for regression and QA)."""
+        return {lab: i for i, lab in enumerate(self.labels or ())}
+
+
+TASKS: dict[str, TaskSpec] = {}
+
+
+def register_task(spec: TaskSpec, overwrite: bool = False) -> TaskSpec:
+    """Add ``spec`` to :data:`TASKS`; re-registering a different spec needs ``overwrite=True``."""
+    if not isinstance(spec, TaskSpec):
+        raise ConfigError(f"register_task: expected a TaskSpec, got {type(spec).__name__}")
+    old = TASKS.get(spec.name)
+    if old is not None and old != spec and not overwrite:
+        raise ConfigError(f"task {spec.name!r}: already registered; pass overwrite=True to replace it")
+    TASKS[spec.name] = spec
+    return spec
+
+
+def get_task(name: str) -> TaskSpec:
+    """The registered task called ``name``."""
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise ConfigError(f"task: unknown task {name!r}; known tasks are {sorted(TASKS)}") from None
+
+
+def packaged_sample_dir() -> Path:
+    """Directory of the small data files shipped inside the package."""
+    return Path(__file__).resolve().parent / "sample"
+
+
+def resolve_data_dir(data_dir: str | Path | None) -> Path | None:
+    """The explicit ``data_dir``, else ``$ADAPTERKIT_DATA_DIR``, else None."""
+    if data_dir is not None and str(data_dir) != "":
+        return Path(data_dir).expanduser()
+    env = os.environ.get(DATA_DIR_ENV)
+    return Path(env).expanduser() if env else None
+
+
+# --- row -> example conversion ------------------------------------------------------------------
+
+
+def label_key(value: Any) -> str:
+    """Canonical string form of a label value as read from a file (1, 1.0 and "1" all give "1")."""
+    if isinstance(value, str):
+        return value.strip()
+    if isinstance(value, bool):
+        return str(int(value))
+    if isinstance(value, numbers.Integral):
+        return str(int(value))
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _sorted_labels(values: Iterable[str]) -> tuple[str, ...]:
+    """Sort label names numerically when they are all integers, else alphabetically."""
+    vals = set(values)
+    try:
+        return tuple(sorted(vals, key=int))
+    except ValueError:
+        return tuple(sorted(vals))
+
+
+def _check_columns(path: object, rows: Sequence[Mapping[str, Any]], columns: Iterable[str]) -> None:
+    if not rows:
+        raise DataError(f"{path}: no data rows")
+    present = list(rows[0])
+    for col in columns:
+        if col not in rows[0]:
+            raise DataError(f"{path}: column {col!r} not found; columns are {present}")
+
+
+def _text(path: object, i: int, row: Mapping[str, Any], col: str) -> str:
+    try:
+        value = row[col]
+    except KeyError:
+        raise DataError(f"{path}: row {i}: column {col!r} missing; row has {list(row)}") from None
+    if value is None:
+        raise DataError(f"{path}: row {i}: column {col!r} is empty")
+    return value if isinstance(value, str) else str(value)
+
+
+def _label_value(path: object, i: int, row: Mapping[str, Any], col: str) -> Any:
+    try:
+        value = row[col]
+    except KeyError:
+        raise DataError(f"{path}: row {i}: column {col!r} missing; row has {list(row)}") from None
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise DataError(f"{path}: row {i}: column {col!r} is empty")
+    return value
+
+
+def _answers(path: object, i: int, value: Any) -> dict[str, list[Any]]:
+    """Normalise answers to ``{"text": [...], "answer_start": [...]}``, dropping empty answer texts."""
+    if isinstance(value, Mapping):
+        texts, starts = list(value.get("text", [])), list(value.get("answer_start", []))
+    elif isinstance(value, list):
+        texts = [a.get("text") for a in value]
+        starts = [a.get("answer_start") for a in value]
+    else:
+        raise DataError(f"{path}: row {i}: column 'answers': expected a dict or list, got {value!r}")
+    if len(texts) != len(starts):
+        raise DataError(f"{path}: row {i}: column 'answers': {len(texts)} texts but {len(starts)} starts")
+    keep = [(t, int(s)) for t, s in zip(texts, starts, strict=True) if isinstance(t, str) and t != ""]
+    return {"text": [t for t, _ in keep], "answer_start": [s for _, s in keep]}
+
+
+def rows_to_examples(spec: TaskSpec, rows: Sequence[Mapping[str, Any]], source: object) -> list[Example]:
+    """Convert raw file rows to examples of ``spec.kind``; ``source`` names the file in errors."""
+    cols = spec.text_columns
+    if spec.kind == "qa":
+        q_col, c_col = cols
+        _check_columns(source, rows, ("id", q_col, c_col, "answers"))
+        return [
+            {
+                "id": _text(source, i, row, "id"),
+                "question": _text(source, i, row, q_col),
+                "context": _text(source, i, row, c_col),
+                "answers": _answers(source, i, row.get("answers")),
+            }
+            for i, row in enumerate(rows, start=1)
+        ]
+    assert spec.label_column is not None
+    lab_col = spec.label_column
+    _check_columns(source, rows, (*cols, lab_col))
+    pair_col = cols[1] if len(cols) == 2 else None
+    index = spec.label2id
+    out: list[Example] = []
+    for i, row in enumerate(rows, start=1):
+        raw = _label_value(source, i, row, lab_col)
+        label: int | float
+        if spec.kind == "regression":
+            try:
+                label = float(raw)
+            except (TypeError, ValueError):
+                raise DataError(
+                    f"{source}: row {i}: column {lab_col!r}: {raw!r} is not a number"
+                ) from None
+        elif index:
+            key = label_key(raw)
+            if key not in index:
+                raise DataError(
+                    f"{source}: row {i}: column {lab_col!r}: label {raw!r} is not one of the task's "
+                    f"labels {list(index)}"
+                )
+            label = index[key]
+        else:
+            try:
+                label = int(label_key(raw))
+            except ValueError:
+                raise DataError(
+                    f"{source}: row {i}: column {lab_col!r}: label {raw!r} is not an id and the task "
+                    "has no label names"
+                ) from None
+        out.append(
+            {
+                "text": _text(source, i, row, cols[0]),
+                "text_pair": _text(source, i, row, pair_col) if pair_col else None,
+                "label": label,
+            }
+        )
+    return out
+
+
+# --- loading ------------------------------------------------------------------------------------
+
+
+def _file_path(spec: TaskSpec, split: str, data_dir: str | Path | None) -> Path:
+    rel = Path(spec.files[split]).expanduser()
+    if rel.is_absolute():
+        path = rel
+    else:
+        base = resolve_data_dir(data_dir)
+        if base is None:
+            raise DataError(
+                f"{rel}: task {spec.name!r} split {split!r}: relative path and no data directory; "
+                f"pass data_dir or set {DATA_DIR_ENV}"
+            )
+        path = base / rel
+    if not path.is_file():
+        raise DataError(f"{path}: file not found (task {spec.name!r}, split {split!r})")
+    return path
+
+
+def _read_split_file(spec: TaskSpec, split: str, data_dir: str | Path | None) -> list[Example]:
+    path = _file_path(spec, split, data_dir)
+    rows = read_table(path, fmt=spec.fmt, fieldnames=spec.fieldnames)
+    return rows_to_examples(spec, rows, path)
+
+
+def load_split(spec: TaskSpec | str, split: str, data_dir: str | Path | None = None) -> list[Example]:
+    """Load one split of a task as a list of examples."""
+    spec = get_task(spec) if isinstance(spec, str) else spec
+    if split not in spec.splits:
+        raise ConfigError(f"task {spec.name!r}: split: unknown split {split!r}; splits are {list(spec.splits)}")
+    if spec.fmt == "hub":
+        return _load_hub_split(spec, split)
+    if spec.dev_from_train is not None and "dev" not in spec.files and split in ("train", "dev"):
+        train, dev = carve_dev(_read_split_file(spec, "train", data_dir), spec.dev_from_train, CARVE_SEED)
+        return train if split == "train" else dev
+    return _read_split_file(spec, split, data_dir)
+
+
+def load_task(
+    name_or_spec: str | TaskSpec,
+    data_dir: str | Path | None = None,
+    splits: Iterable[str] | None = None,
+) -> dict[str, list[Example]]:
+    """Load the requested splits (default: all) of a task: ``{split: examples}``."""
+    spec = get_task(name_or_spec) if isinstance(name_or_spec, str) else name_or_spec
+    wanted = list(spec.splits if splits is None else ([splits] if isinstance(splits, str) else splits))
+    if spec.dev_from_train is not None and "dev" not in spec.files and {"train", "dev"} <= set(wanted):
+        train, dev = carve_dev(_read_split_file(spec, "train", data_dir), spec.dev_from_train, CARVE_SEED)
+        carved = {"train": train, "dev": dev}
+        return {s: carved[s] if s in carved else load_split(spec, s, data_dir) for s in wanted}
+    return {s: load_split(spec, s, data_dir) for s in wanted}
+
+
+# --- user tasks -------------------------------------------------------------------------------
+
+
+def _as_columns(text_columns: Sequence[str] | str | None, kind: str) -> tuple[str, ...]:
+    if text_columns is None:
+        return ("question", "context") if kind == "qa" else ("text",)
+    return (text_columns,) if isinstance(text_columns, str) else tuple(text_columns)
+
+
+def task_from_file(
+    name: str,
+    train: str | Path,
+    dev: str | Path | None = None,
+    test: str | Path | None = None,
+    text_columns: Sequence[str] | str | None = None,
+    label_column: str | None = "label",
+    labels: Sequence[str] | None = None,
+    kind: str = "classification",
+    metric: str | None = None,
+    fmt: str | None = None,
+    fieldnames: Sequence[str] | None = None,
+    base_dir: str | Path | None = None,
+) -> TaskSpec:
+    """A TaskSpec for a user's own CSV/TSV/JSONL/Parquet (or SQuAD JSON, for ``kind="qa"``) files.
+
+    Relative paths are resolved against ``base_dir`` (default: the current directory) and stored
+    absolute. ``text_columns`` defaults to ``("text",)`` (QA: ``("question", "context")``). For
+    classification without ``labels`` the label set is read from the train file and sorted
+    (numerically when every label is an integer).
+    """
+    if kind not in KINDS:
+        raise ConfigError(f"task {name!r}: kind: unknown kind {kind!r}; known kinds are {list(KINDS)}")
+    base = Path(base_dir).expanduser() if base_dir is not None else Path.cwd()
+    files: dict[str, str] = {}
+    for split, value in (("train", train), ("dev", dev), ("test", test)):
+        if value is None:
+            continue
+        path = Path(value).expanduser()
+        path = (path if path.is_absolute() else base / path).resolve()
+        if not path.is_file():
+            raise DataError(f"{path}: file not found (task {name!r}, split {split!r})")
+        files[split] = str(path)
+    cols = _as_columns(text_columns, kind)
+    if kind == "qa":
+        label_column = None
+    elif kind == "classification" and labels is None:
+        if not label_column:
+            raise ConfigError(f"task {name!r}: label_column: required for kind {kind!r}")
+        rows = read_table(files["train"], fmt=fmt, fieldnames=fieldnames)
+        _check_columns(files["train"], rows, (*cols, label_column))
+        labels = _sorted_labels(
+            label_key(_label_value(files["train"], i, row, label_column)) for i, row in enumerate(rows, 1)
+        )
+    return TaskSpec(
+        name=name,
+        kind=kind,
+        text_columns=cols,
+        label_column=label_column,
+        labels=tuple(labels) if labels is not None and kind == "classification" else None,
+        metric=metric or _DEFAULT_METRIC[kind],
+        files=files,
+        fmt=fmt,
+        fieldnames=tuple(fieldnames) if fieldnames else None,
+        description=f"user task from {files['train']}",
+    )
+
+
+_HUB_SPLITS = {"train": "train", "dev": "validation", "test": "test"}
+
+
+def task_from_hub(
+    dataset: str,
+    config: str | None = None,
+    text_columns: Sequence[str] | str | None = None,
+    label_column: str | None = "label",
+    *,
+    name: str | None = None,
+    kind: str = "classification",
+    labels: Sequence[str] | None = None,
+    metric: str | None = None,
+    splits: Mapping[str, str] | None = None,
+) -> TaskSpec:
+    """A TaskSpec backed by a Hugging Face Hub data set (needs internet or a warm ``datasets`` cache).
+
+    ``splits`` maps our split names to the Hub's (default train/validation/test). Examples are
+    built with ``datasets.load_dataset`` when a split is loaded. ``labels`` are the values as they
+    appear in the data (e.g. ``("0", "1")``) or the ClassLabel names; left out, integer labels are
+    taken as ids.
+    """
+    if not dataset or not isinstance(dataset, str):
+        raise ConfigError(f"dataset: expected a Hub data set name, got {dataset!r}")
+    if kind not in KINDS:
+        raise ConfigError(f"kind: unknown kind {kind!r}; known kinds are {list(KINDS)}")
+    task_name = name or (f"{dataset}/{config}" if config else dataset)
+    return TaskSpec(
+        name=task_name,
+        kind=kind,
+        text_columns=_as_columns(text_columns, kind),
+        label_column=None if kind == "qa" else label_column,
+        labels=tuple(labels) if labels is not None else None,
+        metric=metric or _DEFAULT_METRIC[kind],
+        files=dict(splits or _HUB_SPLITS),
+        fmt="hub",
+        hub=(dataset, config),
+        description=f"Hugging Face Hub data set {dataset}" + (f" ({config})" if config else ""),
+    )
+
+
+def _load_hub_split(spec: TaskSpec, split: str) -> list[Example]:
+    """Load one split of a Hub-backed task with ``datasets.load_dataset``."""
+    if spec.hub is None:
+        raise ConfigError(f"task {spec.name!r}: hub: fmt 'hub' needs hub=(dataset, config)")
+    dataset, config = spec.hub
+    source = f"hub:{dataset}" + (f"/{config}" if config else "") + f"[{spec.files[split]}]"
+    try:
+        import datasets
+
+        ds = datasets.load_dataset(dataset, config, split=spec.files[split])
+    except Exception as exc:  # network, missing data set, bad config: all reported the same way
+        raise DataError(f"{source}: cannot load split {split!r} of task {spec.name!r} ({exc})") from exc
+    rows = ds.to_list()
+    feature = getattr(ds, "features", {}).get(spec.label_column) if spec.label_column else None
+    names = getattr(feature, "names", None)
+    if names and spec.labels and not set(spec.labels) & {str(i) for i in range(len(names))}:
+        # ClassLabel ids in the data, label names in the spec: map ids to names first.
+        rows = [{**r, spec.label_column: names[r[spec.label_column]]} for r in rows]
+    return rows_to_examples(spec, rows, source)
+
+
+_CONFIG_KEYS = {
+    "name", "train", "dev", "test", "text_columns", "label_column", "labels", "kind", "metric", "fmt",
+    "fieldnames", "hub", "splits",
+}
+
+
+def load_task_from_config(config: Mapping[str, Any], base_dir: str | Path | None = None) -> TaskSpec:
+    """A TaskSpec from a small config mapping (e.g. a YAML ``task:`` block).
+
+    ``{name}`` alone names a registered task. ``{name, train, dev, test, text_columns, label_column,
+    labels, kind, metric, fmt}`` describes files (see :func:`task_from_file`); ``hub: [dataset,
+    config]`` instead of ``train`` describes a Hub data set.
+    """
+    if not isinstance(config, Mapping):
+        raise ConfigError(f"task: expected a mapping, got {type(config).__name__}")
+    unknown = sorted(set(config) - _CONFIG_KEYS)
+    if unknown:
+        raise ConfigError(f"task: unknown keys {unknown}; allowed keys are {sorted(_CONFIG_KEYS)}")
+    name = config.get("name")
+    if "train" not in config and "hub" not in config:
+        if not name:
+            raise ConfigError("task: name: give a registered task name, or 'train' files, or 'hub'")
+        if set(config) != {"name"}:
+            raise ConfigError(f"task {name!r}: train: required when describing files ({sorted(config)} given)")
+        return get_task(name)
+    kind = config.get("kind", "classification")
+    if "hub" in config:
+        hub = config["hub"]
+        if isinstance(hub, str):
+            hub = (hub, None)
+        if not isinstance(hub, (list, tuple)) or not 1 <= len(hub) <= 2:
+            raise ConfigError(f"task: hub: expected [dataset, config], got {hub!r}")
+        return task_from_hub(
+            hub[0],
+            hub[1] if len(hub) > 1 else None,
+            config.get("text_columns"),
+            config.get("label_column", "label"),
+            name=name,
+            kind=kind,
+            labels=config.get("labels"),
+            metric=config.get("metric"),
+            splits=config.get("splits"),
+        )
+    if not name:
+        raise ConfigError("task: name: required")
+    return task_from_file(
+        name,
+        config["train"],
+        dev=config.get("dev"),
+        test=config.get("test"),
+        text_columns=config.get("text_columns"),
+        label_column=config.get("label_column", "label"),
+        labels=config.get("labels"),
+        kind=kind,
+        metric=config.get("metric"),
+        fmt=config.get("fmt"),
+        fieldnames=config.get("fieldnames"),
+        base_dir=base_dir,
+    )
+
+
+# --- the registered tasks --------------------------------------------------------------------------
+
+_CHEMPROT_LABELS = (
+    "ACTIVATOR", "AGONIST", "AGONIST-ACTIVATOR", "AGONIST-INHIBITOR", "ANTAGONIST", "DOWNREGULATOR",
+    "INDIRECT-DOWNREGULATOR", "INDIRECT-UPREGULATOR", "INHIBITOR", "PRODUCT-OF", "SUBSTRATE",
+    "SUBSTRATE_PRODUCT-OF", "UPREGULATOR",
+)
+_CITATION_LABELS = ("Background", "CompareOrContrast", "Extends", "Future", "Motivation", "Uses")
+_XNLI_LANGS = ("en", "de", "fr", "es", "zh", "ru")
+
+
+def _builtin_tasks() -> list[TaskSpec]:
+    specs = [
+        TaskSpec(
+            "sst2", "classification", ("sentence",), "label", ("0", "1"), "accuracy",
+            {"train": "glue/sst2/train.tsv", "dev": "glue/sst2/dev.tsv"},
+            hub=("nyu-mll/glue", "sst2"), description="GLUE SST-2 sentiment (0 negative, 1 positive)",
+        ),
+        TaskSpec(
+            "cola", "classification", ("x",), "y", ("0", "1"), "matthews",
+            {"train": "glue/cola/train.tsv", "dev": "glue/cola/dev.tsv"},
+            hub=("nyu-mll/glue", "cola"), description="GLUE CoLA acceptability (0 unacceptable, 1 acceptable)",
+        ),
+        TaskSpec(
+            "mrpc", "classification", ("#1 String", "#2 String"), "Quality", ("0", "1"), "f1",
+            {"train": "glue/mrpc/train.tsv", "dev": "glue/mrpc/dev.tsv",
+             "test": "glue/mrpc/msr_paraphrase_test.txt"},
+            fmt="tsv", hub=("nyu-mll/glue", "mrpc"),
+            description="GLUE MRPC paraphrase (1 paraphrase); test = labelled Microsoft release",
+        ),
+        TaskSpec(
+            "stsb", "regression", ("sentence1", "sentence2"), "score", None, "spearman",
+            {"train": "glue/stsb/train.tsv", "dev": "glue/stsb/dev.tsv"},
+            hub=("nyu-mll/glue", "stsb"), description="GLUE STS-B similarity, float 0-5",
+        ),
+        TaskSpec(
+            "rte", "classification", ("sentence1", "sentence2"), "label", ("0", "1"), "accuracy",
+            {"train": "glue/rte/train.parquet", "dev": "glue/rte/validation.parquet"},
+            hub=("nyu-mll/glue", "rte"), description="GLUE RTE entailment (0 entailment, 1 not_entailment)",
+        ),
+        TaskSpec(
+            "qnli", "classification", ("question", "sentence"), "label", ("entailment", "not_entailment"),
+            "accuracy", {"dev": "glue/qnli/dev.tsv"},
+            hub=("nyu-mll/glue", "qnli"), description="GLUE QNLI (dev only here)",
+        ),
+        TaskSpec(
+            "chemprot", "classification", ("text",), "label", _CHEMPROT_LABELS, "micro_f1",
+            {s: f"domain/chemprot/{s}.txt" for s in ("train", "dev", "test")},
+            fmt="jsonl", description="ChemProt relation classification (DAPT/TAPT data), 13 labels",
+        ),
+        TaskSpec(
+            "citation_intent", "classification", ("text",), "label", _CITATION_LABELS, "macro_f1",
+            {s: f"domain/citation_intent/{s}.txt" for s in ("train", "dev", "test")},
+            fmt="jsonl", description="ACL-ARC citation intent (DAPT/TAPT data), 6 labels",
+        ),
+    ]
+    for lang in _XNLI_LANGS:
+        specs.append(
+            TaskSpec(
+                f"xnli_{lang}", "classification", ("premise", "hypothesis"), "label",
+                ("entailment", "neutral", "contradiction"), "accuracy",
+                {"dev": f"xtreme/xnli/dev-{lang}.tsv"}, fmt="tsv_noheader",
+                fieldnames=("premise", "hypothesis", "label"), hub=("facebook/xnli", lang),
+                description=f"XNLI dev ({lang}), XTREME format, no train split",
+            )
+        )
+    for lang in ("en", "de"):
+        specs.append(
+            TaskSpec(
+                f"xquad_{lang}", "qa", ("question", "context"), None, None, "squad_f1",
+                {"test": f"xtreme/xquad/xquad.{lang}.json"}, fmt="squad", hub=("google/xquad", f"xquad.{lang}"),
+                description=f"XQuAD ({lang}), SQuAD v1.1 JSON; this copy's answer texts are blank, "
+                "so its examples carry empty answers and cannot be scored",
+            )
+        )
+    specs.append(
+        TaskSpec(
+            "sample_sentiment", "classification", ("sentence",), "label", ("0", "1"), "accuracy",
+            {"train": str(packaged_sample_dir() / "sentiment.tsv")}, fmt="tsv", dev_from_train=40,
+            description="120 short original movie-review sentences shipped with adapterkit "
+            "(0 negative, 1 positive); dev = 40 carved from them",
+        )
+    )
+    return specs
+
+
+for _spec in _builtin_tasks():
+    register_task(_spec)
+del _spec

@@ -1,0 +1,198 @@
+"""Tests for adapterkit.data.tasks (registry, loaders, user tasks)."""
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from adapterkit.data import tasks
+from adapterkit.data.formats import read_tsv
+from adapterkit.data.tasks import (
+    TASKS,
+    TaskSpec,
+    get_task,
+    load_split,
+    load_task,
+    load_task_from_config,
+    packaged_sample_dir,
+    register_task,
+    resolve_data_dir,
+    task_from_file,
+    task_from_hub,
+)
+from adapterkit.errors import ConfigError, DataError
+
+
+@pytest.fixture(autouse=True)
+def _no_env_data_dir(monkeypatch):
+    monkeypatch.delenv("ADAPTERKIT_DATA_DIR", raising=False)
+
+
+def test_registry_contents():
+    expected = {"sst2", "cola", "mrpc", "stsb", "rte", "qnli", "chemprot", "citation_intent", "xquad_en",
+                "xquad_de", "sample_sentiment"} | {f"xnli_{x}" for x in ("en", "de", "fr", "es", "zh", "ru")}
+    assert expected <= set(TASKS)
+    assert get_task("chemprot").num_labels == 13
+    assert get_task("citation_intent").num_labels == 6
+    assert get_task("stsb").kind == "regression" and get_task("stsb").labels is None
+    assert get_task("mrpc").splits == ("train", "dev", "test")
+    assert get_task("sample_sentiment").splits == ("train", "dev")
+    assert get_task("qnli").label2id == {"entailment": 0, "not_entailment": 1}
+
+
+def test_get_task_unknown_lists_names():
+    with pytest.raises(ConfigError, match=r"unknown task 'sst3'.*'sst2'"):
+        get_task("sst3")
+
+
+def test_register_task_conflict():
+    spec = TaskSpec("tmp_task", "regression", ("a",), "y", None, "pearson", {"train": "x.tsv"})
+    register_task(spec)
+    try:
+        register_task(spec)  # same spec again is fine
+        other = TaskSpec("tmp_task", "regression", ("b",), "y", None, "pearson", {"train": "x.tsv"})
+        with pytest.raises(ConfigError, match="already registered"):
+            register_task(other)
+        register_task(other, overwrite=True)
+    finally:
+        TASKS.pop("tmp_task", None)
+
+
+def test_taskspec_validation():
+    with pytest.raises(ConfigError, match="kind"):
+        TaskSpec("t", "ranking", ("a",), "y", None, "accuracy", {"train": "x"})
+    with pytest.raises(ConfigError, match="metric"):
+        TaskSpec("t", "classification", ("a",), "y", ("0", "1"), "bleu", {"train": "x"})
+    with pytest.raises(ConfigError, match="text_columns"):
+        TaskSpec("t", "classification", ("a", "b", "c"), "y", ("0", "1"), "accuracy", {"train": "x"})
+
+
+def test_resolve_data_dir(monkeypatch, tmp_path):
+    assert resolve_data_dir(None) is None
+    monkeypatch.setenv("ADAPTERKIT_DATA_DIR", str(tmp_path))
+    assert resolve_data_dir(None) == tmp_path
+    assert resolve_data_dir("/elsewhere") == tmp_path.__class__("/elsewhere")
+
+
+def _spec(**kw):
+    base = dict(name="toy", kind="classification", text_columns=("sentence",), label_column="label",
+                labels=("0", "1"), metric="accuracy", files={"train": "toy/train.tsv"})
+    base.update(kw)
+    return TaskSpec(**base)
+
+
+def test_load_split_missing_file_and_dir(tmp_path):
+    with pytest.raises(DataError, match=r"no data directory.*ADAPTERKIT_DATA_DIR"):
+        load_split(_spec(), "train", None)
+    with pytest.raises(DataError, match=r"toy/train\.tsv: file not found \(task 'toy'"):
+        load_split(_spec(), "train", tmp_path)
+    with pytest.raises(ConfigError, match="unknown split 'test'"):
+        load_split(_spec(), "test", tmp_path)
+
+
+def test_load_split_env_dir_missing_column_and_unseen_label(monkeypatch, tmp_path):
+    (tmp_path / "toy").mkdir()
+    path = tmp_path / "toy" / "train.tsv"
+    path.write_text("\ufeffsentence\tlabel\ngood\t1\nbad\t0\n", encoding="utf-8")
+    monkeypatch.setenv("ADAPTERKIT_DATA_DIR", str(tmp_path))
+    assert load_split(_spec(), "train") == [
+        {"text": "good", "text_pair": None, "label": 1},
+        {"text": "bad", "text_pair": None, "label": 0},
+    ]
+    with pytest.raises(DataError, match=r"train\.tsv: column 'y' not found; columns are \['sentence', 'label'\]"):
+        load_split(_spec(label_column="y"), "train")
+    path.write_text("sentence\tlabel\ngood\t1\nodd\t7\n")
+    with pytest.raises(DataError, match=r"train\.tsv: row 2: column 'label': label '7'"):
+        load_split(_spec(), "train")
+
+
+def test_regression_bad_value(tmp_path):
+    path = tmp_path / "r.tsv"
+    path.write_text("s1\ts2\tscore\na\tb\t3.5\nc\td\thigh\n")
+    spec = TaskSpec("r", "regression", ("s1", "s2"), "score", None, "spearman", {"train": str(path)})
+    with pytest.raises(DataError, match=r"r\.tsv: row 2: column 'score': 'high' is not a number"):
+        load_split(spec, "train")
+
+
+def test_task_from_file_csv_jsonl_parquet(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "train.csv").write_text("review,stars\nnice,pos\nbad,neg\nok,pos\n")
+    (tmp_path / "dev.jsonl").write_text('{"review": "meh", "stars": "neg"}\n')
+    pq.write_table(pa.table({"review": ["great"], "stars": ["pos"]}), tmp_path / "test.parquet")
+    spec = task_from_file("mine", "train.csv", dev="dev.jsonl", test=str(tmp_path / "test.parquet"),
+                          text_columns="review", label_column="stars")
+    assert spec.labels == ("neg", "pos") and spec.metric == "accuracy"
+    data = load_task(spec)
+    assert [e["label"] for e in data["train"]] == [1, 0, 1]
+    assert data["dev"] == [{"text": "meh", "text_pair": None, "label": 0}]
+    assert data["test"][0]["text"] == "great"
+    assert load_task(spec, splits=["dev"]).keys() == {"dev"}
+
+
+def test_task_from_file_numeric_labels_and_regression(tmp_path):
+    path = tmp_path / "t.tsv"
+    path.write_text("a\tb\tlabel\nx\ty\t10\nx\ty\t2\nx\ty\t1\n")
+    spec = task_from_file("num", path, text_columns=["a", "b"])
+    assert spec.labels == ("1", "2", "10")
+    assert [e["label"] for e in load_split(spec, "train")] == [2, 1, 0]
+    reg = task_from_file("reg", path, text_columns=["a", "b"], kind="regression")
+    assert reg.labels is None and reg.metric == "spearman"
+    assert load_split(reg, "train")[0] == {"text": "x", "text_pair": "y", "label": 10.0}
+    with pytest.raises(DataError, match="file not found"):
+        task_from_file("x", tmp_path / "missing.csv")
+
+
+def test_task_from_file_qa(tmp_path):
+    squad = {"data": [{"paragraphs": [{"context": "ctx here", "qas": [
+        {"id": "1", "question": "q?", "answers": [{"text": "ctx", "answer_start": 0}]},
+        {"id": "2", "question": "q2?", "answers": [{"text": "", "answer_start": 0}]}]}]}]}
+    (tmp_path / "qa.json").write_text(json.dumps(squad))
+    spec = task_from_file("myqa", tmp_path / "qa.json", kind="qa")
+    rows = load_split(spec, "train")
+    assert rows[0]["answers"] == {"text": ["ctx"], "answer_start": [0]}
+    assert rows[1]["answers"] == {"text": [], "answer_start": []}  # blank answers dropped
+
+
+def test_load_task_from_config(tmp_path):
+    (tmp_path / "tr.tsv").write_text("text\tlabel\na\tx\nb\ty\n")
+    spec = load_task_from_config({"name": "cfg", "train": "tr.tsv", "labels": ["y", "x"]}, base_dir=tmp_path)
+    assert spec.labels == ("y", "x")
+    assert [e["label"] for e in load_split(spec, "train")] == [1, 0]
+    assert load_task_from_config({"name": "sst2"}) is get_task("sst2")
+    with pytest.raises(ConfigError, match="unknown keys"):
+        load_task_from_config({"name": "cfg", "train": "tr.tsv", "colour": "red"})
+    with pytest.raises(ConfigError, match="train: required"):
+        load_task_from_config({"name": "cfg", "dev": "tr.tsv"})
+    hub = load_task_from_config({"name": "h", "hub": ["nyu-mll/glue", "sst2"], "text_columns": ["sentence"]})
+    assert hub.fmt == "hub" and hub.hub == ("nyu-mll/glue", "sst2")
+
+
+def test_task_from_hub_error_path(monkeypatch):
+    with pytest.raises(ConfigError, match="dataset"):
+        task_from_hub("", None)
+    spec = task_from_hub("someone/data", "cfg", ["sentence"], "label")
+    assert spec.splits == ("train", "dev", "test") and spec.files["dev"] == "validation"
+    import datasets
+
+    def _fail(*args, **kwargs):
+        raise ConnectionError("offline")
+
+    monkeypatch.setattr(datasets, "load_dataset", _fail)
+    with pytest.raises(DataError, match=r"hub:someone/data/cfg\[validation\]: cannot load split 'dev'.*offline"):
+        load_split(spec, "dev")
+
+
+def test_packaged_sample():
+    path = packaged_sample_dir() / "sentiment.tsv"
+    rows = read_tsv(path)
+    assert 100 <= len(rows) <= 140
+    assert Counter(r["label"] for r in rows) == {"0": 60, "1": 60}
+    data = load_task("sample_sentiment")  # needs no data directory
+    assert len(data["train"]) == 80 and len(data["dev"]) == 40
+    assert Counter(e["label"] for e in data["dev"]) == {0: 20, 1: 20}
+    assert not {e["text"] for e in data["train"]} & {e["text"] for e in data["dev"]}
+    assert load_split("sample_sentiment", "dev") == data["dev"]
+    assert tasks.CARVE_SEED == 0
