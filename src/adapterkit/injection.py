@@ -36,6 +36,9 @@ class AdapterModule(nn.Module):
     def bind(self, wrapper: AdaptedModule) -> None:
         """Called once when attached; modules that need the wrapped layer (e.g. LoRA) keep a reference."""
 
+    def unbind(self, wrapper: AdaptedModule) -> None:
+        """Called once when detached (after removal from ``wrapper``): undo what ``bind`` set up outside the module."""
+
 
 class AdaptedModule(nn.Module):
     """A module wrapped for adapters: ``base_layer`` is the original, ``adapters`` holds one module per adapter name."""
@@ -112,11 +115,14 @@ def detach(model: nn.Module, path: str, name: str) -> None:
     wrapper = get_module(model, path)
     if not isinstance(wrapper, AdaptedModule):
         return
-    if name in wrapper.adapters:
+    adapter = wrapper.adapters[name] if name in wrapper.adapters else None
+    if adapter is not None:
         del wrapper.adapters[name]
     wrapper.active = tuple(n for n in wrapper.active if n != name)
     if len(wrapper.adapters) == 0:
         unwrap(model, path)
+    if adapter is not None:
+        adapter.unbind(wrapper)
 
 
 def wrappers(model: nn.Module) -> dict[str, AdaptedModule]:

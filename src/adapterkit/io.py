@@ -153,11 +153,11 @@ def load_adapter(model: AdaptedModel, directory: str | Path, name: str | None = 
     model.add_adapter(name, config, activate=False)
     try:
         model.load_adapter_state_dict(name, tensors, directory / WEIGHTS_NAME)
+        if load_head and (directory / HEAD_NAME).exists():
+            load_head_weights(model, directory / HEAD_NAME)
     except Exception:
         model.delete_adapter(name)
         raise
-    if load_head and (directory / HEAD_NAME).exists():
-        load_head_weights(model, directory / HEAD_NAME)
     if activate:
         model.set_active_adapters(*model.active_adapters, name)
     return name
@@ -166,7 +166,7 @@ def load_adapter(model: AdaptedModel, directory: str | Path, name: str | None = 
 def load_head_weights(model: AdaptedModel, path: Path) -> None:
     """Copy a saved head into the model; shape or key mismatches name the file and key."""
     tensors = read_tensors(path)
-    params = dict(model.model.named_parameters())
+    params = model.head_parameters()
     for key, tensor in tensors.items():
         if key not in params:
             raise AdapterLoadError(f"{path}: {key}: no such head parameter in {type(model.model).__name__}")

@@ -22,6 +22,11 @@ from .methods.base import Attachment, BuildContext
 TrainMode = Literal["adapters", "full", "head"]
 
 
+def canonical_name(name: str) -> str:
+    """A parameter name as the unadapted model has it: wrapper ``base_layer`` segments removed."""
+    return name.replace(".base_layer.", ".")
+
+
 def _attr(config: Any, *names: str) -> Any:
     for name in names:
         value = getattr(config, name, None)
@@ -91,6 +96,7 @@ class AdaptedModel(nn.Module):
             self.set_active_adapters(name)
         else:
             injection.set_active(self.model, self.active_adapters)
+            self.set_train_mode(self.train_mode)
 
     def delete_adapter(self, name: str) -> None:
         """Remove ``name`` everywhere; wrapped modules with no adapter left are restored."""
@@ -160,23 +166,30 @@ class AdaptedModel(nn.Module):
             for key, tensor in state.items():
                 own[key].copy_(tensor.to(own[key].dtype))
 
-    def head_parameter_names(self) -> list[str]:
-        """Names (in ``self.model``) of the task head: everything outside the backbone, plus a pooler."""
-        backbone = self.model.base_model
+    def head_parameters(self) -> dict[str, nn.Parameter]:
+        """The task head by canonical name (wrapper ``base_layer`` segments removed, so the names are
+        the plain Hugging Face ones whatever adapters are attached): everything outside the backbone,
+        plus a pooler; embeddings tied to an output layer are excluded."""
+        if self.model.base_model is self.model:
+            return {}
         embed_ptrs = {p.data_ptr() for p in self.model.get_input_embeddings().parameters()}
-        if backbone is self.model:
-            return []
         prefix = self.model.base_model_prefix + "."
-        return [
-            n
-            for n, p in self.model.named_parameters()
-            if (not n.startswith(prefix) or ".pooler." in n) and "base_layer" not in n and p.data_ptr() not in embed_ptrs
-            and not n.startswith("shared.")
-        ]
+        out = {}
+        for n, p in self.model.named_parameters():
+            canonical = canonical_name(n)
+            if ".adapters." in n or p.data_ptr() in embed_ptrs:
+                continue
+            if not canonical.startswith(prefix) or ".pooler." in canonical:
+                out[canonical] = p
+        return out
+
+    def head_parameter_names(self) -> list[str]:
+        """Names (in ``self.model``, as ``named_parameters`` gives them) of the task head."""
+        head = {id(p) for p in self.head_parameters().values()}
+        return [n for n, p in self.model.named_parameters() if id(p) in head]
 
     def head_state_dict(self) -> dict[str, torch.Tensor]:
-        names = set(self.head_parameter_names())
-        return {n: p.detach() for n, p in self.model.named_parameters() if n in names}
+        return {n: p.detach() for n, p in self.head_parameters().items()}
 
     def set_train_mode(self, mode: TrainMode) -> None:
         """adapters: active adapters + head train; full: every parameter trains; head: the head only."""

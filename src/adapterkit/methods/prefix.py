@@ -1,0 +1,238 @@
+"""Prefix tuning (Li & Liang 2021): trainable key/value prefixes in every self-attention layer.
+
+No model forward code is copied. The model is switched to one of our attention implementations,
+registered in transformers' ``AttentionInterface`` (``adapterkit_prefix_sdpa`` / ``adapterkit_prefix_eager``),
+which delegate to transformers' own sdpa and the model's own eager functions. A :class:`PrefixAttention`
+module at site ``attention`` adds ``adapterkit_prefix=[(keys, values), ...]`` to the attention
+module's keyword arguments, which Hugging Face attention modules forward to the attention function;
+ours pops it, puts the prefixes in front of the keys/values and extends the mask (and T5's
+position bias) so every query sees every prefix position. Deleting the last prefix module of a
+model restores its original implementation.
+"""
+from __future__ import annotations
+
+import sys
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
+
+from ..config import MethodConfig, check, opt
+from ..errors import ConfigError
+from ..injection import AdaptedModule, AdapterModule
+from ..registry import register_method
+from .base import Attachment, BuildContext
+
+PREFIX_KWARG = "adapterkit_prefix"
+SDPA, EAGER = "adapterkit_prefix_sdpa", "adapterkit_prefix_eager"
+
+
+# -- attention functions ---------------------------------------------------------------------------
+def _extend(
+    module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None,
+    prefixes: list[tuple[torch.Tensor, torch.Tensor]], kwargs: dict[str, Any], additive: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Keys/values with the prefixes in front, and a mask (and position bias) that sees every prefix."""
+    pk = torch.cat([k.to(key.dtype) for k, _ in prefixes], dim=2)
+    pv = torch.cat([v.to(value.dtype) for _, v in prefixes], dim=2)
+    if pk.shape[0] != key.shape[0] or pk.shape[1] != key.shape[1] or pk.shape[3] != key.shape[3]:
+        raise RuntimeError(f"prefix keys {tuple(pk.shape)} do not fit the attention keys {tuple(key.shape)}")
+    n, q_len, k_len = pk.shape[2], query.shape[2], key.shape[2]
+    key, value = torch.cat([pk, key], dim=2), torch.cat([pv, value], dim=2)
+    is_causal = kwargs.pop("is_causal", None)
+    is_causal = getattr(module, "is_causal", False) if is_causal is None else is_causal
+    if mask is None and is_causal and q_len > 1:  # sdpa would use is_causal, which would hide the prefix
+        seen = torch.ones(q_len, n + k_len, dtype=torch.bool, device=query.device)
+        seen[:, n:] = torch.ones(q_len, k_len, dtype=torch.bool, device=query.device).tril()
+        mask = seen[None, None]
+        if additive:
+            mask = torch.zeros(mask.shape, dtype=query.dtype, device=query.device).masked_fill(
+                ~mask, torch.finfo(query.dtype).min
+            )
+    elif mask is not None:
+        if mask.dim() != 4:
+            raise RuntimeError(f"prefix tuning needs a 4-D attention mask, got shape {tuple(mask.shape)}")
+        pad = torch.ones if mask.dtype == torch.bool else torch.zeros
+        mask = torch.cat([pad(*mask.shape[:-1], n, dtype=mask.dtype, device=mask.device), mask], dim=-1)
+    bias = kwargs.get("position_bias")
+    if bias is not None:  # T5: relative position bias, 0 for the prefix positions
+        kwargs["position_bias"] = torch.cat([bias.new_zeros(*bias.shape[:-1], n), bias], dim=-1)
+    return key, value, mask
+
+
+def _model_eager(module: nn.Module) -> Callable[..., Any]:
+    fn = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
+    if fn is None:
+        raise RuntimeError(f"{type(module).__name__}: its modeling file has no eager_attention_forward")
+    return fn
+
+
+def _prefix_attention(base: Callable[[nn.Module], Callable[..., Any]], additive: bool) -> Callable[..., Any]:
+    def attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                  attention_mask: torch.Tensor | None, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+        prefixes = kwargs.pop(PREFIX_KWARG, None)
+        if prefixes:
+            key, value, attention_mask = _extend(module, query, key, value, attention_mask, prefixes, kwargs, additive)
+        return base(module)(module, query, key, value, attention_mask, **kwargs)
+
+    return attention
+
+
+AttentionInterface.register(SDPA, _prefix_attention(lambda module: sdpa_attention_forward, additive=False))
+AttentionInterface.register(EAGER, _prefix_attention(_model_eager, additive=True))
+AttentionMaskInterface.register(SDPA, sdpa_mask)
+AttentionMaskInterface.register(EAGER, eager_mask)
+
+# id(config) -> [weak reference to the config, its original implementation, number of prefix modules using it]
+_SWITCHED: dict[int, list[Any]] = {}
+
+
+def _entry(config: Any) -> list[Any] | None:
+    entry = _SWITCHED.get(id(config))
+    return entry if entry is not None and entry[0]() is config else None
+
+
+def _switch_on(config: Any) -> None:
+    entry = _entry(config)
+    if entry is not None:
+        entry[2] += 1
+        return
+    original = config._attn_implementation
+    _SWITCHED[id(config)] = [weakref.ref(config), original, 1]
+    config._attn_implementation = EAGER if original in (None, "eager") else SDPA
+
+
+def _switch_off(config: Any) -> None:
+    entry = _entry(config)
+    if entry is None:
+        return
+    entry[2] -= 1
+    if entry[2] == 0:
+        del _SWITCHED[id(config)]
+        config._attn_implementation = entry[1]
+
+
+def original_attn_implementation(config: Any) -> str | None:
+    """The implementation ``config`` had before prefix tuning switched it (its current one otherwise)."""
+    entry = _entry(config)
+    return entry[1] if entry is not None else config._attn_implementation
+
+
+# -- modules ---------------------------------------------------------------------------------------
+class PrefixEncoder(AdapterModule):
+    """The reparameterisation shared by all layers: Embedding(P, h) -> Linear -> Tanh -> Linear(2 * L * kv * d)."""
+
+    def __init__(self, prefix_length: int, hidden: int, bottleneck: int, num_layers: int, kv_heads: int, head_dim: int) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(prefix_length, hidden)
+        self.down = nn.Linear(hidden, bottleneck)
+        self.up = nn.Linear(bottleneck, 2 * num_layers * kv_heads * head_dim)
+        self.shape = (prefix_length, 2, kv_heads, head_dim)
+
+    def layer_kv(self, slot: int) -> torch.Tensor:
+        """Keys and values of layer ``slot`` (its position among the adapted layers): (P, 2, kv_heads, head_dim)."""
+        h = torch.tanh(self.down(self.embedding.weight))
+        width = 2 * self.shape[2] * self.shape[3]
+        rows = slice(slot * width, (slot + 1) * width)
+        return F.linear(h, self.up.weight[rows], self.up.bias[rows]).view(self.shape)
+
+
+class PrefixAttention(AdapterModule):
+    """Adds this layer's prefix keys/values to the attention function's keyword arguments.
+
+    ``prefix_kv`` computes them; a subclass may override it (e.g. to scale by a per-example gate).
+    """
+
+    def __init__(self, prefix_length: int, kv_heads: int, head_dim: int, dropout: float,
+                 shared: PrefixEncoder | None = None, slot: int = 0) -> None:
+        super().__init__()
+        self.shape = (prefix_length, 2, kv_heads, head_dim)
+        self.slot = slot
+        self.dropout = nn.Dropout(dropout)
+        # the shared encoder lives in AdaptedModel.shared; keep a plain reference so it is not a child module
+        object.__setattr__(self, "shared", shared)
+        self.kv = None if shared is not None else nn.Parameter(torch.randn(*self.shape) * 0.02)
+        self._config: Any = None
+
+    def raw_kv(self) -> torch.Tensor:
+        """(P, 2, kv_heads, head_dim) before dropout and batching."""
+        return self.shared.layer_kv(self.slot) if self.shared is not None else self.kv
+
+    def prefix_kv(self, batch_size: int, hidden_states: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prefix keys and values, each (batch, kv_heads, prefix_length, head_dim).
+
+        ``hidden_states`` is the attention module's input (batch, seq, hidden), for subclasses that scale the
+        prefix by a per-example gate (UniPELT).
+        """
+        kv = self.raw_kv().permute(1, 2, 0, 3).unsqueeze(1)  # (2, 1, kv_heads, P, head_dim)
+        kv = self.dropout(kv.expand(-1, batch_size, -1, -1, -1))  # dropout masks differ per example
+        return kv[0], kv[1]
+
+    def bind(self, wrapper: AdaptedModule) -> None:
+        self._config = wrapper.base_layer.config
+        _switch_on(self._config)
+
+    def unbind(self, wrapper: AdaptedModule) -> None:
+        if self._config is not None:
+            _switch_off(self._config)
+            self._config = None
+
+    def pre(self, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
+        if self._config is not None and self._config._attn_implementation not in (SDPA, EAGER):
+            raise RuntimeError(
+                f"prefix tuning needs attention implementation {SDPA!r} or {EAGER!r}; the model was switched to "
+                f"{self._config._attn_implementation!r} after the prefix adapter was added"
+            )
+        hidden = args[0] if args else kwargs["hidden_states"]
+        key, value = self.prefix_kv(hidden.shape[0], hidden)
+        return args, {**kwargs, PREFIX_KWARG: [*kwargs.get(PREFIX_KWARG, ()), (key, value)]}
+
+
+@register_method
+@dataclass
+class PrefixTuningConfig(MethodConfig):
+    """Trainable key/value prefixes in every self-attention layer, optionally through a shared MLP."""
+
+    method: ClassVar[str] = "prefix"
+    prefix_length: int = opt(10, "number of prefix positions per layer")
+    reparameterize: bool = opt(True, "produce the prefixes with an MLP shared by all layers (Li & Liang 2021)")
+    bottleneck_size: int = opt(512, "hidden width of the reparameterisation MLP")
+    dropout: float = opt(0.0, "dropout on the prefix keys/values")
+    layers: tuple[int, ...] | None = opt(None, "layer indices that get a prefix (default: all)")
+    learning_rate: float | None = opt(None, "learning rate for this adapter's parameters")
+
+    def validate(self) -> None:
+        check(self.prefix_length > 0, "prefix_length", "must be > 0")
+        check(self.bottleneck_size > 0, "bottleneck_size", "must be > 0")
+        check(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)")
+        check(self.layers is None or len(self.layers) > 0, "layers", "must name at least one layer, or be null for all")
+
+    def build(self, ctx: BuildContext) -> list[Attachment]:
+        if not ctx.spec.prefix_supported:
+            raise ConfigError(
+                f"method {self.method!r}: model type {ctx.spec.model_type!r} is not supported; its attention does not "
+                "go through transformers' AttentionInterface"
+            )
+        indices = ctx.layer_indices(self.layers)
+        for i in indices:
+            layer = ctx.layers[i]
+            attention = ctx.model.get_submodule(f"{layer.path}.{layer.group.sites['attention']}")
+            if getattr(attention, "config", None) is None:
+                raise ConfigError(f"method {self.method!r}: the attention module of layer {i} has no config")
+        kv, d = ctx.num_key_value_heads, ctx.head_dim
+        out: list[Attachment] = []
+        shared = None
+        if self.reparameterize:
+            shared = PrefixEncoder(self.prefix_length, ctx.hidden_size, self.bottleneck_size, len(indices), kv, d)
+            out.append(Attachment(None, "shared", shared))
+        for slot, i in enumerate(indices):
+            module = PrefixAttention(self.prefix_length, kv, d, self.dropout, shared, slot)
+            out.append(Attachment(i, "attention", module))
+        return out
