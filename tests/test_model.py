@@ -1,0 +1,207 @@
+"""AdaptedModel: adapter lifecycle, parameter counts, train modes, optimizer groups, LoRA merging."""
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers as tf
+from torch import nn
+
+from adapterkit import injection
+from adapterkit.errors import ConfigError
+from adapterkit.methods.bottleneck import HoulsbyConfig, PfeifferConfig
+from adapterkit.methods.lora import LoRAConfig, LoRALinear
+from adapterkit.model import AdaptedModel
+
+
+def tiny_bert(seed: int = 0, num_labels: int = 2) -> nn.Module:
+    torch.manual_seed(seed)
+    cfg = tf.BertConfig(
+        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        max_position_embeddings=64, num_labels=num_labels,
+    )
+    return tf.BertForSequenceClassification(cfg)
+
+
+@pytest.fixture
+def model() -> AdaptedModel:
+    return AdaptedModel(tiny_bert())
+
+
+IDS = torch.randint(3, 100, (2, 8), generator=torch.Generator().manual_seed(1))
+
+
+def logits(model: nn.Module) -> torch.Tensor:
+    model.eval()
+    with torch.no_grad():
+        return model(input_ids=IDS).logits
+
+
+def randomize(model: AdaptedModel, name: str, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.adapter_parameters(name).values():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+
+
+def test_add_activate_deactivate_delete(model: AdaptedModel) -> None:
+    base = logits(model)
+    model.add_adapter("a", PfeifferConfig())
+    assert model.active_adapters == ("a",) and list(model.adapter_configs) == ["a"]
+    randomize(model, "a", 0)
+    adapted = logits(model)
+    assert not torch.equal(adapted, base)
+    model.deactivate_adapters()
+    assert model.active_adapters == ()
+    assert torch.equal(logits(model), base)
+    model.set_active_adapters("a")
+    assert torch.equal(logits(model), adapted)
+    with pytest.raises(ConfigError, match="already exists"):
+        model.add_adapter("a", PfeifferConfig())
+    with pytest.raises(ConfigError, match="no such adapter"):
+        model.set_active_adapters("zzz")
+    with pytest.raises(ConfigError, match="'.'"):
+        model.add_adapter("a.b", PfeifferConfig())
+    model.delete_adapter("a")
+    assert model.adapter_configs == {} and model.active_adapters == ()
+    assert injection.wrappers(model.model) == {}
+    assert torch.equal(logits(model), base)
+    with pytest.raises(ConfigError, match="no such adapter"):
+        model.delete_adapter("a")
+
+
+def test_add_inactive_keeps_current_activation(model: AdaptedModel) -> None:
+    model.add_adapter("a", PfeifferConfig())
+    model.add_adapter("b", LoRAConfig(), activate=False)
+    assert model.active_adapters == ("a",)
+    for wrapper in injection.wrappers(model.model).values():
+        assert wrapper.active == ("a",)
+
+
+def test_adding_an_inactive_adapter_does_not_make_it_trainable(model: AdaptedModel) -> None:
+    model.add_adapter("a", PfeifferConfig())
+    model.add_adapter("b", LoRAConfig(), activate=False)
+    assert not any(p.requires_grad for p in model.adapter_parameters("b").values())
+    grouped = {id(p) for g in model.parameter_groups(1e-3) for p in g["params"]}
+    assert not grouped & {id(p) for p in model.adapter_parameters("b").values()}
+
+
+def test_two_named_adapters(model: AdaptedModel) -> None:
+    base = logits(model)
+    model.add_adapter("a", PfeifferConfig())
+    model.add_adapter("b", HoulsbyConfig())
+    assert model.active_adapters == ("b",)  # adding activates only the new adapter
+    randomize(model, "a", 1)
+    randomize(model, "b", 2)
+    model.set_active_adapters("a")
+    only_a = logits(model)
+    model.set_active_adapters("b")
+    only_b = logits(model)
+    model.set_active_adapters("a", "b")
+    both = logits(model)
+    assert len({tuple(t.flatten().tolist()) for t in (base, only_a, only_b, both)}) == 4
+    model.delete_adapter("b")
+    assert model.active_adapters == ("a",)
+    assert torch.equal(logits(model), only_a)
+    # keys are architecture independent and disjoint per adapter
+    assert all(k.startswith("layers.") for k in model.adapter_state_dict("a"))
+
+
+def test_count_parameters(model: AdaptedModel) -> None:
+    total_base = sum(p.numel() for p in model.model.parameters())
+    head = model.count_parameters()["head"]
+    assert head == 32 * 32 + 32 + 32 * 2 + 2  # pooler + classifier
+    model.add_adapter("pf", PfeifferConfig(bottleneck_size=4))
+    model.add_adapter("lo", LoRAConfig(r=4))  # activating "lo" deactivates (and freezes) "pf"
+    counts = model.count_parameters()
+    lora = 2 * 2 * (4 * 32 + 32 * 4)  # 2 layers x (query, value) x (A + B)
+    pfeiffer = 2 * (32 * 4 + 4 + 4 * 32 + 32)
+    assert counts["adapter:lo"] == lora
+    assert counts["adapter:pf"] == pfeiffer
+    assert counts["total"] == total_base + lora + pfeiffer
+    assert counts["trainable"] == head + lora  # only the active adapter and the head train
+    assert counts["head"] == head
+
+
+def test_set_train_mode(model: AdaptedModel) -> None:
+    model.add_adapter("a", PfeifferConfig())
+    adapter_ids = {id(p) for p in model.adapter_parameters("a").values()}
+    head_names = set(model.head_parameter_names())
+    assert head_names == {
+        "bert.pooler.dense.weight", "bert.pooler.dense.bias", "classifier.weight", "classifier.bias"
+    }
+
+    def trainable() -> tuple[set[str], bool]:
+        names = {n for n, p in model.model.named_parameters() if p.requires_grad and id(p) not in adapter_ids}
+        adapters = all(p.requires_grad for p in model.adapter_parameters("a").values())
+        return names, adapters
+
+    assert trainable() == (head_names, True)
+    model.set_train_mode("head")
+    assert trainable() == (head_names, False)
+    model.set_train_mode("full")
+    names, adapters = trainable()
+    assert adapters and names == {n for n, p in model.model.named_parameters() if id(p) not in adapter_ids}
+    model.set_train_mode("adapters")
+    assert trainable() == (head_names, True)
+    model.set_train_mode("head")
+    model.set_active_adapters("a")  # re-activation keeps the chosen mode
+    assert model.train_mode == "head" and trainable() == (head_names, False)
+    with pytest.raises(ConfigError, match="train mode"):
+        model.set_train_mode("everything")  # type: ignore[arg-type]
+
+
+def test_parameter_groups_learning_rates(model: AdaptedModel) -> None:
+    model.add_adapter("fast", PfeifferConfig(learning_rate=1e-2))
+    model.add_adapter("plain", LoRAConfig(), activate=False)
+    model.set_active_adapters("fast", "plain")
+    groups = model.parameter_groups(1e-4, weight_decay=0.01)
+    by_name = {g["name"]: g for g in groups}
+    assert set(by_name) == {"fast@0.01", "plain@0.0001", "base"}
+    assert by_name["fast@0.01"]["lr"] == 1e-2
+    assert by_name["plain@0.0001"]["lr"] == 1e-4
+    assert {id(p) for p in by_name["fast@0.01"]["params"]} == {id(p) for p in model.adapter_parameters("fast").values()}
+    assert {id(p) for p in by_name["base"]["params"]} == {
+        id(p) for n, p in model.model.named_parameters() if n in model.head_parameter_names()
+    }
+    assert all(g["weight_decay"] == 0.01 for g in groups)
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert len(ids) == len(set(ids))
+    torch.optim.AdamW(groups)  # the groups are valid optimizer input
+    model.set_train_mode("full")
+    groups = model.parameter_groups(1e-4)
+    assert [g["name"] for g in groups] == ["base"]
+    assert len(groups[0]["params"]) == len(list(model.parameters()))
+
+
+def test_lora_merge_unmerge(model: AdaptedModel) -> None:
+    model.add_adapter("lo", LoRAConfig(r=4, targets=("query", "value", "ffn_out")))
+    randomize(model, "lo", 3)
+    query = model.model.bert.encoder.layer[0].attention.self.query
+    original = query.base_layer.weight.detach().clone()
+    unmerged = logits(model)
+    model.merge_adapter("lo")
+    assert all(m.merged for _, m in model.adapter_modules("lo") if isinstance(m, LoRALinear))
+    assert not torch.equal(query.base_layer.weight, original)
+    merged = logits(model)
+    assert (merged - unmerged).abs().max() < 1e-5
+    model.merge_adapter("lo")  # merging twice is a no-op
+    assert (logits(model) - unmerged).abs().max() < 1e-5
+    model.unmerge_adapter("lo")
+    assert torch.equal(query.base_layer.weight, original)
+    assert torch.equal(logits(model), unmerged)
+    model.unmerge_adapter("lo")  # and so is unmerging twice
+    assert torch.equal(query.base_layer.weight, original)
+
+
+def test_merging_a_bottleneck_adapter_fails(model: AdaptedModel) -> None:
+    model.add_adapter("pf", PfeifferConfig())
+    with pytest.raises(ConfigError, match="cannot be merged"):
+        model.merge_adapter("pf")
+
+
+def test_forward_and_config_pass_through(model: AdaptedModel) -> None:
+    assert model.config is model.model.config
+    info = model.base_model_info()
+    assert info["model_type"] == "bert" and info["hidden_size"] == 32 and info["num_layers"] == 2
+    out = model(input_ids=IDS, labels=torch.tensor([0, 1]))
+    assert out.logits.shape == (2, 2) and torch.isfinite(out.loss)

@@ -1,0 +1,226 @@
+"""The Trainer path: best-checkpoint selection, per-group learning rates, frozen weights, small checkpoints, resume."""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    BertTokenizerFast,
+    TrainerCallback,
+    set_seed,
+)
+
+from adapterkit.data.tasks import TaskSpec
+from adapterkit.errors import ConfigError
+from adapterkit.methods.bottleneck import PfeifferConfig
+from adapterkit.model import AdaptedModel
+from adapterkit.training import (
+    CHECKPOINT_INFO_NAME,
+    FULL_NAME,
+    TRAINABLE_NAME,
+    TrainConfig,
+    evaluate,
+    last_checkpoint,
+    train,
+)
+
+POS = ["good", "great", "fine", "lovely"]
+NEG = ["bad", "awful", "poor", "dull"]
+FILL = ["the", "movie", "was", "a", "plot", "very", "film", "story"]
+SPEC = TaskSpec("synthetic", "classification", ("text",), "label", ("0", "1"), "accuracy", {"train": "unused"})
+
+
+def tiny_tokenizer(tmp: Path) -> BertTokenizerFast:
+    vocab = tmp / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *POS, *NEG, *FILL]) + "\n")
+    return BertTokenizerFast(vocab_file=str(vocab))
+
+
+def tiny_adapted(seed: int = 0, adapter: bool = True, adapter_lr: float | None = 5e-2) -> AdaptedModel:
+    set_seed(seed)
+    cfg = BertConfig(vocab_size=5 + len(POS) + len(NEG) + len(FILL), hidden_size=32, num_hidden_layers=2,
+                     num_attention_heads=2, intermediate_size=64, max_position_embeddings=64, num_labels=2)
+    adapted = AdaptedModel(BertForSequenceClassification(cfg))
+    if adapter:
+        adapted.add_adapter("a", PfeifferConfig(reduction_factor=4, learning_rate=adapter_lr))
+    return adapted
+
+
+def examples(n: int, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        label = i % 2
+        word = rng.choice(POS if label else NEG)
+        out.append({"text": f"the {rng.choice(FILL)} was {word} {rng.choice(FILL)}", "text_pair": None, "label": label})
+    return out
+
+
+def config(out: Path, **kw) -> TrainConfig:
+    base = dict(output_dir=str(out), epochs=2, batch_size=8, learning_rate=1e-2, logging_steps=1, progress="none",
+                save_total_limit=None)
+    return TrainConfig(**{**base, **kw})
+
+
+@pytest.fixture()
+def tok(tmp_path: Path) -> BertTokenizerFast:
+    return tiny_tokenizer(tmp_path)
+
+
+def test_config_validation():
+    with pytest.raises(ConfigError, match="epochs"):
+        TrainConfig(epochs=0)
+    with pytest.raises(ConfigError, match="resume"):
+        TrainConfig(resume="sometimes")
+    with pytest.raises(ConfigError, match="warmup_ratio"):
+        TrainConfig(warmup_ratio=1.5)
+    assert "learning_rate" in TrainConfig.help()
+
+
+def test_train_selects_best_checkpoint_and_freezes_backbone(tmp_path: Path, tok, monkeypatch):
+    import adapterkit.metrics
+
+    adapted = tiny_adapted()
+    before = {n: p.detach().clone() for n, p in adapted.named_parameters()}
+    trainable = {n for n, p in adapted.named_parameters() if p.requires_grad}
+    scores = iter([0.9, 0.1])  # epoch 1 is best; epoch 2's weights must not be the final ones
+    real_compute = adapterkit.metrics.compute_metrics
+
+    def fake_compute(spec, preds, labels):
+        return {**real_compute(spec, preds, labels), "score": next(scores)}
+
+    monkeypatch.setattr(adapterkit.metrics, "compute_metrics", fake_compute)
+    result = train(adapted, tok, SPEC, examples(24, 0), examples(16, 1), config(tmp_path / "run"))
+    assert [h["score"] for h in result.history] == [0.9, 0.1]
+    assert result.best_epoch == 1.0 and result.best_step == 3
+    assert result.metrics["score"] == 0.9
+    assert result.trainable_parameters == sum(before[n].numel() for n in trainable)
+    assert result.best_checkpoint and result.best_checkpoint.endswith("checkpoint-3")
+    # The best (epoch 1) weights are loaded at the end.
+    best = load_file(str(Path(result.best_checkpoint) / TRAINABLE_NAME))
+    params = dict(adapted.named_parameters())
+    assert all(torch.equal(params[k], v) for k, v in best.items())
+    last = load_file(str(tmp_path / "run" / "checkpoint-6" / TRAINABLE_NAME))
+    assert any(not torch.equal(params[k], v) for k, v in last.items())
+    # Only trainable tensors changed; frozen ones are bit-identical.
+    for n, p in adapted.named_parameters():
+        if n in trainable:
+            continue
+        assert torch.equal(p, before[n]), n
+    assert any(not torch.equal(params[n], before[n]) for n in trainable if ".adapters." in n)
+
+
+def test_checkpoints_hold_only_adapter_and_head(tmp_path: Path, tok):
+    adapted = tiny_adapted()
+    train(adapted, tok, SPEC, examples(16, 0), examples(8, 1), config(tmp_path / "run", epochs=1))
+    ckpt = Path(last_checkpoint(tmp_path / "run"))
+    tensors = load_file(str(ckpt / TRAINABLE_NAME))
+    head = set(adapted.head_parameter_names())
+    assert tensors and all(".adapters.a." in k or k.removeprefix("model.") in head for k in tensors)
+    assert any(".adapters.a." in k for k in tensors) and any(k.removeprefix("model.") in head for k in tensors)
+    assert not (ckpt / FULL_NAME).exists()
+    assert (ckpt / CHECKPOINT_INFO_NAME).is_file() and (ckpt / "optimizer.pt").is_file()
+    assert not list(ckpt.glob("*.bin"))
+
+
+def test_full_mode_saves_whole_model(tmp_path: Path, tok):
+    adapted = tiny_adapted(adapter=False)
+    before = {n: p.detach().clone() for n, p in adapted.named_parameters()}
+    result = train(adapted, tok, SPEC, examples(16, 0), None, config(tmp_path / "run", epochs=1, train_mode="full",
+                                                                       learning_rate=1e-3))
+    assert result.trainable_parameters == sum(p.numel() for p in before.values())
+    assert result.metrics == {} and result.history == []
+    ckpt = Path(last_checkpoint(tmp_path / "run"))
+    assert (ckpt / FULL_NAME).is_file() and not (ckpt / TRAINABLE_NAME).exists()
+    embed = "model.bert.embeddings.word_embeddings.weight"
+    assert not torch.equal(dict(adapted.named_parameters())[embed], before[embed])
+
+
+def test_per_group_learning_rates(tmp_path: Path, tok):
+    adapted = tiny_adapted(adapter_lr=5e-2)
+    seen: list[list[tuple[str, float, float]]] = []
+
+    class Record(TrainerCallback):
+        def on_step_end(self, args, state, control, optimizer=None, **kw):
+            seen.append([(g["name"], g["lr"], g.get("initial_lr")) for g in optimizer.param_groups])
+
+    train(adapted, tok, SPEC, examples(16, 0), None, config(tmp_path / "run", epochs=1, learning_rate=1e-3),
+          callbacks=[Record()])
+    groups = {name: init for name, _, init in seen[0]}
+    assert groups == {"a@0.05": 5e-2, "base": 1e-3}
+    for step in seen:  # the schedule scales every group by the same factor
+        lrs = {name: lr for name, lr, _ in step}
+        assert lrs["a@0.05"] == pytest.approx(50 * lrs["base"], rel=1e-6)
+
+
+def test_extra_loss_hook_is_added(tmp_path: Path, tok):
+    adapted = tiny_adapted()
+    calls = []
+
+    def extra(outputs, batch):
+        calls.append(set(batch))
+        return 0.0 * outputs.logits.sum() + 1.0
+
+    result = train(adapted, tok, SPEC, examples(16, 0), None, config(tmp_path / "run", epochs=1), extra_loss=extra)
+    assert len(calls) == 2 and "labels" in calls[0]
+    losses = [e["loss"] for e in result.log_history if "loss" in e]
+    assert losses and all(v > 1.0 for v in losses)
+
+
+class Killed(Exception):
+    pass
+
+
+class KillAfterSave(TrainerCallback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_save(self, args, state, control, **kw):
+        if state.global_step == self.step:
+            raise Killed
+
+
+def test_resume_after_kill_matches_uninterrupted_run(tmp_path: Path, tok):
+    data, dev = examples(24, 0), examples(8, 1)
+    kw = dict(epochs=2, eval_each_epoch=False, learning_rate=1e-2)
+
+    straight = tiny_adapted(seed=3)
+    train(straight, tok, SPEC, data, dev, config(tmp_path / "straight", **kw))
+
+    killed = tiny_adapted(seed=3)
+    with pytest.raises(Killed):
+        train(killed, tok, SPEC, data, dev, config(tmp_path / "resumed", **kw), callbacks=[KillAfterSave(3)])
+    assert last_checkpoint(tmp_path / "resumed").endswith("checkpoint-3")
+
+    resumed = tiny_adapted(seed=3)
+    steps = []
+
+    class FirstStep(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kw):
+            steps.append(state.global_step)
+
+    result = train(resumed, tok, SPEC, data, dev, config(tmp_path / "resumed", resume=True, **kw),
+                   callbacks=[FirstStep()])
+    assert steps == [3] and result.global_step == 6
+    a, b = dict(straight.named_parameters()), dict(resumed.named_parameters())
+    for name, p in a.items():
+        assert torch.allclose(p, b[name], atol=1e-6, rtol=0), name
+
+
+def test_resume_auto_and_missing(tmp_path: Path, tok):
+    adapted = tiny_adapted()
+    with pytest.raises(ConfigError, match="resume"):
+        train(adapted, tok, SPEC, examples(8, 0), None, config(tmp_path / "empty", resume=True, epochs=1))
+    result = train(adapted, tok, SPEC, examples(8, 0), None, config(tmp_path / "auto", resume="auto", epochs=1))
+    assert result.global_step == 1
+
+
+def test_evaluate_classification(tok):
+    adapted = tiny_adapted()
+    metrics = evaluate(adapted, tok, SPEC, examples(10, 2), batch_size=4, max_length=16)
+    assert 0.0 <= metrics["score"] <= 1.0 and metrics["score"] == metrics["accuracy"]
