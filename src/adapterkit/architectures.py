@@ -157,7 +157,7 @@ ARCHITECTURES: dict[str, ArchitectureSpec] = {
                 ),
             ),
             prompt_insert_at=0,
-            aliases=("mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3", "olmo", "olmo2"),
+            aliases=("mistral", "qwen2", "qwen3", "gemma", "gemma2", "olmo", "olmo2"),
         ),
     ]
 }

@@ -55,13 +55,13 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 def _add_task_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", help="a registered task name (see `adapterkit info --list`)")
-    p.add_argument("--train-file", help="your own CSV/TSV/JSONL/Parquet training file (instead of --task)")
+    p.add_argument("--train-file", help="your own CSV/TSV/JSONL/Parquet (QA: SQuAD JSON) training file (instead of --task)")
     p.add_argument("--dev-file", help="your own dev file")
     p.add_argument("--test-file", help="your own test file")
     p.add_argument("--text-columns", type=_csv, help="comma-separated text column(s), 1 or 2 (default: text)")
     p.add_argument("--label-column", help="label column (default: label)")
     p.add_argument("--labels", type=_csv, help="comma-separated label names in id order (default: from the file)")
-    p.add_argument("--kind", choices=("classification", "regression"), help="task kind for your own files")
+    p.add_argument("--kind", choices=("classification", "regression", "qa"), help="task kind for your own files")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(ev)
     _add_task_args(ev)
     ev.add_argument("--split", help="split to evaluate (default: test if the task has one, else dev)")
+    ev.add_argument("--output-dir", help="QA: where predictions.json goes (default runs/eval)")
 
     info = sub.add_parser("info", help="show an adapter directory, or list methods/tasks/architectures")
     info.add_argument("adapter", nargs="?", help="adapter directory")
@@ -109,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--dev-size", type=int, help="dev examples carved from train (default: same as the train set)")
     demo.add_argument("--test-size", type=int, help="cap on test examples (default: all)")
     demo.add_argument("--methods", type=_csv, help="comma-separated systems (default pfeiffer,full,lora)")
-    demo.add_argument("--epochs", type=float, help="epochs per system (default 10)")
+    demo.add_argument("--epochs", type=float, help="epochs per system (default 20)")
     demo.add_argument("--seed", type=int, help="seed (default 42)")
     demo.add_argument("--progress", choices=("log", "bar", "none"), help="progress display (default log)")
     return parser
@@ -124,10 +125,10 @@ DEFAULTS: dict[str, dict[str, Any]] = {
               "resume": False, "logging_steps": 10, "progress": "log"},
     "eval": {"adapter": None, "model": None, "data_dir": None, "max_length": 128, "eval_batch_size": 64, "task": None,
              "train_file": None, "dev_file": None, "test_file": None, "text_columns": None, "label_column": "label",
-             "labels": None, "kind": "classification", "split": None},
+             "labels": None, "kind": "classification", "split": None, "output_dir": "runs/eval"},
     "demo": {"model": None, "data_dir": None, "max_length": 64, "eval_batch_size": 64, "output_dir": "runs/demo",
              "k_shot": 32, "dev_size": None, "test_size": None, "methods": ["pfeiffer", "full", "lora"],
-             "epochs": 10.0, "seed": 42, "progress": "log"},
+             "epochs": 20.0, "seed": 42, "progress": "log"},
 }
 _FLOAT_KEYS = {"epochs", "lr", "weight_decay", "warmup_ratio"}
 _INT_KEYS = {"max_length", "eval_batch_size", "k_shot", "train_size", "dev_size", "seed", "batch_size",
@@ -265,6 +266,34 @@ def _say(line: str) -> None:
     print(line, flush=True)
 
 
+def _doc_stride(max_length: int) -> int:
+    """QA: token overlap between windows of a long context (a quarter of max_length, at most 128)."""
+    return max(1, min(128, max_length // 4))
+
+
+def _split_source(spec: Any, split: str, data_dir: Any) -> str:
+    """The file a split is read from, for messages."""
+    rel = Path(spec.files.get(split) or spec.files.get("train", "?"))
+    return str(rel if rel.is_absolute() or data_dir is None else Path(data_dir) / rel)
+
+
+def qa_predict_and_score(adapted: Any, tokenizer: Any, spec: Any, examples: list, opts: dict[str, Any],
+                         path: Path, source: str) -> dict[str, float] | None:
+    """QA: write ``path`` (id -> answer text); SQuAD metrics, or None when ``source`` has no reference answers."""
+    from .io import atomic_write_json
+    from .metrics import compute_metrics
+    from .training import has_qa_references, predict_qa, qa_references
+
+    answers = predict_qa(adapted, tokenizer, examples, opts["eval_batch_size"], opts["max_length"],
+                         _doc_stride(opts["max_length"]))
+    atomic_write_json(path, answers)
+    _say(f"wrote {path} ({len(answers)} predictions)")
+    if not has_qa_references(examples):
+        _say(f"no reference answers in {source}: wrote predictions only")
+        return None
+    return compute_metrics(spec, answers, qa_references(examples))
+
+
 # --- train ----------------------------------------------------------------------------------------
 
 
@@ -281,6 +310,8 @@ def run_training(opts: dict[str, Any], *, spec: Any = None, data: tuple | None =
 
     spec = spec or resolve_task(opts)
     data_dir = resolve_data_dir(opts.get("data_dir"))
+    if spec.kind == "qa" and opts.get("k_shot"):
+        raise ConfigError("k_shot: QA examples have no classes; use --train-size N")
     if data is None:
         train_ex, dev_ex, test_ex, notes = split_data(
             spec, data_dir, k_shot=opts.get("k_shot"), train_size=opts.get("train_size"),
@@ -291,8 +322,12 @@ def run_training(opts: dict[str, Any], *, spec: Any = None, data: tuple | None =
         train_ex, dev_ex, test_ex = data
     method = opts.get("method") or "pfeiffer"
     label = label or method
-    if spec.kind == "qa":
-        raise ConfigError("task: QA training from the CLI is not supported yet; use adapterkit.training.train")
+    if spec.kind == "qa" and dev_ex:
+        from .training import has_qa_references
+
+        if not has_qa_references(dev_ex):
+            _say("data: no reference answers in the dev examples: training without dev-based epoch selection")
+            dev_ex = None
     config = None
     if method in METHOD_CHOICES_EXTRA:
         if opts.get("adapter_config"):
@@ -316,13 +351,21 @@ def run_training(opts: dict[str, Any], *, spec: Any = None, data: tuple | None =
         warmup_ratio=opts.get("warmup_ratio", 0.06), max_length=opts["max_length"], seed=opts["seed"],
         train_mode=mode, resume=opts.get("resume", False), logging_steps=opts.get("logging_steps", 10),
         progress=opts.get("progress", "log"), save_total_limit=1 if cleanup else 2, cleanup_checkpoints=cleanup,
-        save_optimizer=not cleanup,
+        save_optimizer=not cleanup, doc_stride=_doc_stride(opts["max_length"]),
     )
     _say(f"[{label}] {len(train_ex)} train / {len(dev_ex or [])} dev / {len(test_ex or [])} test examples; "
          f"trainable parameters {adapted.count_parameters()['trainable'] if mode != 'full' else 'all'}")
     result = train(adapted, tokenizer, spec, train_ex, dev_ex, tcfg, name=label)
     test_metrics = None
-    if test_ex:
+    predictions = None
+    if test_ex and spec.kind == "qa":
+        predictions = out / "predictions.json"
+        test_split = "dev" if opts.get("dev_size") and "dev" in spec.splits else "test"
+        test_metrics = qa_predict_and_score(adapted, tokenizer, spec, test_ex, opts, predictions,
+                                            _split_source(spec, test_split, data_dir))
+        if test_metrics:
+            _say(f"[{label}] test score {test_metrics['score']:.4f} ({spec.metric}, {len(test_ex)} examples)")
+    elif test_ex:
         start = time.perf_counter()
         test_metrics = evaluate(adapted, tokenizer, spec, test_ex, opts["eval_batch_size"], opts["max_length"])
         _say(f"[{label}] test score {test_metrics['score']:.4f} ({spec.metric}, {len(test_ex)} examples, "
@@ -331,6 +374,8 @@ def run_training(opts: dict[str, Any], *, spec: Any = None, data: tuple | None =
     summary = {"task": spec.name, "method": method, "dev": result.metrics, "test": test_metrics,
                "best_epoch": result.best_epoch, "train_seconds": result.train_seconds,
                "trainable_parameters": result.trainable_parameters, "total_parameters": counts["total"]}
+    if predictions is not None:
+        summary["predictions"] = str(predictions)
     if adapter_name:
         save_adapter(adapted, adapter_name, out / "adapter", include_head=True,
                      extra={"task": spec.name, "metric": spec.metric, "dev": result.metrics, "test": test_metrics})
@@ -386,10 +431,17 @@ def cmd_eval(opts: dict[str, Any]) -> int:
                                           spec.id2label or None)
     adapted = AdaptedModel(hf_model)
     name = load_adapter(adapted, opts["adapter"])
-    metrics = evaluate(adapted, tokenizer, spec, examples, opts["eval_batch_size"], opts["max_length"])
     from .reporting import text_table
 
     _say(f"adapter {name!r} on {spec.name} [{split}], {len(examples)} examples")
+    if spec.kind == "qa":
+        source = _split_source(spec, split, resolve_data_dir(opts.get("data_dir")))
+        metrics = qa_predict_and_score(adapted, tokenizer, spec, examples, opts,
+                                       Path(opts.get("output_dir") or "runs/eval") / "predictions.json", source)
+        if metrics is None:
+            return 0
+    else:
+        metrics = evaluate(adapted, tokenizer, spec, examples, opts["eval_batch_size"], opts["max_length"])
     _say(text_table([{"metric": k, "value": v} for k, v in metrics.items()], ["metric", "value"]))
     return 0
 
@@ -456,7 +508,7 @@ def _numel(shape: Sequence[int]) -> int:
 
 DEMO_SYSTEMS = {
     # name: (method, learning rate, adapter fields)
-    "pfeiffer": ("pfeiffer", 1e-3, {}),
+    "pfeiffer": ("pfeiffer", 3e-3, {}),
     "houlsby": ("houlsby", 1e-3, {}),
     "lora": ("lora", 1e-3, {}),
     "full": ("full", 1e-4, {}),

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from .config import check, opt
-from .errors import AdapterLoadError, ConfigError
+from .errors import AdapterLoadError, ConfigError, DataError
 from .model import AdaptedModel
 
 Example = dict[str, Any]
@@ -51,7 +51,7 @@ class TrainConfig:
     max_grad_norm: float = opt(1.0, "gradient clipping norm (0 disables)")
     gradient_accumulation_steps: int = opt(1, "batches per optimizer step")
     max_length: int = opt(128, "maximum tokens per example (longer inputs are truncated)")
-    doc_stride: int = opt(128, "QA only: overlap between windows of a long context")
+    doc_stride: int = opt(32, "QA only: token overlap between windows of a long context (< max_length)")
     seed: int = opt(42, "seed for transformers.set_seed and the data order")
     train_mode: Literal["adapters", "full", "head"] = opt(
         "adapters", "adapters: active adapters + head; full: every parameter; head: the head only"
@@ -123,7 +123,7 @@ class TrainResult:
 # --- data ----------------------------------------------------------------------------------------
 
 
-def encode(tokenizer: Any, spec: Any, examples: Sequence[Example], max_length: int, doc_stride: int = 128,
+def encode(tokenizer: Any, spec: Any, examples: Sequence[Example], max_length: int, doc_stride: int = 32,
            *, for_eval: bool = False) -> Any:
     """Tokenise ``examples`` for ``spec.kind`` into a ``datasets.Dataset`` (unpadded)."""
     from .data import preprocess
@@ -272,7 +272,7 @@ def _make_trainer_class() -> type:
             out = self.predict(features.remove_columns(list(QA_EVAL_COLUMNS)), ignore_keys, metric_key_prefix)
             start_logits, end_logits = out.predictions[:2]
             answers = postprocess_qa(examples, features, start_logits, end_logits)
-            refs = {str(ex["id"]): list(ex["answers"]["text"]) for ex in examples}
+            refs = qa_references(examples)
             metrics = {f"{metric_key_prefix}_{k}": v for k, v in compute_metrics(self.spec, answers, refs).items()}
             metrics[f"{metric_key_prefix}_runtime"] = round(time.perf_counter() - start, 4)
             self.log(metrics)
@@ -392,10 +392,13 @@ def train(adapted: AdaptedModel, tokenizer: Any, spec: Any, train_examples: Sequ
 
     if not train_examples:
         raise ConfigError("train_examples: no training examples")
+    has_dev = bool(dev_examples)
+    if has_dev and spec.kind == "qa" and not has_qa_references(dev_examples):
+        raise DataError("dev_examples: no QA example has a reference answer, so the dev set cannot be "
+                        "scored; pass dev_examples=None (or a dev set with answers)")
     set_seed(config.seed)
     adapted.set_train_mode(config.train_mode)
     train_ds = encode(tokenizer, spec, train_examples, config.max_length, config.doc_stride)
-    has_dev = bool(dev_examples)
     dev_ds, qa_dev = None, None
     if has_dev:
         if spec.kind == "qa":
@@ -504,21 +507,43 @@ def predict_logits(adapted: nn.Module, tokenizer: Any, dataset: Any, batch_size:
     return [np.concatenate(o, axis=0)[inverse] for o in outputs]
 
 
+def qa_references(examples: Sequence[Example]) -> dict[str, list[str]]:
+    """QA example id -> its reference answer texts (blank ones dropped)."""
+    return {str(ex["id"]): [t for t in (ex.get("answers") or {}).get("text", []) if t.strip()] for ex in examples}
+
+
+def has_qa_references(examples: Sequence[Example]) -> bool:
+    """True when at least one QA example has a non-blank reference answer (so EM/F1 can be computed)."""
+    return any(qa_references(examples).values())
+
+
+def predict_qa(adapted: nn.Module, tokenizer: Any, examples: Sequence[Example], batch_size: int = 64,
+               max_length: int = 128, doc_stride: int = 32) -> dict[str, str]:
+    """Extractive QA: example id -> predicted answer text (the best span over all windows of the context)."""
+    from .data.preprocess import encode_qa_eval, postprocess_qa
+
+    if not examples:
+        raise ConfigError("examples: nothing to predict")
+    features = encode_qa_eval(tokenizer, examples, max_length=max_length, doc_stride=doc_stride)
+    start, end = predict_logits(adapted, tokenizer, features, batch_size)
+    return postprocess_qa(examples, features, start, end)
+
+
 def evaluate(adapted: nn.Module, tokenizer: Any, spec: Any, examples: Sequence[Example], batch_size: int = 64,
-             max_length: int = 128, doc_stride: int = 128) -> dict[str, float]:
-    """Metrics of ``adapted`` on ``examples`` (primary metric under ``"score"``); QA uses SQuAD EM/F1."""
+             max_length: int = 128, doc_stride: int = 32) -> dict[str, float]:
+    """Metrics of ``adapted`` on ``examples`` (primary metric under ``"score"``); QA uses SQuAD EM/F1.
+
+    QA examples without any reference answer cannot be scored (DataError); use :func:`predict_qa`.
+    """
     from .metrics import compute_metrics
 
     if not examples:
         raise ConfigError("examples: nothing to evaluate")
     if spec.kind == "qa":
-        from .data.preprocess import postprocess_qa
-
-        features = encode(tokenizer, spec, examples, max_length, doc_stride, for_eval=True)
-        start, end = predict_logits(adapted, tokenizer, features, batch_size)
-        answers = postprocess_qa(examples, features, start, end)
-        refs = {str(ex["id"]): list(ex["answers"]["text"]) for ex in examples}
-        return compute_metrics(spec, answers, refs)
+        if not has_qa_references(examples):
+            raise DataError("examples: no QA example has a reference answer; use predict_qa for predictions only")
+        answers = predict_qa(adapted, tokenizer, examples, batch_size, max_length, doc_stride)
+        return compute_metrics(spec, answers, qa_references(examples))
     dataset = encode(tokenizer, spec, examples, max_length)
     (logits,) = predict_logits(adapted, tokenizer, dataset, batch_size)
     return compute_metrics(spec, logits, np.asarray([ex["label"] for ex in examples]))

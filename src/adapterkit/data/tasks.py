@@ -351,7 +351,7 @@ def task_from_file(
     fieldnames: Sequence[str] | None = None,
     base_dir: str | Path | None = None,
 ) -> TaskSpec:
-    """A TaskSpec for a user's own CSV/TSV/JSONL/Parquet (or SQuAD JSON, for ``kind="qa"``) files.
+    """A TaskSpec for a user's own CSV/TSV/JSONL/Parquet (or SQuAD v1.1 JSON, for ``kind="qa"``) files.
 
     Relative paths are resolved against ``base_dir`` (default: the current directory) and stored
     absolute. ``text_columns`` defaults to ``("text",)`` (QA: ``("question", "context")``). For
@@ -373,6 +373,8 @@ def task_from_file(
     cols = _as_columns(text_columns, kind)
     if kind == "qa":
         label_column = None
+        if fmt is None and all(Path(f).suffix.lower() == ".json" for f in files.values()):
+            fmt = "squad"  # SQuAD v1.1 JSON; other layouts (JSON lines with an 'answers' column) keep sniffing
     elif kind == "classification" and labels is None:
         if not label_column:
             raise ConfigError(f"task {name!r}: label_column: required for kind {kind!r}")

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..config import MethodConfig, check, opt
@@ -27,7 +28,7 @@ class Bottleneck(nn.Module):
         self.down = nn.Linear(hidden, size)
         self.act = make_activation(activation, size)
         self.up = nn.Linear(size, hidden)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.scaling = scaling
         if init == "identity":
             nn.init.kaiming_uniform_(self.down.weight, a=math.sqrt(5))
@@ -40,7 +41,10 @@ class Bottleneck(nn.Module):
                 nn.init.zeros_(lin.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.scaling * self.up(self.act(self.down(self.dropout(x))))
+        h = self.act(self.down(self.dropout(x)))
+        if self.scaling == 1.0:
+            return self.up(h)
+        return F.linear(h, self.up.weight * self.scaling, self.up.bias * self.scaling)  # scale the small weights
 
 
 class SequentialAdapter(AdapterModule):

@@ -48,7 +48,10 @@ class LoRALinear(AdapterModule):
         if self.merged:
             return output
         x = args[0] if args else kwargs["input"]
-        return output + F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B) * self.scaling
+        h = F.linear(self.dropout(x), self.lora_A)
+        # output + h (s B)^T in one GEMM: the scaling goes on the tiny B and the addition into addmm
+        flat = torch.addmm(output.reshape(-1, output.shape[-1]), h.reshape(-1, h.shape[-1]), (self.lora_B * self.scaling).t())
+        return flat.view(output.shape)
 
     def _base(self) -> nn.Linear:
         wrapper = self._wrapper() if self._wrapper else None

@@ -1,0 +1,98 @@
+"""Short end-to-end runs on the real shared data with the bundled MiniLM: regression, pairs via the CLI, XQuAD."""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+
+from adapterkit.cli import main
+from adapterkit.data.sampling import subsample
+from adapterkit.data.tasks import get_task, load_task
+from adapterkit.io import save_adapter
+from adapterkit.methods.bottleneck import PfeifferConfig
+from adapterkit.model import AdaptedModel, load_base_model
+from adapterkit.training import TrainConfig, evaluate, train
+
+DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="module")
+def data_dir() -> Path:
+    if not DATA_DIR.is_dir():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{DATA_DIR}: shared data directory missing on CI")
+        pytest.skip(f"{DATA_DIR}: shared data directory not present")
+    return DATA_DIR
+
+
+def test_stsb_regression_pfeiffer(tmp_path: Path, data_dir: Path):
+    spec = get_task("stsb")
+    data = load_task(spec, data_dir, ["train", "dev"])
+    train_ex, dev_ex = subsample(data["train"], 64, seed=0), subsample(data["dev"], 64, seed=0)
+    hf_model, tokenizer = load_base_model(None, "regression")
+    model = AdaptedModel(hf_model)
+    model.add_adapter("stsb", PfeifferConfig(reduction_factor=16))
+    cfg = TrainConfig(output_dir=str(tmp_path / "run"), epochs=1, batch_size=16, learning_rate=1e-3, max_length=64,
+                      progress="none", save_optimizer=False)
+    result = train(model, tokenizer, spec, train_ex, None, cfg)
+    assert result.global_step == 4
+    metrics = evaluate(model, tokenizer, spec, dev_ex, max_length=64)
+    assert {"pearson", "spearman", "score"} <= set(metrics)
+    assert all(math.isfinite(metrics[k]) and -1.0 <= metrics[k] <= 1.0 for k in ("pearson", "spearman"))
+
+
+def test_rte_lora_cli_train_with_dev_size_then_eval(tmp_path: Path, data_dir: Path, capsys):
+    out = tmp_path / "rte"
+    code = main(["train", "--task", "rte", "--data-dir", str(data_dir), "--method", "lora", "--train-size", "32",
+                 "--dev-size", "16", "--epochs", "1", "--batch-size", "16", "--lr", "1e-3", "--max-length", "64",
+                 "--progress", "none", "--output-dir", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "dev: 16 examples carved from train; test: the official dev set (277)" in printed
+    assert "32 train / 16 dev / 277 test examples" in printed
+    assert "test score" in printed and "Test score" in printed
+    results = json.loads((out / "results.json").read_text())
+    assert results["method"] == "lora" and results["task"] == "rte"
+    test = results["test"]
+    assert 0.0 <= test["accuracy"] <= 1.0 and test["score"] == test["accuracy"]
+    assert 0.0 <= results["dev"]["score"] <= 1.0
+
+    assert main(["eval", str(out / "adapter"), "--data-dir", str(data_dir), "--split", "dev",
+                 "--max-length", "64"]) == 0
+    printed = capsys.readouterr().out
+    assert "on rte [dev], 277 examples" in printed
+    accuracy = next(float(line.split()[-1]) for line in printed.splitlines() if line.startswith("accuracy"))
+    assert accuracy == pytest.approx(test["accuracy"], abs=1e-3)  # the saved adapter reproduces the test score
+
+
+def test_xquad_eval_without_references_writes_predictions(tmp_path: Path, data_dir: Path, capsys):
+    source = json.loads((data_dir / "xtreme" / "xquad" / "xquad.en.json").read_text(encoding="utf-8"))
+    paragraphs, contexts = [], {}  # the first 8 questions, in the file's own layout
+    for para in (p for article in source["data"] for p in article["paragraphs"]):
+        qas = para["qas"][: 8 - len(contexts)]
+        paragraphs.append({**para, "qas": qas})
+        contexts.update({q["id"]: para["context"] for q in qas})
+        if len(contexts) == 8:
+            break
+    assert not any(a["text"] for p in paragraphs for q in p["qas"] for a in q["answers"])  # XTREME blanks them
+    subset = tmp_path / "data" / "xtreme" / "xquad" / "xquad.en.json"
+    subset.parent.mkdir(parents=True)
+    subset.write_text(json.dumps({"version": source.get("version", "1.1"),
+                                  "data": [{"title": "xquad.en subset", "paragraphs": paragraphs}]}))
+
+    hf_model, _ = load_base_model(None, "qa")
+    model = AdaptedModel(hf_model)
+    model.add_adapter("qa", PfeifferConfig(reduction_factor=16))
+    save_adapter(model, "qa", tmp_path / "adapter", include_head=True, extra={"task": "xquad_en"})
+
+    out = tmp_path / "eval"
+    assert main(["eval", str(tmp_path / "adapter"), "--data-dir", str(tmp_path / "data"), "--output-dir", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "on xquad_en [test], 8 examples" in captured.out
+    assert f"no reference answers in {subset}: wrote predictions only" in captured.out
+    predictions = json.loads((out / "predictions.json").read_text())
+    assert set(predictions) == set(contexts)
+    assert all(isinstance(a, str) and a in contexts[qid] for qid, a in predictions.items())
