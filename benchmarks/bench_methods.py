@@ -34,7 +34,10 @@ import torch
 from torch import nn
 
 BATCH, SEQ_LEN, THREADS = 16, 128, 2
-TRAIN_CONFIGS = ["full", "pfeiffer", "houlsby", "parallel", "lora", "prompt", "prefix", "peft-lora"]
+TRAIN_CONFIGS = ["full", "pfeiffer", "houlsby", "parallel", "lora", "prompt", "prefix", "peft-lora",
+                 "full-nodrop", "pfeiffer-nodrop"]
+# "-nodrop": no dropout in the pretrained model (full: every dropout p=0; pfeiffer: AdaptedModel.backbone_dropout
+# = False, the frozen backbone runs as in evaluation while the adapter and head train)
 INFER_CONFIGS = ["bare", "pfeiffer", "lora-unmerged", "lora-merged"]
 
 
@@ -72,9 +75,13 @@ def build_model(name: str, base: nn.Module) -> nn.Module | None:
     from adapterkit.registry import METHODS
 
     model = copy.deepcopy(base)
-    if name in ("full", "bare"):
+    if name in ("full", "bare", "full-nodrop"):
         for p in model.parameters():
             p.requires_grad_(True)
+        if name == "full-nodrop":
+            for module in model.modules():
+                if isinstance(module, nn.Dropout):
+                    module.p = 0.0
         return model
     if name == "peft-lora":
         try:
@@ -88,7 +95,7 @@ def build_model(name: str, base: nn.Module) -> nn.Module | None:
             if ".pooler." in n or ".classifier." in n:
                 p.requires_grad_(True)
         return model
-    method = {"lora-unmerged": "lora", "lora-merged": "lora"}.get(name, name)
+    method = {"lora-unmerged": "lora", "lora-merged": "lora", "pfeiffer-nodrop": "pfeiffer"}.get(name, name)
     if method not in METHODS:
         return None
     config = METHODS[method](r=8, targets=("query", "value")) if method == "lora" else METHODS[method]()
@@ -96,6 +103,8 @@ def build_model(name: str, base: nn.Module) -> nn.Module | None:
     adapted.add_adapter(method, config)
     if name == "lora-merged":
         adapted.merge_adapter(method)
+    if name == "pfeiffer-nodrop":
+        adapted.backbone_dropout = False
     return adapted
 
 
@@ -252,6 +261,13 @@ def report(train: list[Setup], infer: list[Setup], memory: dict[str, dict[str, A
             median_ms(by["lora"]) / median_ms(by["peft-lora"]) if "peft-lora" in by else None,
             1.0,
         ),
+        (
+            "Pfeiffer step <= 0.55x full FT, both without dropout in the pretrained model",
+            median_ms(by["pfeiffer-nodrop"]) / median_ms(by["full-nodrop"]),
+            0.55,
+        ),
+        ("Pfeiffer without backbone dropout <= 0.55x full FT with dropout (defaults)",
+         median_ms(by["pfeiffer-nodrop"]) / full, 0.55),
         ("one bottleneck adapter inference <= 1.05x bare", median_ms(inf["pfeiffer"]) / bare, 1.05),
         ("merged LoRA inference within 2% of bare", median_ms(inf["lora-merged"]) / bare, 1.02),
     ]

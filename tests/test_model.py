@@ -205,3 +205,26 @@ def test_forward_and_config_pass_through(model: AdaptedModel) -> None:
     assert info["model_type"] == "bert" and info["hidden_size"] == 32 and info["num_layers"] == 2
     out = model(input_ids=IDS, labels=torch.tensor([0, 1]))
     assert out.logits.shape == (2, 2) and torch.isfinite(out.loss)
+
+
+@pytest.mark.parametrize("method", [PfeifferConfig(dropout=0.5), LoRAConfig(dropout=0.5)])
+def test_backbone_dropout_off_keeps_backbone_in_eval_but_adapters_and_head_train(method) -> None:
+    model = AdaptedModel(tiny_bert())
+    model.add_adapter("a", method)
+    model.backbone_dropout = False
+    model.train()
+    for name, module in model.model.named_modules():
+        in_adapter = ".adapters." in f".{name}."
+        in_backbone = name.startswith("bert")
+        expected = in_adapter or not in_backbone
+        assert module.training is expected, name
+    # the frozen path is deterministic; only the adapter's own dropout varies between calls
+    model.set_active_adapters()
+    out1, out2 = model(input_ids=IDS).logits, model(input_ids=IDS).logits
+    assert not torch.equal(out1, out2)  # the head's own dropout still runs
+    model.model.dropout.eval()  # the head's dropout off too: now the whole forward is deterministic
+    assert torch.equal(model(input_ids=IDS).logits, model(input_ids=IDS).logits)
+    # back to the default: dropout everywhere in training
+    model.backbone_dropout = True
+    model.train()
+    assert all(m.training for m in model.model.modules())

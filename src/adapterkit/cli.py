@@ -32,6 +32,13 @@ def _csv(value: str | Sequence[str]) -> list[str]:
     return [str(v) for v in value]
 
 
+def _bool(value: str | bool) -> bool:
+    result = _resume(value)
+    if result == "auto":
+        raise argparse.ArgumentTypeError(f"use true or false, got {value!r}")
+    return bool(result)
+
+
 def _resume(value: str | bool) -> bool | str:
     if isinstance(value, bool):
         return value
@@ -87,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--warmup-ratio", type=float, help="linear warm-up fraction (default 0.06)")
     tr.add_argument("--output-dir", help="where checkpoints, the adapter and results go (default runs/train)")
     tr.add_argument("--resume", type=_resume, help="true, false or auto: resume from the last checkpoint")
+    tr.add_argument("--backbone-dropout", type=_bool,
+                    help="true (default) or false: false runs the frozen backbone without dropout (adapters only)")
     tr.add_argument("--logging-steps", type=int, help="log every N steps (default 10)")
     tr.add_argument("--progress", choices=("log", "bar", "none"), help="progress display (default log)")
 
@@ -122,7 +131,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
               "labels": None, "kind": "classification", "method": "pfeiffer", "adapter_config": None,
               "adapter_name": None, "k_shot": None, "train_size": None, "dev_size": None, "seed": 42, "epochs": 3.0,
               "lr": None, "batch_size": 16, "weight_decay": 0.0, "warmup_ratio": 0.06, "output_dir": "runs/train",
-              "resume": False, "logging_steps": 10, "progress": "log"},
+              "resume": False, "backbone_dropout": True, "logging_steps": 10, "progress": "log"},
     "eval": {"adapter": None, "model": None, "data_dir": None, "max_length": 128, "eval_batch_size": 64, "task": None,
              "train_file": None, "dev_file": None, "test_file": None, "text_columns": None, "label_column": "label",
              "labels": None, "kind": "classification", "split": None, "output_dir": "runs/eval"},
@@ -170,6 +179,8 @@ def read_yaml_config(path: str | Path, command: str) -> dict[str, Any]:
                 value = float(value) if name in _FLOAT_KEYS else int(value)  # YAML reads 1e-3 as a string
             elif name == "resume":
                 value = _resume(value)
+            elif name == "backbone_dropout":
+                value = _bool(value)
         except (ValueError, argparse.ArgumentTypeError):
             raise ConfigError(f"{path}: {key}: invalid value {value!r}") from None
         out[name] = value
@@ -352,6 +363,7 @@ def run_training(opts: dict[str, Any], *, spec: Any = None, data: tuple | None =
         train_mode=mode, resume=opts.get("resume", False), logging_steps=opts.get("logging_steps", 10),
         progress=opts.get("progress", "log"), save_total_limit=1 if cleanup else 2, cleanup_checkpoints=cleanup,
         save_optimizer=not cleanup, doc_stride=_doc_stride(opts["max_length"]),
+        backbone_dropout=opts.get("backbone_dropout", True),
     )
     _say(f"[{label}] {len(train_ex)} train / {len(dev_ex or [])} dev / {len(test_ex or [])} test examples; "
          f"trainable parameters {adapted.count_parameters()['trainable'] if mode != 'full' else 'all'}")

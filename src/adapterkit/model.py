@@ -48,6 +48,9 @@ class AdaptedModel(nn.Module):
         self._attachments: dict[str, list[tuple[str, Attachment]]] = {}
         self.active_adapters: tuple[str, ...] = ()
         self.train_mode: TrainMode = "adapters"
+        self.backbone_dropout = True
+        """False: in training, the frozen backbone runs as in evaluation (no dropout) while adapters and
+        the head still train with theirs; saves the dropout cost and makes the backbone deterministic."""
 
     # -- construction -------------------------------------------------------------------------
     def build_context(self) -> BuildContext:
@@ -259,6 +262,16 @@ class AdaptedModel(nn.Module):
         for _, module in self.adapter_modules(name):
             if hasattr(module, "unmerge"):
                 module.unmerge()
+
+    def train(self, mode: bool = True) -> AdaptedModel:
+        """Like ``nn.Module.train``; with ``backbone_dropout`` off (adapters mode), the backbone stays in eval."""
+        super().train(mode)
+        if mode and not self.backbone_dropout and self.train_mode == "adapters":
+            backbone = self.model.base_model
+            backbone.eval()
+            for wrapper in injection.wrappers(backbone).values():  # includes a prompt wrapping the backbone
+                wrapper.adapters.train(True)
+        return self
 
     # -- pass-through -------------------------------------------------------------------------
     @property

@@ -56,6 +56,9 @@ class TrainConfig:
     train_mode: Literal["adapters", "full", "head"] = opt(
         "adapters", "adapters: active adapters + head; full: every parameter; head: the head only"
     )
+    backbone_dropout: bool = opt(
+        True, "adapters mode: false runs the frozen backbone without dropout (faster; adapters keep theirs)"
+    )
     eval_each_epoch: bool = opt(True, "evaluate on dev after each epoch and keep the best checkpoint (by 'score')")
     save_total_limit: int | None = opt(2, "checkpoints kept in output_dir (the best one is always kept)")
     resume: bool | str = opt(False, "true: resume from the last checkpoint in output_dir; 'auto': only when one exists")
@@ -398,6 +401,7 @@ def train(adapted: AdaptedModel, tokenizer: Any, spec: Any, train_examples: Sequ
                         "scored; pass dev_examples=None (or a dev set with answers)")
     set_seed(config.seed)
     adapted.set_train_mode(config.train_mode)
+    adapted.backbone_dropout = config.backbone_dropout
     train_ds = encode(tokenizer, spec, train_examples, config.max_length, config.doc_stride)
     dev_ds, qa_dev = None, None
     if has_dev:
