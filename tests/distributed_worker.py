@@ -11,11 +11,11 @@ import sys
 from pathlib import Path
 
 from safetensors.torch import save_file
-from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast, set_seed
 
 from adapterkit.data.tasks import TaskSpec
 from adapterkit.methods.bottleneck import BottleneckConfig
 from adapterkit.model import AdaptedModel
+from adapterkit.testing import tiny_model, tiny_tokenizer
 from adapterkit.training import TrainConfig, train
 
 WORDS = ["good", "great", "bad", "awful", "the", "movie", "was", "plot"]
@@ -24,13 +24,8 @@ WORDS = ["good", "great", "bad", "awful", "the", "movie", "was", "plot"]
 def main(out_dir: str) -> None:
     out = Path(out_dir)
     rank = int(os.environ.get("RANK", "0"))
-    vocab = out / f"vocab-{rank}.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(vocab))
-    set_seed(0)
-    cfg = BertConfig(vocab_size=5 + len(WORDS), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=32, num_labels=2)
-    adapted = AdaptedModel(BertForSequenceClassification(cfg))
+    tokenizer = tiny_tokenizer(out / f"tokenizer-{rank}", WORDS)  # a directory per rank: no write races
+    adapted = AdaptedModel(tiny_model("bert", vocab_size=len(tokenizer)))
     adapted.add_adapter("a", BottleneckConfig(reduction_factor=4, init="near_identity"))
     if rank == 0:
         save_file({k: v.contiguous() for k, v in adapted.adapter_state_dict("a").items()}, str(out / "initial.safetensors"))

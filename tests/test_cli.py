@@ -6,27 +6,14 @@ import random
 from pathlib import Path
 
 import pytest
-from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
 
 from adapterkit.cli import build_parser, main, merge_options, read_yaml_config
 from adapterkit.errors import ConfigError
+from adapterkit.testing import save_tiny_model
 
 POS = ["good", "great", "fine", "lovely"]
 NEG = ["bad", "awful", "poor", "dull"]
 FILL = ["the", "movie", "was", "a", "plot", "very"]
-
-
-def tiny_model_dir(tmp: Path) -> Path:
-    """A 2-layer BERT with a 19-word vocabulary, saved like any Hugging Face model directory."""
-    out = tmp / "tiny-bert"
-    out.mkdir()
-    vocab = out / "vocab.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *POS, *NEG, *FILL]) + "\n")
-    BertTokenizerFast(vocab_file=str(vocab)).save_pretrained(out)
-    cfg = BertConfig(vocab_size=5 + len(POS) + len(NEG) + len(FILL), hidden_size=32, num_hidden_layers=2,
-                     num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
-    BertForSequenceClassification(cfg).save_pretrained(out)
-    return out
 
 
 def write_tsv(path: Path, n: int, seed: int) -> Path:
@@ -73,7 +60,7 @@ def test_info_list(capsys):
 
 
 def test_train_eval_info_on_own_tsv(tmp_path: Path, capsys):
-    model = tiny_model_dir(tmp_path)
+    model = save_tiny_model(tmp_path / "tiny-bert", words=[*POS, *NEG, *FILL])  # 19-word vocabulary
     train = write_tsv(tmp_path / "train.tsv", 24, 0)
     dev = write_tsv(tmp_path / "dev.tsv", 8, 1)
     out = tmp_path / "run"
@@ -106,3 +93,28 @@ def test_train_errors_are_one_line(tmp_path: Path, capsys):
     assert "unknown task" in capsys.readouterr().err
     assert main(["train", "--train-file", str(write_tsv(tmp_path / "t.tsv", 4, 0)), "--text-columns", "sentence",
                  "--method", "nonsense", "--model", "unused"]) == 2
+
+
+def test_train_from_a_hub_dataset(tmp_path: Path, capsys, monkeypatch):
+    """--hub-dataset builds the task from datasets.load_dataset (stubbed here: no network in tests)."""
+    import datasets
+
+    rows = [line.split("\t") for line in write_tsv(tmp_path / "x.tsv", 24, 3).read_text().splitlines()[1:]]
+    calls = []
+
+    def fake_load_dataset(name, config=None, split=None):
+        calls.append((name, config, split))
+        return datasets.Dataset.from_list([{"review": t, "stars": lab} for t, lab in rows])
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    model = save_tiny_model(tmp_path / "tiny-bert", words=[*POS, *NEG, *FILL])
+    code = main(["train", "--hub-dataset", "someone/reviews:en", "--text-columns", "review", "--label-column", "stars",
+                 "--labels", "neg,pos", "--model", str(model), "--epochs", "1", "--batch-size", "8", "--max-length",
+                 "16", "--progress", "none", "--output-dir", str(tmp_path / "run")])
+    assert code == 0
+    assert ("someone/reviews", "en", "train") in calls and ("someone/reviews", "en", "validation") in calls
+    assert "pfeiffer" in capsys.readouterr().out
+    assert main(["train", "--hub-dataset", "someone/reviews", "--text-columns", "review"]) == 2
+    assert "--labels" in capsys.readouterr().err
+    assert main(["train", "--hub-dataset", "a/b", "--task", "sst2"]) == 2
+    assert "not --task and --hub-dataset" in capsys.readouterr().err

@@ -5,7 +5,6 @@ from typing import Any
 
 import pytest
 import torch
-import transformers as tf
 from torch import nn
 
 from adapterkit import injection
@@ -13,6 +12,7 @@ from adapterkit.injection import AdaptedModule, AdapterModule
 from adapterkit.methods.bottleneck import ParallelAdapter, ParallelConfig, PfeifferConfig
 from adapterkit.methods.lora import LoRAConfig
 from adapterkit.model import AdaptedModel
+from adapterkit.testing import tiny_model
 
 
 class Recorder(AdapterModule):
@@ -41,15 +41,6 @@ class Doubler(AdapterModule):
 def toy() -> nn.Sequential:
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(4, 4), nn.Sequential(nn.ReLU(), nn.Linear(4, 3)))
-
-
-def tiny_bert() -> nn.Module:
-    torch.manual_seed(0)
-    cfg = tf.BertConfig(
-        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-        max_position_embeddings=64, num_labels=2,
-    )
-    return tf.BertForSequenceClassification(cfg)
 
 
 def test_wrap_and_unwrap_keep_the_original_object() -> None:
@@ -142,7 +133,7 @@ def test_get_module_empty_path_is_the_model() -> None:
 
 @pytest.mark.parametrize("parallel_first", [True, False])
 def test_nested_wrapping_parallel_on_output_and_pfeiffer_on_dense(parallel_first: bool) -> None:
-    base = tiny_bert()
+    base = tiny_model("bert")
     originals = dict(base.named_modules())
     ids = torch.randint(3, 100, (2, 8))
     base.eval()
@@ -181,7 +172,7 @@ def test_nested_wrapping_parallel_on_output_and_pfeiffer_on_dense(parallel_first
 
 def test_lora_and_pfeiffer_on_the_same_projection() -> None:
     """LoRA (order 0) extends the projection, then the sequential adapter transforms its output."""
-    base = tiny_bert()
+    base = tiny_model("bert")
     model = AdaptedModel(base)
     model.add_adapter("pf", PfeifferConfig(init="near_identity"))
     model.add_adapter("lo", LoRAConfig(targets=("ffn_out",)))

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import transformers as tf
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -19,20 +18,14 @@ from adapterkit.methods.bottleneck import PfeifferConfig
 from adapterkit.methods.lora import LoRAConfig
 from adapterkit.model import AdaptedModel
 from adapterkit.registry import METHODS, get_method
+from adapterkit.testing import tiny_batch, tiny_model
 
 get_method("lora")  # importing adapterkit.methods registers every built-in method
-IDS = torch.randint(3, 100, (2, 8), generator=torch.Generator().manual_seed(1))
+IDS = tiny_batch()["input_ids"]
 
 
-def tiny(seed: int = 0, *, model_type: str = "bert", hidden: int = 32, layers: int = 2, num_labels: int = 2) -> AdaptedModel:
-    torch.manual_seed(seed)
-    sizes = dict(
-        vocab_size=100, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
-        intermediate_size=64, max_position_embeddings=64, num_labels=num_labels,
-    )
-    if model_type == "roberta":
-        return AdaptedModel(tf.RobertaForSequenceClassification(tf.RobertaConfig(**sizes, pad_token_id=1)))
-    return AdaptedModel(tf.BertForSequenceClassification(tf.BertConfig(**sizes)))
+def tiny(seed: int = 0, *, model_type: str = "bert", **overrides) -> AdaptedModel:
+    return AdaptedModel(tiny_model(model_type, seed=seed, **overrides))
 
 
 def logits(model: nn.Module) -> torch.Tensor:
@@ -111,8 +104,8 @@ def test_saving_without_head_removes_a_stale_head_file(saved: tuple[AdaptedModel
 @pytest.mark.parametrize(
     ("kwargs", "field"),
     [
-        ({"hidden": 48}, "base_model.hidden_size"),
-        ({"layers": 3}, "base_model.num_layers"),
+        ({"hidden_size": 48}, "base_model.hidden_size"),
+        ({"num_hidden_layers": 3}, "base_model.num_layers"),
         ({"model_type": "roberta"}, "base_model.model_type"),
     ],
 )

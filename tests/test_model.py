@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import transformers as tf
 from torch import nn
 
 from adapterkit import injection
@@ -11,23 +10,15 @@ from adapterkit.errors import ConfigError
 from adapterkit.methods.bottleneck import HoulsbyConfig, PfeifferConfig
 from adapterkit.methods.lora import LoRAConfig, LoRALinear
 from adapterkit.model import AdaptedModel
-
-
-def tiny_bert(seed: int = 0, num_labels: int = 2) -> nn.Module:
-    torch.manual_seed(seed)
-    cfg = tf.BertConfig(
-        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-        max_position_embeddings=64, num_labels=num_labels,
-    )
-    return tf.BertForSequenceClassification(cfg)
+from adapterkit.testing import tiny_batch, tiny_model
 
 
 @pytest.fixture
 def model() -> AdaptedModel:
-    return AdaptedModel(tiny_bert())
+    return AdaptedModel(tiny_model("bert"))
 
 
-IDS = torch.randint(3, 100, (2, 8), generator=torch.Generator().manual_seed(1))
+IDS = tiny_batch()["input_ids"]
 
 
 def logits(model: nn.Module) -> torch.Tensor:
@@ -209,7 +200,7 @@ def test_forward_and_config_pass_through(model: AdaptedModel) -> None:
 
 @pytest.mark.parametrize("method", [PfeifferConfig(dropout=0.5), LoRAConfig(dropout=0.5)])
 def test_backbone_dropout_off_keeps_backbone_in_eval_but_adapters_and_head_train(method) -> None:
-    model = AdaptedModel(tiny_bert())
+    model = AdaptedModel(tiny_model("bert"))
     model.add_adapter("a", method)
     model.backbone_dropout = False
     model.train()

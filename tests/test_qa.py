@@ -7,13 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import (
-    AutoTokenizer,
-    BertConfig,
-    BertForQuestionAnswering,
-    BertForSequenceClassification,
-    set_seed,
-)
+from transformers import AutoTokenizer
 
 from adapterkit.cli import main
 from adapterkit.data.tasks import load_split, task_from_file
@@ -21,6 +15,7 @@ from adapterkit.errors import AdapterLoadError, DataError
 from adapterkit.io import load_adapter, save_adapter
 from adapterkit.methods.bottleneck import PfeifferConfig
 from adapterkit.model import AdaptedModel, default_model_path
+from adapterkit.testing import save_tiny_model, tiny_model
 from adapterkit.training import TrainConfig, evaluate, predict_qa, train
 
 COUNTRIES = ("france spain italy germany japan china india brazil canada mexico egypt kenya peru chile norway "
@@ -28,6 +23,7 @@ COUNTRIES = ("france spain italy germany japan china india brazil canada mexico 
 CITIES = ("paris madrid rome berlin tokyo beijing delhi lima oslo cairo nairobi santiago warsaw athens ankara "
           "tehran havana baghdad dublin london vienna prague moscow sydney").split()
 MAX_LENGTH, DOC_STRIDE = 48, 12
+MINILM_VOCAB = 30522  # the bundled MiniLM tokenizer's vocabulary
 
 
 def squad_json(path: Path, n: int, seed: int, answers: bool = True) -> Path:
@@ -51,14 +47,8 @@ def tokenizer():
     return AutoTokenizer.from_pretrained(default_model_path())
 
 
-def tiny_config(**kw) -> BertConfig:
-    return BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                      intermediate_size=64, max_position_embeddings=64, **kw)
-
-
 def tiny_qa(seed: int = 0) -> AdaptedModel:
-    set_seed(seed)
-    adapted = AdaptedModel(BertForQuestionAnswering(tiny_config()))
+    adapted = AdaptedModel(tiny_model("bert", "qa", seed=seed, vocab_size=MINILM_VOCAB))
     adapted.add_adapter("qa", PfeifferConfig(reduction_factor=2))
     return adapted
 
@@ -103,16 +93,8 @@ def test_no_reference_answers_is_a_clear_error(tmp_path: Path, tokenizer):
     assert len(predict_qa(adapted, tokenizer, blank, max_length=MAX_LENGTH, doc_stride=DOC_STRIDE)) == 4
 
 
-def tiny_qa_model_dir(tmp: Path, tokenizer) -> Path:
-    out = tmp / "tiny-qa-bert"
-    set_seed(0)
-    BertForQuestionAnswering(tiny_config()).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
-
-
 def test_cli_train_and_eval_on_own_squad_files(tmp_path: Path, tokenizer, capsys):
-    model = tiny_qa_model_dir(tmp_path, tokenizer)
+    model = save_tiny_model(tmp_path / "tiny-qa-bert", head="qa", tokenizer=tokenizer)
     train_file, dev_file = squad_json(tmp_path / "train.json", 40, 0), squad_json(tmp_path / "dev.json", 16, 1)
     blank = squad_json(tmp_path / "blank.json", 6, 3, answers=False)
     out = tmp_path / "run"
@@ -148,15 +130,14 @@ def test_cli_train_and_eval_on_own_squad_files(tmp_path: Path, tokenizer, capsys
 
 
 def test_classification_adapter_loads_on_qa_head(tmp_path: Path):
-    set_seed(0)
-    cls = AdaptedModel(BertForSequenceClassification(tiny_config(num_labels=3)))
+    cls = AdaptedModel(tiny_model("bert", num_labels=3, vocab_size=MINILM_VOCAB))
     cls.add_adapter("task", PfeifferConfig(reduction_factor=4))
     with torch.no_grad():
         for p in cls.adapter_parameters("task").values():
             p.normal_()
     save_adapter(cls, "task", tmp_path / "adapter", include_head=True)
 
-    qa = AdaptedModel(BertForQuestionAnswering(tiny_config()))
+    qa = AdaptedModel(tiny_model("bert", "qa", seed=1, vocab_size=MINILM_VOCAB))
     with pytest.raises(AdapterLoadError, match="no such head parameter"):
         load_adapter(qa, tmp_path / "adapter")
     assert "task" not in qa.adapter_configs  # the failed load left nothing behind

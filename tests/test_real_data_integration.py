@@ -16,16 +16,8 @@ from adapterkit.methods.bottleneck import PfeifferConfig
 from adapterkit.model import AdaptedModel, load_base_model
 from adapterkit.training import TrainConfig, evaluate, train
 
-DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
-@pytest.fixture(scope="module")
-def data_dir() -> Path:
-    if not DATA_DIR.is_dir():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{DATA_DIR}: shared data directory missing on CI")
-        pytest.skip(f"{DATA_DIR}: shared data directory not present")
-    return DATA_DIR
 
 
 def test_stsb_regression_pfeiffer(tmp_path: Path, data_dir: Path):

@@ -7,18 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import (
-    BertConfig,
-    BertForSequenceClassification,
-    BertTokenizerFast,
-    TrainerCallback,
-    set_seed,
-)
+from transformers import BertTokenizerFast, TrainerCallback
 
 from adapterkit.data.tasks import TaskSpec
 from adapterkit.errors import ConfigError
 from adapterkit.methods.bottleneck import PfeifferConfig
 from adapterkit.model import AdaptedModel
+from adapterkit.testing import SPECIAL_TOKENS, tiny_model, tiny_tokenizer
 from adapterkit.training import (
     CHECKPOINT_INFO_NAME,
     FULL_NAME,
@@ -33,19 +28,11 @@ POS = ["good", "great", "fine", "lovely"]
 NEG = ["bad", "awful", "poor", "dull"]
 FILL = ["the", "movie", "was", "a", "plot", "very", "film", "story"]
 SPEC = TaskSpec("synthetic", "classification", ("text",), "label", ("0", "1"), "accuracy", {"train": "unused"})
-
-
-def tiny_tokenizer(tmp: Path) -> BertTokenizerFast:
-    vocab = tmp / "vocab.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *POS, *NEG, *FILL]) + "\n")
-    return BertTokenizerFast(vocab_file=str(vocab))
+WORDS = [*POS, *NEG, *FILL]
 
 
 def tiny_adapted(seed: int = 0, adapter: bool = True, adapter_lr: float | None = 5e-2) -> AdaptedModel:
-    set_seed(seed)
-    cfg = BertConfig(vocab_size=5 + len(POS) + len(NEG) + len(FILL), hidden_size=32, num_hidden_layers=2,
-                     num_attention_heads=2, intermediate_size=64, max_position_embeddings=64, num_labels=2)
-    adapted = AdaptedModel(BertForSequenceClassification(cfg))
+    adapted = AdaptedModel(tiny_model("bert", seed=seed, vocab_size=len(SPECIAL_TOKENS) + len(WORDS)))
     if adapter:
         adapted.add_adapter("a", PfeifferConfig(reduction_factor=4, learning_rate=adapter_lr))
     return adapted
@@ -69,7 +56,7 @@ def config(out: Path, **kw) -> TrainConfig:
 
 @pytest.fixture()
 def tok(tmp_path: Path) -> BertTokenizerFast:
-    return tiny_tokenizer(tmp_path)
+    return tiny_tokenizer(tmp_path, WORDS)
 
 
 def test_config_validation():

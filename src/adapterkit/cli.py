@@ -65,6 +65,8 @@ def _add_task_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-file", help="your own CSV/TSV/JSONL/Parquet (QA: SQuAD JSON) training file (instead of --task)")
     p.add_argument("--dev-file", help="your own dev file")
     p.add_argument("--test-file", help="your own test file")
+    p.add_argument("--hub-dataset", help="a Hugging Face Hub data set, DATASET or DATASET:CONFIG (needs internet); "
+                   "splits train/validation/test become train/dev/test")
     p.add_argument("--text-columns", type=_csv, help="comma-separated text column(s), 1 or 2 (default: text)")
     p.add_argument("--label-column", help="label column (default: label)")
     p.add_argument("--labels", type=_csv, help="comma-separated label names in id order (default: from the file)")
@@ -127,14 +129,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 DEFAULTS: dict[str, dict[str, Any]] = {
     "train": {"model": None, "data_dir": None, "max_length": 128, "eval_batch_size": 64, "task": None,
-              "train_file": None, "dev_file": None, "test_file": None, "text_columns": None, "label_column": "label",
-              "labels": None, "kind": "classification", "method": "pfeiffer", "adapter_config": None,
+              "train_file": None, "dev_file": None, "test_file": None, "hub_dataset": None, "text_columns": None,
+              "label_column": "label", "labels": None, "kind": "classification", "method": "pfeiffer", "adapter_config": None,
               "adapter_name": None, "k_shot": None, "train_size": None, "dev_size": None, "seed": 42, "epochs": 3.0,
               "lr": None, "batch_size": 16, "weight_decay": 0.0, "warmup_ratio": 0.06, "output_dir": "runs/train",
               "resume": False, "backbone_dropout": True, "logging_steps": 10, "progress": "log"},
     "eval": {"adapter": None, "model": None, "data_dir": None, "max_length": 128, "eval_batch_size": 64, "task": None,
-             "train_file": None, "dev_file": None, "test_file": None, "text_columns": None, "label_column": "label",
-             "labels": None, "kind": "classification", "split": None, "output_dir": "runs/eval"},
+             "train_file": None, "dev_file": None, "test_file": None, "hub_dataset": None, "text_columns": None,
+             "label_column": "label", "labels": None, "kind": "classification", "split": None, "output_dir": "runs/eval"},
     "demo": {"model": None, "data_dir": None, "max_length": 64, "eval_batch_size": 64, "output_dir": "runs/demo",
              "k_shot": 32, "dev_size": None, "test_size": None, "methods": ["pfeiffer", "full", "lora"],
              "epochs": 20.0, "seed": 42, "progress": "log"},
@@ -205,12 +207,23 @@ def resolve_task(opts: dict[str, Any]) -> Any:
     """The TaskSpec named by ``--task`` or described by ``--train-file`` and friends."""
     from .data.tasks import get_task, task_from_file
 
-    if opts.get("task") and opts.get("train_file"):
-        raise ConfigError("task: give either --task or --train-file, not both")
+    sources = [flag for flag, key in (("--task", "task"), ("--train-file", "train_file"), ("--hub-dataset", "hub_dataset"))
+               if opts.get(key)]
+    if len(sources) > 1:
+        raise ConfigError(f"task: give one of --task, --train-file or --hub-dataset, not {' and '.join(sources)}")
     if opts.get("task"):
         return get_task(opts["task"])
+    if opts.get("hub_dataset"):
+        from .data.tasks import task_from_hub
+
+        dataset, _, config = str(opts["hub_dataset"]).partition(":")
+        kind = opts.get("kind") or "classification"
+        if kind == "classification" and not opts.get("labels"):
+            raise ConfigError("labels: --hub-dataset needs --labels (the label values in id order) for classification")
+        return task_from_hub(dataset, config or None, opts.get("text_columns"), opts.get("label_column") or "label",
+                             kind=kind, labels=opts.get("labels"))
     if not opts.get("train_file") and not opts.get("test_file") and not opts.get("dev_file"):
-        raise ConfigError("task: give --task NAME or --train-file FILE")
+        raise ConfigError("task: give --task NAME, --train-file FILE or --hub-dataset NAME")
     first = opts.get("train_file") or opts.get("dev_file") or opts.get("test_file")
     return task_from_file(
         Path(first).stem, train=first, dev=opts.get("dev_file") if opts.get("train_file") else None,

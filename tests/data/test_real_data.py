@@ -9,7 +9,6 @@ import pytest
 from adapterkit.data.tasks import TASKS, load_task
 from adapterkit.metrics import compute_metrics
 
-DATA_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 EXPECTED = {
     "sst2": {"train": 67349, "dev": 872},
@@ -26,13 +25,6 @@ EXPECTED = {
 }
 
 
-@pytest.fixture(scope="module")
-def data_dir() -> Path:
-    if not DATA_DIR.is_dir():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{DATA_DIR}: shared data directory missing on CI")
-        pytest.skip(f"{DATA_DIR}: shared data directory not present")
-    return DATA_DIR
 
 
 def test_every_file_task_is_covered():

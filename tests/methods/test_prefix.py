@@ -10,50 +10,23 @@ from adapterkit.methods import prefix as prefix_mod
 from adapterkit.methods.prefix import EAGER, SDPA, PrefixAttention, PrefixEncoder, PrefixTuningConfig
 from adapterkit.model import AdaptedModel
 from adapterkit.registry import get_method
+from adapterkit.testing import tiny_batch, tiny_model
 
 P = 3
 
 
+VARIANTS = {"bert_qa": ("bert", "qa"), "t5_gen": ("t5", "seq2seq")}
+
+
 def tiny(arch: str, impl: str = "sdpa") -> torch.nn.Module:
-    torch.manual_seed(0)
-    kw = {"attn_implementation": impl}
-    bert = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, vocab_size=100, **kw)
-    t5 = dict(d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, vocab_size=100, decoder_start_token_id=0, **kw)
-    if arch == "bert":
-        return tf.BertForSequenceClassification(tf.BertConfig(**bert))
-    if arch == "bert_qa":
-        return tf.BertForQuestionAnswering(tf.BertConfig(**bert))
-    if arch == "roberta":
-        return tf.RobertaForSequenceClassification(tf.RobertaConfig(**bert))
-    if arch == "xlm-roberta":
-        return tf.XLMRobertaForSequenceClassification(tf.XLMRobertaConfig(**bert))
-    if arch == "electra":
-        return tf.ElectraForSequenceClassification(tf.ElectraConfig(embedding_size=32, **bert))
-    if arch == "distilbert":
-        return tf.DistilBertForSequenceClassification(
-            tf.DistilBertConfig(dim=32, n_layers=2, n_heads=4, hidden_dim=64, vocab_size=100, **kw)
-        )
-    if arch == "t5":
-        return tf.T5ForSequenceClassification(tf.T5Config(**t5))
-    if arch == "t5_gen":
-        return tf.T5ForConditionalGeneration(tf.T5Config(**t5))
-    if arch == "llama":
-        return tf.LlamaForSequenceClassification(tf.LlamaConfig(
-            hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
-            vocab_size=100, pad_token_id=0, **kw,
-        ))
-    raise ValueError(arch)
+    model_type, head = VARIANTS.get(arch, (arch, "classification"))
+    return tiny_model(model_type, head, attn_implementation=impl)
 
 
 def batch() -> tuple[torch.Tensor, torch.Tensor]:
     """Two rows of length 7; row 1 has 5 real tokens (eos=1 last) and 2 pads (id 0)."""
-    g = torch.Generator().manual_seed(1)
-    ids = torch.randint(3, 100, (2, 7), generator=g)
-    ids[0, -1] = 1
-    ids[1, 4], ids[1, 5:] = 1, 0
-    mask = torch.ones_like(ids)
-    mask[1, 5:] = 0
-    return ids, mask
+    inputs = tiny_batch(seq_len=7, lengths=(7, 5), eos_token_id=1)
+    return inputs["input_ids"], inputs["attention_mask"]
 
 
 def run(arch: str, model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -237,9 +210,7 @@ def test_llama_gqa_prefix_shapes() -> None:
 
 
 def test_unsupported_architecture_and_validation() -> None:
-    hf = tf.MPNetForSequenceClassification(tf.MPNetConfig(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, vocab_size=100
-    ))
+    hf = tiny_model("mpnet")
     model = AdaptedModel(hf)
     with pytest.raises(ConfigError, match=r"'prefix'.*'mpnet'"):
         model.add_adapter("x", PrefixTuningConfig())

@@ -10,45 +10,23 @@ from adapterkit.injection import AdaptedModule
 from adapterkit.methods.prompt import PromptTuningConfig, SoftPrompt
 from adapterkit.model import AdaptedModel
 from adapterkit.registry import get_method
+from adapterkit.testing import tiny_batch, tiny_model
 
 N = 3
 
 
-def tiny(arch: str, **kw) -> torch.nn.Module:
-    torch.manual_seed(0)
-    bert = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, vocab_size=100)
-    t5 = dict(d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, vocab_size=100, decoder_start_token_id=0)
-    if arch == "bert":
-        return tf.BertForSequenceClassification(tf.BertConfig(**bert, **kw))
-    if arch == "bert_qa":
-        return tf.BertForQuestionAnswering(tf.BertConfig(**bert, **kw))
-    if arch == "roberta":
-        return tf.RobertaForSequenceClassification(tf.RobertaConfig(**bert, **kw))
-    if arch == "distilbert":
-        return tf.DistilBertForSequenceClassification(
-            tf.DistilBertConfig(dim=32, n_layers=2, n_heads=4, hidden_dim=64, vocab_size=100, **kw)
-        )
-    if arch == "t5":
-        return tf.T5ForSequenceClassification(tf.T5Config(**t5, **kw))
-    if arch == "t5_gen":
-        return tf.T5ForConditionalGeneration(tf.T5Config(**t5, **kw))
-    if arch == "llama":
-        return tf.LlamaForSequenceClassification(tf.LlamaConfig(
-            hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
-            vocab_size=100, pad_token_id=0, **kw,
-        ))
-    raise ValueError(arch)
+VARIANTS = {"bert_qa": ("bert", "qa"), "t5_gen": ("t5", "seq2seq")}
+
+
+def tiny(arch: str) -> torch.nn.Module:
+    model_type, head = VARIANTS.get(arch, (arch, "classification"))
+    return tiny_model(model_type, head)
 
 
 def batch() -> tuple[torch.Tensor, torch.Tensor]:
     """Two rows of length 7; row 1 has 5 real tokens (eos=1 last) and 2 pads (id 0)."""
-    g = torch.Generator().manual_seed(1)
-    ids = torch.randint(3, 100, (2, 7), generator=g)
-    ids[0, -1] = 1
-    ids[1, 4], ids[1, 5:] = 1, 0
-    mask = torch.ones_like(ids)
-    mask[1, 5:] = 0
-    return ids, mask
+    inputs = tiny_batch(seq_len=7, lengths=(7, 5), eos_token_id=1)
+    return inputs["input_ids"], inputs["attention_mask"]
 
 
 def head_output(arch: str, out) -> torch.Tensor:
@@ -173,9 +151,7 @@ def test_text_init_uses_the_models_tokenizer() -> None:
     except ImportError:
         pytest.skip("bundled MiniLM not installed")
     tok = tf.AutoTokenizer.from_pretrained(path)
-    hf = tf.BertForSequenceClassification(tf.BertConfig(
-        hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64, vocab_size=tok.vocab_size
-    ))
+    hf = tiny_model("bert", num_hidden_layers=1, vocab_size=tok.vocab_size)
     hf.config._name_or_path = path
     prompt = PromptTuningConfig(num_tokens=4, init="text", init_text="classify this").initial_prompt(hf)
     ids = tok("classify this", add_special_tokens=False)["input_ids"]
@@ -214,7 +190,6 @@ def test_t5_prompt_goes_into_the_encoder_only() -> None:
 
 
 def test_bare_backbone_is_refused_clearly() -> None:
-    bare = tf.BertModel(tf.BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
-                                      vocab_size=100))
+    bare = tiny_model("bert", "base", num_hidden_layers=1)
     with pytest.raises(ConfigError, match="bare BertModel"):
         AdaptedModel(bare).add_adapter("p", PromptTuningConfig())

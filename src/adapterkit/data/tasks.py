@@ -286,7 +286,9 @@ def _file_path(spec: TaskSpec, split: str, data_dir: str | Path | None) -> Path:
         if base is None:
             raise DataError(
                 f"{rel}: task {spec.name!r} split {split!r}: relative path and no data directory; "
-                f"pass data_dir or set {DATA_DIR_ENV}"
+                f"pass data_dir (--data-dir) or set {DATA_DIR_ENV}"
+                + (f"; with internet, its Hub data set is {spec.hub[0]}" + (f":{spec.hub[1]}" if spec.hub[1] else "")
+                   + " (--hub-dataset)" if spec.hub else "")
             )
         path = base / rel
     if not path.is_file():
