@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import pytest
@@ -15,9 +14,6 @@ from adapterkit.io import save_adapter
 from adapterkit.methods.bottleneck import PfeifferConfig
 from adapterkit.model import AdaptedModel, load_base_model
 from adapterkit.training import TrainConfig, evaluate, train
-
-
-
 
 
 def test_stsb_regression_pfeiffer(tmp_path: Path, data_dir: Path):

@@ -1,14 +1,10 @@
 """Load every registered task from the shared data directory and check the README's row counts."""
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 
 from adapterkit.data.tasks import TASKS, load_task
 from adapterkit.metrics import compute_metrics
-
 
 EXPECTED = {
     "sst2": {"train": 67349, "dev": 872},
