@@ -226,7 +226,8 @@ def report(train: list[Setup], infer: list[Setup], memory: dict[str, dict[str, A
         f"- machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__} "
         f"(threads={torch.get_num_threads()}), Python {platform.python_version()}",
         f"- workload: bundled MiniLM-L6 (BertForSequenceClassification, 2 labels), batch {BATCH} x {SEQ_LEN} tokens, "
-        f"{args.warmup} warm-up + {args.repeats} timed repeats per configuration, interleaved round-robin; medians",
+        f"{args.warmup} warm-up + {args.repeats} timed repeats per configuration, interleaved round-robin; medians"
+        + (f"; lora and peft-lora get {args.lora_repeats} more alternating repeats" if args.lora_repeats else ""),
         "- memory: peak RSS increase during training steps, measured in one fresh subprocess per configuration "
         "(VmHWM reset via /proc/self/clear_refs; includes activations, grads, AdamW state, allocator cache)",
         "",
@@ -287,6 +288,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="3 repeats, 1 warm-up, 2 memory steps")
     parser.add_argument("--no-memory", action="store_true", help="skip the per-configuration memory subprocesses")
     parser.add_argument("--memory-steps", type=int, default=3, help="training steps per memory subprocess")
+    parser.add_argument("--lora-repeats", type=int, default=24,
+                        help="extra alternating repeats of lora vs peft-lora (their medians use all repeats)")
     parser.add_argument("--out", help="also write the Markdown report to this file")
     parser.add_argument("--memory-worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -294,7 +297,7 @@ def main() -> None:
         print(json.dumps(memory_worker(args.memory_worker, args.memory_steps)))
         return
     if args.quick:
-        args.repeats, args.warmup, args.memory_steps = 3, 1, 2
+        args.repeats, args.warmup, args.memory_steps, args.lora_repeats = 3, 1, 2, 0
 
     torch.set_num_threads(THREADS)
     torch.manual_seed(0)
@@ -321,6 +324,11 @@ def main() -> None:
 
     print(f"timing {len(train)} training configurations x {args.repeats} repeats ...", file=sys.stderr)
     time_round_robin(train, args.warmup, args.repeats)
+    pair = [s for s in train if s.name in ("lora", "peft-lora")]
+    if len(pair) == 2 and args.lora_repeats:
+        # the two LoRAs differ by a few percent at most: time them head to head for longer, alternating
+        print(f"timing lora vs peft-lora x {args.lora_repeats} more repeats ...", file=sys.stderr)
+        time_round_robin(pair, 0, args.lora_repeats)
     print(f"timing {len(infer)} inference configurations x {args.repeats * 3} repeats ...", file=sys.stderr)
     time_round_robin(infer, args.warmup, args.repeats * 3)
     for s in [*train, *infer]:  # free the models (keep the timings) before the memory subprocesses run

@@ -47,15 +47,32 @@ class AdaptedModule(nn.Module):
         super().__init__()
         self.base_layer = base_layer
         self.adapters = nn.ModuleDict()
-        self.active: tuple[str, ...] = ()
+        self._active: tuple[str, ...] = ()
+        self._plan: tuple[list[AdapterModule], list[AdapterModule]] = ([], [])
+
+    @property
+    def active(self) -> tuple[str, ...]:
+        """Names of the adapters that run, in activation order."""
+        return self._active
+
+    @active.setter
+    def active(self, names: tuple[str, ...]) -> None:
+        self._active = tuple(names)
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Recompute which modules' hooks run (after activation or attach/detach), so forward does no sorting."""
+        modules = sorted((self.adapters[n] for n in self._active if n in self.adapters), key=lambda m: m.order)
+        pre = [m for m in modules if type(m).pre is not AdapterModule.pre]
+        post = [m for m in modules if type(m).post is not AdapterModule.post]
+        self._plan = (pre, post)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        modules = [self.adapters[name] for name in self.active if name in self.adapters]
-        modules.sort(key=lambda m: m.order)
-        for module in modules:
+        pre, post = self._plan
+        for module in pre:
             args, kwargs = module.pre(args, kwargs)
         output = self.base_layer(*args, **kwargs)
-        for module in modules:
+        for module in post:
             output = module.post(args, kwargs, output)
         return output
 
@@ -106,6 +123,7 @@ def attach(model: nn.Module, path: str, name: str, adapter: AdapterModule) -> Ad
     if name in wrapper.adapters:
         raise ValueError(f"{path}: an adapter named {name!r} is already attached")
     wrapper.adapters[name] = adapter
+    wrapper.refresh()
     adapter.bind(wrapper)
     return wrapper
 
