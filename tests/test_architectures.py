@@ -205,11 +205,16 @@ def test_houlsby_attaches_two_per_layer(model_type: str) -> None:
         assert list(wrapper.adapters) == ["h"], path
 
 
-@pytest.mark.parametrize("method", sorted(METHODS))
+LAYERED_METHODS = sorted(m for m in METHODS if "layers" in METHODS[m].help())  # prompt is model-level
+
+
+def test_every_method_but_prompt_selects_layers() -> None:
+    assert set(METHODS) - set(LAYERED_METHODS) == {"prompt"}
+
+
+@pytest.mark.parametrize("method", LAYERED_METHODS)
 def test_layers_option_attaches_only_to_selected_layer(method: str) -> None:
     config = default_config(method)
-    if "layers" not in config.to_dict():
-        pytest.skip(f"{method} has no per-layer selection")
     model = AdaptedModel(tiny("bert"))
     model.add_adapter("one", type(config)(layers=(1,)))
     layer_sites = [att for _, att in model._attachments["one"] if att.layer is not None]

@@ -104,6 +104,7 @@ class AdaptedModel(nn.Module):
     def delete_adapter(self, name: str) -> None:
         """Remove ``name`` everywhere; wrapped modules with no adapter left are restored."""
         self._require(name)
+        self.unmerge_adapter(name)  # a merged LoRA must leave the base weights as they were
         for path, _ in self._attachments.pop(name):
             if path:
                 injection.detach(self.model, path, name)

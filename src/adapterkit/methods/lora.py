@@ -53,29 +53,43 @@ class LoRALinear(AdapterModule):
         flat = torch.addmm(output.reshape(-1, output.shape[-1]), h.reshape(-1, h.shape[-1]), (self.lora_B * self.scaling).t())
         return flat.view(output.shape)
 
-    def _base(self) -> nn.Linear:
+    def _wrapped(self) -> AdaptedModule:
         wrapper = self._wrapper() if self._wrapper else None
         if wrapper is None:
             raise RuntimeError("LoRA module is not attached to a layer")
-        return wrapper.base_layer
+        return wrapper
+
+    @staticmethod
+    def _merge_stack(wrapper: AdaptedModule) -> list[LoRALinear]:
+        """The LoRA modules merged into this wrapper's weight, in merge order (kept on the wrapper)."""
+        if "_lora_merged" not in wrapper.__dict__:
+            wrapper.__dict__["_lora_merged"] = []
+        return wrapper.__dict__["_lora_merged"]
 
     @torch.no_grad()
     def merge(self) -> None:
         """Fold the update into the base weight; the original is kept so ``unmerge`` is exact."""
         if self.merged:
             return
-        base = self._base()
+        wrapper = self._wrapped()
+        base = wrapper.base_layer
         self._saved_weight = base.weight.detach().clone()
         base.weight.add_(self.delta_weight().to(base.weight.dtype))
+        self._merge_stack(wrapper).append(self)
         self.merged = True
 
     @torch.no_grad()
     def unmerge(self) -> None:
-        """Restore the base weight bit for bit."""
+        """Restore the base weight bit for bit (several LoRAs on one weight unmerge in reverse order)."""
         if not self.merged:
             return
-        base = self._base()
-        base.weight.copy_(self._saved_weight)
+        wrapper = self._wrapped()
+        stack = self._merge_stack(wrapper)
+        if stack and stack[-1] is not self:
+            raise RuntimeError("unmerge the LoRA adapters merged into this weight after this one first")
+        wrapper.base_layer.weight.copy_(self._saved_weight)
+        if stack:
+            stack.pop()
         self._saved_weight = None
         self.merged = False
 

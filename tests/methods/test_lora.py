@@ -1,0 +1,88 @@
+"""LoRA: scaling, targets across architectures, and exact merge/unmerge with several LoRAs on one weight."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from adapterkit.errors import ConfigError
+from adapterkit.methods.lora import LoRAConfig, LoRALinear
+from adapterkit.model import AdaptedModel
+from adapterkit.testing import tiny_batch, tiny_model
+
+
+def logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    model.eval()
+    with torch.no_grad():
+        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+
+
+def randomize(model: AdaptedModel, name: str, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.adapter_parameters(name).values():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+
+
+def test_update_is_alpha_over_r_times_BA() -> None:
+    torch.manual_seed(0)
+    lora = LoRALinear(6, 5, r=2, alpha=8.0, dropout=0.0)
+    nn.init.normal_(lora.lora_B)
+    x = torch.randn(3, 6)
+    base_out = torch.randn(3, 5)
+    out = lora.post((x,), {}, base_out)
+    assert torch.allclose(out, base_out + 4.0 * x @ lora.lora_A.T @ lora.lora_B.T, atol=1e-5)
+    assert torch.allclose(lora.delta_weight(), 4.0 * lora.lora_B @ lora.lora_A)
+
+
+@pytest.mark.parametrize("model_type", ["llama", "t5", "distilbert"])
+def test_all_six_targets(model_type: str) -> None:
+    model = AdaptedModel(tiny_model(model_type))
+    model.add_adapter("l", LoRAConfig(targets=("query", "key", "value", "output", "ffn_in", "ffn_out")))
+    sites = {k.split(".")[2] for k in model.adapter_state_dict("l")}
+    assert sites == {"query", "key", "value", "output", "ffn_in", "ffn_out"}
+    model.train()
+    eos = model.model.config.eos_token_id if model_type == "t5" else None  # T5's classifier pools at <eos>
+    model(**tiny_batch(num_labels=2, eos_token_id=eos)).loss.backward()
+    assert all(p.grad is not None for k, p in model.adapter_parameters("l").items() if k.endswith("lora_A"))
+
+
+def test_two_loras_on_one_weight_merge_and_unmerge_exactly_in_reverse_order() -> None:
+    batch = tiny_batch()
+    model = AdaptedModel(tiny_model("bert"))
+    weight = model.model.bert.encoder.layer[0].attention.self.query.weight
+    original = weight.detach().clone()
+    model.add_adapter("a", LoRAConfig())
+    model.add_adapter("b", LoRAConfig(r=4))
+    randomize(model, "a", 1)
+    randomize(model, "b", 2)
+    model.set_active_adapters("a", "b")
+    unmerged = logits(model, batch)
+    model.merge_adapter("a")
+    model.merge_adapter("b")
+    assert torch.allclose(logits(model, batch), unmerged, atol=1e-5)
+    with pytest.raises(RuntimeError, match="after this one first"):
+        model.unmerge_adapter("a")
+    model.unmerge_adapter("b")
+    model.unmerge_adapter("a")
+    assert torch.equal(weight, original)
+    assert torch.allclose(logits(model, batch), unmerged, atol=1e-6)
+
+
+def test_deleting_a_merged_lora_restores_the_base_weight() -> None:
+    model = AdaptedModel(tiny_model("bert"))
+    weight = model.model.bert.encoder.layer[1].attention.self.value.weight
+    original = weight.detach().clone()
+    model.add_adapter("a", LoRAConfig())
+    randomize(model, "a", 3)
+    model.merge_adapter("a")
+    assert not torch.equal(weight, original)
+    model.delete_adapter("a")
+    assert torch.equal(model.model.bert.encoder.layer[1].attention.self.value.weight, original)
+
+
+def test_bad_fields() -> None:
+    with pytest.raises(ConfigError, match="targets"):
+        LoRAConfig(targets=("q_proj",))
+    with pytest.raises(ConfigError, match="r"):
+        LoRAConfig(r=0)
