@@ -219,3 +219,20 @@ def test_backbone_dropout_off_keeps_backbone_in_eval_but_adapters_and_head_train
     model.backbone_dropout = True
     model.train()
     assert all(m.training for m in model.model.modules())
+
+
+def test_a_failing_build_leaves_the_model_untouched() -> None:
+    from adapterkit.methods.base import Attachment
+    from adapterkit.methods.bottleneck import Bottleneck, SequentialAdapter
+
+    class HalfBad(PfeifferConfig):
+        def build(self, ctx):
+            good = super().build(ctx)
+            bad = Attachment(1, "no_such_site", SequentialAdapter(Bottleneck(32, 4, "relu", "identity", 0.0, 1.0)))
+            return [*good, bad]
+
+    model = AdaptedModel(tiny_model("bert"))
+    with pytest.raises(ConfigError, match="no_such_site"):
+        model.add_adapter("x", HalfBad())
+    assert injection.wrappers(model.model) == {} and model.adapter_configs == {}
+    model.add_adapter("x", PfeifferConfig())  # the name is free again

@@ -72,6 +72,8 @@ class AdaptedModel(nn.Module):
                 return self.model.base_model_prefix if self.model.base_model is not self.model else ""
             raise ConfigError(f"unknown model-level site {site!r}")
         entry = self.layers[layer]
+        if site not in entry.group.sites:
+            raise ConfigError(f"site {site!r}: not in the {self.spec.model_type} table; sites: {sorted(entry.group.sites)}")
         return f"{entry.path}.{entry.group.sites[site]}"
 
     def add_adapter(self, name: str, config: MethodConfig, *, activate: bool = True) -> None:
@@ -85,14 +87,22 @@ class AdaptedModel(nn.Module):
             raise ConfigError(f"method {config.method!r}: has no modules to attach")
         attachments: list[Attachment] = build(self.build_context())
         placed: list[tuple[str, Attachment]] = []
-        for att in attachments:
-            if att.site == "shared":
-                self.shared[name] = att.module
-                placed.append(("", att))
-                continue
-            path = self.site_path(att.layer, att.site)
-            injection.attach(self.model, path, name, att.module)
-            placed.append((path, att))
+        try:
+            for att in attachments:
+                if att.site == "shared":
+                    self.shared[name] = att.module
+                    placed.append(("", att))
+                    continue
+                path = self.site_path(att.layer, att.site)
+                injection.attach(self.model, path, name, att.module)
+                placed.append((path, att))
+        except Exception:  # leave the model as it was
+            for path, _ in placed:
+                if path:
+                    injection.detach(self.model, path, name)
+            if name in self.shared:
+                del self.shared[name]
+            raise
         self.adapter_configs[name] = config
         self._attachments[name] = placed
         if activate:
