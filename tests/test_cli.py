@@ -118,3 +118,37 @@ def test_train_from_a_hub_dataset(tmp_path: Path, capsys, monkeypatch):
     assert "--labels" in capsys.readouterr().err
     assert main(["train", "--hub-dataset", "a/b", "--task", "sst2"]) == 2
     assert "not --task and --hub-dataset" in capsys.readouterr().err
+
+
+def test_train_resumes_after_sigkill(tmp_path: Path):
+    """Kill a real `adapterkit train` process with SIGKILL after its first checkpoint; --resume auto finishes it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    model = save_tiny_model(tmp_path / "tiny-bert", words=[*POS, *NEG, *FILL])
+    train_file, dev_file = write_tsv(tmp_path / "train.tsv", 48, 0), write_tsv(tmp_path / "dev.tsv", 8, 1)
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "adapterkit.cli", "train", "--model", str(model), "--train-file", str(train_file),
+           "--dev-file", str(dev_file), "--text-columns", "sentence", "--epochs", "60", "--batch-size", "8",
+           "--max-length", "16", "--lr", "1e-2", "--seed", "3", "--output-dir", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and time.monotonic() < deadline and not list(out.glob("checkpoint-*/trainer_state.json")):
+            time.sleep(0.02)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "training finished before it could be killed"
+    assert not (out / "results.json").exists()
+
+    done = subprocess.run([*cmd, "--resume", "auto"], env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resuming at step" in done.stderr
+    assert json.loads((out / "train_result.json").read_text())["global_step"] == 60 * 6
+    assert json.loads((out / "results.json").read_text())["method"] == "pfeiffer"
+    assert (out / "adapter" / "adapter.safetensors").is_file()

@@ -211,3 +211,14 @@ def test_evaluate_classification(tok):
     adapted = tiny_adapted()
     metrics = evaluate(adapted, tok, SPEC, examples(10, 2), batch_size=4, max_length=16)
     assert 0.0 <= metrics["score"] <= 1.0 and metrics["score"] == metrics["accuracy"]
+
+
+def test_last_checkpoint_skips_one_cut_short(tmp_path: Path):
+    for step, files in ((3, [TRAINABLE_NAME, "trainer_state.json"]), (6, [TRAINABLE_NAME])):  # 6 was killed mid-save
+        ckpt = tmp_path / f"checkpoint-{step}"
+        ckpt.mkdir()
+        for name in files:
+            (ckpt / name).write_bytes(b"x")
+    (tmp_path / "checkpoint-x").mkdir()
+    assert last_checkpoint(tmp_path) == str(tmp_path / "checkpoint-3")
+    assert last_checkpoint(tmp_path / "missing") is None

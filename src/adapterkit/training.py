@@ -205,15 +205,24 @@ def load_checkpoint_weights(adapted: AdaptedModel, directory: str | Path) -> Non
 
 
 def last_checkpoint(output_dir: str | Path) -> str | None:
-    """The newest ``checkpoint-STEP`` directory in ``output_dir`` holding our weights, or None."""
-    from transformers.trainer_utils import get_last_checkpoint
+    """The newest *complete* ``checkpoint-STEP`` directory in ``output_dir``, or None.
 
-    if not Path(output_dir).is_dir():
+    Complete means it holds our weights and ``trainer_state.json``, which the Trainer writes last; a
+    checkpoint cut short by a kill is skipped in favour of the one before it.
+    """
+    root = Path(output_dir)
+    if not root.is_dir():
         return None
-    found = get_last_checkpoint(str(output_dir))
-    if found and not (Path(found, TRAINABLE_NAME).is_file() or Path(found, FULL_NAME).is_file()):
-        return None
-    return found
+    steps = []
+    for path in root.glob("checkpoint-*"):
+        suffix = path.name.removeprefix("checkpoint-")
+        if suffix.isdigit() and path.is_dir():
+            steps.append((int(suffix), path))
+    for _, path in sorted(steps, reverse=True):
+        has_weights = (path / TRAINABLE_NAME).is_file() or (path / FULL_NAME).is_file()
+        if has_weights and (path / "trainer_state.json").is_file():
+            return str(path)
+    return None
 
 
 # --- the Trainer ---------------------------------------------------------------------------------
