@@ -1,13 +1,11 @@
-"""Registries by name: adapter methods (config classes) and merge methods."""
+"""The registry of adapter methods by name (config classes)."""
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, TypeVar
 
 from .errors import ConfigError, where
 
 METHODS: dict[str, type] = {}
-MERGE_METHODS: dict[str, Callable[..., Any]] = {}
 
 C = TypeVar("C", bound=type)
 
@@ -34,16 +32,6 @@ def config_from_dict(data: dict[str, Any], source: object | None = None) -> Any:
     if not isinstance(data, dict) or "method" not in data:
         raise ConfigError(f"{where(source, 'method')}missing; every adapter config names its method")
     return get_method(data["method"], source).from_dict(data, source)
-
-
-def register_merge(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Function decorator: register a pure merge function under ``name``."""
-
-    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
-        MERGE_METHODS[name] = fn
-        return fn
-
-    return deco
 
 
 def _load_builtin_methods() -> None:
