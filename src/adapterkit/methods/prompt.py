@@ -8,6 +8,7 @@ heads and cross-attention see the original sequence positions.
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import weakref
 from dataclasses import dataclass
@@ -23,12 +24,19 @@ from ..registry import register_method
 from .base import Attachment, BuildContext
 
 
+@functools.lru_cache(maxsize=64)
+def _positional_names(cls: type) -> tuple[str, ...]:
+    """Names of ``cls.forward``'s positional parameters (computed once per class, not per forward)."""
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    params = list(inspect.signature(cls.forward).parameters.values())[1:]  # drop self
+    return tuple(p.name for p in params if p.kind in kinds)
+
+
 def _as_kwargs(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
     """``kwargs`` plus the positional ``args`` named after ``module.forward``'s parameters."""
     if not args:
         return dict(kwargs)
-    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    names = [p.name for p in inspect.signature(module.forward).parameters.values() if p.kind in kinds]
+    names = _positional_names(type(module))
     if len(args) > len(names):
         raise TypeError(f"{type(module).__name__}.forward: too many positional arguments for soft prompts")
     return {**dict(zip(names[: len(args)], args, strict=True)), **kwargs}
