@@ -121,7 +121,12 @@ class MethodConfig:
     @classmethod
     def help(cls) -> dict[str, str]:
         """Field name -> help text, for the CLI and docs."""
-        return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
+        return field_help(cls)
+
+
+def field_help(cls: type) -> dict[str, str]:
+    """Field name -> help text of a dataclass whose fields were made with :func:`opt`."""
+    return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
 
 
 def check(condition: bool, field_name: str, message: str) -> None:

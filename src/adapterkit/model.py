@@ -216,10 +216,8 @@ class AdaptedModel(nn.Module):
             return
         for p in self.parameters():
             p.requires_grad_(False)
-        head = set(self.head_parameter_names())
-        for n, p in self.model.named_parameters():
-            if n in head:
-                p.requires_grad_(True)
+        for p in self.head_parameters().values():
+            p.requires_grad_(True)
         if mode == "adapters":
             for name in self.active_adapters:
                 for p in self.adapter_parameters(name).values():
@@ -255,7 +253,7 @@ class AdaptedModel(nn.Module):
         counts = {
             "total": sum(p.numel() for p in self.parameters()),
             "trainable": sum(p.numel() for p in self.parameters() if p.requires_grad),
-            "head": sum(p.numel() for n, p in self.model.named_parameters() if n in set(self.head_parameter_names())),
+            "head": sum(p.numel() for p in self.head_parameters().values()),
         }
         for name in self.adapter_configs:
             counts[f"adapter:{name}"] = sum(p.numel() for p in self.adapter_parameters(name).values())

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import shutil
 import sys
 import time
@@ -24,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import check, opt
+from .config import check, field_help, opt
 from .errors import AdapterLoadError, ConfigError, DataError
 from .model import AdaptedModel
 
@@ -97,7 +96,7 @@ class TrainConfig:
     @classmethod
     def help(cls) -> dict[str, str]:
         """Field name -> help text."""
-        return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
+        return field_help(cls)
 
     def replace(self, **changes: Any) -> TrainConfig:
         """A validated copy with ``changes`` applied."""
@@ -160,14 +159,12 @@ def save_checkpoint_weights(adapted: AdaptedModel, directory: str | Path) -> Pat
     """Write the trainable tensors (or, in full mode, the whole model) as safetensors."""
     from safetensors.torch import save_model
 
-    from .io import atomic_save_tensors, atomic_write_json
+    from .io import atomic_path, atomic_save_tensors, atomic_write_json
 
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     if adapted.train_mode == "full":
-        tmp = directory / f".{FULL_NAME}.tmp"
-        save_model(adapted, str(tmp), metadata={"format": "pt"})
-        os.replace(tmp, directory / FULL_NAME)
+        with atomic_path(directory / FULL_NAME) as tmp:
+            save_model(adapted, tmp, metadata={"format": "pt"})
         path, keys = directory / FULL_NAME, None
     else:
         tensors = trainable_state_dict(adapted)
