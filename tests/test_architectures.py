@@ -12,7 +12,13 @@ from adapterkit import injection
 from adapterkit.architectures import ARCHITECTURES, get_architecture
 from adapterkit.config import MethodConfig
 from adapterkit.errors import ConfigError, UnsupportedArchitectureError
-from adapterkit.methods.bottleneck import BottleneckConfig, HoulsbyConfig, ParallelAdapter, ParallelConfig
+from adapterkit.methods.bottleneck import (
+    BottleneckConfig,
+    HoulsbyConfig,
+    ParallelAdapter,
+    ParallelConfig,
+    PfeifferConfig,
+)
 from adapterkit.methods.lora import LoRAConfig
 from adapterkit.model import AdaptedModel
 from adapterkit.registry import METHODS, get_method
@@ -63,8 +69,25 @@ def logits(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         return model(**{k: v for k, v in inputs.items() if k != "labels"}).logits
 
 
-def default_config(method: str) -> MethodConfig:
-    return METHODS[method]()
+FUSED = ("fused0", "fused1")
+
+
+def default_config(method: str, **fields: object) -> MethodConfig:
+    """A method's default config; fusion fuses ``FUSED`` and AdapterDrop drops nothing (every parameter trains)."""
+    if method == "fusion":
+        fields.setdefault("adapters", FUSED)
+    if method == "adapterdrop":
+        fields.setdefault("drop_max_layers", 0)
+    return METHODS[method](**fields)
+
+
+def prepare(model: AdaptedModel, method: str, layers: tuple[int, ...] | None = None) -> list[str]:
+    """Add what ``method`` builds on (the adapters a fusion layer fuses); returns their names."""
+    if method != "fusion":
+        return []
+    for name in FUSED:
+        model.add_adapter(name, PfeifferConfig(init="near_identity", layers=layers), activate=False)
+    return list(FUSED)
 
 
 def promises_identity(config: MethodConfig) -> bool:
@@ -102,6 +125,7 @@ def test_method_trains_only_adapter_and_head(arch: Arch, method: str) -> None:
         assert not injection.wrappers(base)
         return
 
+    prepare(model, method)
     model.add_adapter("a", config)
     assert model.active_adapters == ("a",)
     adapter_params = {id(p) for p in model.adapter_parameters("a").values()}
@@ -144,7 +168,8 @@ def test_deleting_all_adapters_restores_modules_and_outputs(arch: Arch) -> None:
             continue
         config = default_config(method)
         if isinstance(config, BottleneckConfig):
-            config = type(config)(init="near_identity")  # a non-trivial adapter, so deletion matters
+            config = default_config(method, init="near_identity")  # a non-trivial adapter, so deletion matters
+        names += prepare(model, method)
         model.add_adapter(method, config)
         names.append(method)
     model.set_active_adapters(*names)
@@ -214,15 +239,15 @@ def test_every_method_but_prompt_selects_layers() -> None:
 
 @pytest.mark.parametrize("method", LAYERED_METHODS)
 def test_layers_option_attaches_only_to_selected_layer(method: str) -> None:
-    config = default_config(method)
     model = AdaptedModel(tiny("bert"))
-    model.add_adapter("one", type(config)(layers=(1,)))
+    prepare(model, method, layers=(1,))
+    model.add_adapter("one", default_config(method, layers=(1,)))
     layer_sites = [att for _, att in model._attachments["one"] if att.layer is not None]
     assert layer_sites and {att.layer for att in layer_sites} == {1}
     for path in injection.wrappers(model.model):
         assert ".layer.1." in path + ".", path
     with pytest.raises(ConfigError, match="out of range"):
-        model.add_adapter("bad", type(config)(layers=(2,)))
+        model.add_adapter("bad", default_config(method, layers=(2,)))
 
 
 def test_t5_numbers_encoder_then_decoder_layers() -> None:

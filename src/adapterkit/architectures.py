@@ -10,6 +10,8 @@ Sites:
 - ``ffn_block``: the module a *parallel* adapter runs beside; ``ffn_block_arg`` says which positional
   argument is the FFN input: 0 means ``out = block(x) + A(x)``; 1 (BERT-style ``Output(h, residual)``)
   means the adapter's output is added to the residual argument before the block's residual + LayerNorm.
+- ``attn_block`` (BERT-like rows only): the attention output block ``SelfOutput(h, residual)``; with
+  ``ffn_block`` it is where AdapterHub-style adapters (``original_ln``) reuse the block's LayerNorm.
 - ``query``, ``key``, ``value``, ``output``, ``ffn_in``, ``ffn_out``: linear projections (LoRA targets).
 - ``attention``: the self-attention module whose attention function receives prefix keys/values.
 """
@@ -53,6 +55,7 @@ def _bert_like(model_type: str, aliases: tuple[str, ...] = ()) -> ArchitectureSp
         "attn_output": "attention.output.dense",
         "ffn_output": "output.dense",
         "ffn_block": "output",
+        "attn_block": "attention.output",
         "query": "attention.self.query",
         "key": "attention.self.key",
         "value": "attention.self.value",

@@ -15,13 +15,19 @@ from pathlib import Path
 from typing import Any
 
 from .errors import AdapterKitError, ConfigError
-
-METHOD_CHOICES_EXTRA = ("full", "head")
-RESULT_DIGITS = {"test_score": 4, "dev_score": 4, "best_epoch": 0, "trainable_pct": 2, "train_seconds": 1}
-RESULT_COLUMNS = {"system": "System", "test_score": "Test score", "dev_score": "Dev score (best)",
-                  "best_epoch": "Best epoch", "trainable": "Trainable params", "trainable_pct": "% of model",
-                  "train_seconds": "Train time (s)"}
-
+from .runner import (  # noqa: F401  (re-exported for callers of the CLI module)
+    METHOD_CHOICES_EXTRA,
+    RESULT_COLUMNS,
+    RESULT_DIGITS,
+    _doc_stride,
+    _say,
+    _split_source,
+    adapter_overrides,
+    qa_predict_and_score,
+    resolve_task,
+    run_training,
+    split_data,
+)
 
 # --- argument parsing with YAML configs ----------------------------------------------------------
 
@@ -124,6 +130,33 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--epochs", type=float, help="epochs per system (default 20)")
     demo.add_argument("--seed", type=int, help="seed (default 42)")
     demo.add_argument("--progress", choices=("log", "bar", "none"), help="progress display (default log)")
+
+    zoo = sub.add_parser("zoo", help="build or list an adapter zoo (source adapters with task, track and scores)",
+                         argument_default=argparse.SUPPRESS)
+    zoo.add_argument("action", choices=("build", "list"), help="build: train the missing adapters; list: show the index")
+    _add_model_args(zoo)
+    zoo.add_argument("--zoo-dir", help="zoo directory (default runs/zoo)")
+    zoo.add_argument("--sources", type=_csv, help="comma-separated NAME=TASK[:TRACK][@SEED][#I/N] or TASK entries "
+                     "(default: sst2, cola, stsb, stsb_b, mrpc, rte, qnli, xnli_en, chemprot, citation_intent)")
+    zoo.add_argument("--method", help="adapter method of the zoo (default pfeiffer)")
+    zoo.add_argument("--adapter-config", help="JSON object or path overriding method fields")
+    zoo.add_argument("--max-train", type=int, help="cap on training examples per source (default 2000)")
+    zoo.add_argument("--max-dev", type=int, help="cap on dev examples per source (default 500)")
+    zoo.add_argument("--epochs", type=float, help="epochs per source (default 2)")
+    zoo.add_argument("--lr", "--learning-rate", dest="lr", type=float, help="learning rate (default 1e-3)")
+    zoo.add_argument("--batch-size", type=int, help="batch size (default 32)")
+    zoo.add_argument("--force", type=_bool, help="retrain adapters already in the zoo (default false)")
+    zoo.add_argument("--progress", choices=("log", "bar", "none"), help="progress display (default log)")
+
+    exp = sub.add_parser("experiment", help="run a research comparison (see `adapterkit experiment -h`)")
+    exp_sub = exp.add_subparsers(dest="experiment", required=True)
+    from .experiments import EXPERIMENTS, get_experiment
+
+    for name in EXPERIMENTS:
+        module = get_experiment(name)
+        ep = exp_sub.add_parser(name, help=module.DESCRIPTION, argument_default=argparse.SUPPRESS)
+        _add_model_args(ep)
+        module.add_arguments(ep)
     return parser
 
 
@@ -140,6 +173,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "demo": {"model": None, "data_dir": None, "max_length": 64, "eval_batch_size": 64, "output_dir": "runs/demo",
              "k_shot": 32, "dev_size": None, "test_size": None, "methods": ["pfeiffer", "full", "lora"],
              "epochs": 20.0, "seed": 42, "progress": "log"},
+    "zoo": {"action": "list", "model": None, "data_dir": None, "max_length": 128, "eval_batch_size": 64,
+            "zoo_dir": "runs/zoo", "sources": None, "method": "pfeiffer", "adapter_config": None, "max_train": 2000,
+            "max_dev": 500, "epochs": 2.0, "lr": 1e-3, "batch_size": 32, "force": False, "progress": "log"},
 }
 _FLOAT_KEYS = {"epochs", "lr", "weight_decay", "warmup_ratio"}
 _INT_KEYS = {"max_length", "eval_batch_size", "k_shot", "train_size", "dev_size", "seed", "batch_size",
@@ -147,7 +183,7 @@ _INT_KEYS = {"max_length", "eval_batch_size", "k_shot", "train_size", "dev_size"
 _LIST_KEYS = {"text_columns", "labels", "methods"}
 
 
-def read_yaml_config(path: str | Path, command: str) -> dict[str, Any]:
+def read_yaml_config(path: str | Path, command: str, known: dict[str, Any] | None = None) -> dict[str, Any]:
     """Read ``--config``: a mapping of flag names (underscores, or dashes) to values; unknown keys fail."""
     import yaml
 
@@ -162,7 +198,7 @@ def read_yaml_config(path: str | Path, command: str) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of option names to values")
-    known = DEFAULTS[command]
+    known = DEFAULTS[command] if known is None else known
     out: dict[str, Any] = {}
     for key, value in data.items():
         name = str(key).replace("-", "_")
@@ -175,13 +211,15 @@ def read_yaml_config(path: str | Path, command: str) -> dict[str, Any]:
                 pass
             elif name in _LIST_KEYS:
                 value = _csv(value)
-            elif name in _FLOAT_KEYS | _INT_KEYS:
+            elif name in _FLOAT_KEYS | _INT_KEYS or isinstance(known.get(name), (int, float)) and not isinstance(
+                    known.get(name), bool):
                 if isinstance(value, bool) or not isinstance(value, (int, float, str)):
                     raise ValueError(value)
-                value = float(value) if name in _FLOAT_KEYS else int(value)  # YAML reads 1e-3 as a string
+                value = float(value) if name in _FLOAT_KEYS or isinstance(known.get(name), float) else int(value)
+                # (YAML reads 1e-3 as a string)
             elif name == "resume":
                 value = _resume(value)
-            elif name == "backbone_dropout":
+            elif name == "backbone_dropout" or isinstance(known.get(name), bool):
                 value = _bool(value)
         except (ValueError, argparse.ArgumentTypeError):
             raise ConfigError(f"{path}: {key}: invalid value {value!r}") from None
@@ -189,233 +227,28 @@ def read_yaml_config(path: str | Path, command: str) -> dict[str, Any]:
     return out
 
 
+def command_defaults(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    """(name for messages, default options) of the command in ``args``."""
+    if args.command == "experiment":
+        from .experiments import get_experiment
+
+        defaults = {"model": None, "data_dir": None, "max_length": 128, "eval_batch_size": 64}
+        return f"experiment {args.experiment}", {**defaults, **get_experiment(args.experiment).DEFAULTS}
+    return args.command, DEFAULTS[args.command]
+
+
 def merge_options(args: argparse.Namespace) -> dict[str, Any]:
     """Defaults, then the YAML file, then the flags given on the command line."""
-    given = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
-    merged = dict(DEFAULTS[args.command])
+    given = {k: v for k, v in vars(args).items() if k not in ("command", "config", "experiment")}
+    command, defaults = command_defaults(args)
+    merged = dict(defaults)
     config = getattr(args, "config", None)
     if config:
-        merged.update(read_yaml_config(config, args.command))
+        merged.update(read_yaml_config(config, command, defaults))
     merged.update(given)
     return merged
 
 
-# --- shared helpers -------------------------------------------------------------------------------
-
-
-def resolve_task(opts: dict[str, Any]) -> Any:
-    """The TaskSpec named by ``--task`` or described by ``--train-file`` and friends."""
-    from .data.tasks import get_task, task_from_file
-
-    sources = [flag for flag, key in (("--task", "task"), ("--train-file", "train_file"), ("--hub-dataset", "hub_dataset"))
-               if opts.get(key)]
-    if len(sources) > 1:
-        raise ConfigError(f"task: give one of --task, --train-file or --hub-dataset, not {' and '.join(sources)}")
-    if opts.get("task"):
-        return get_task(opts["task"])
-    if opts.get("hub_dataset"):
-        from .data.tasks import task_from_hub
-
-        dataset, _, config = str(opts["hub_dataset"]).partition(":")
-        kind = opts.get("kind") or "classification"
-        if kind == "classification" and not opts.get("labels"):
-            raise ConfigError("labels: --hub-dataset needs --labels (the label values in id order) for classification")
-        return task_from_hub(dataset, config or None, opts.get("text_columns"), opts.get("label_column") or "label",
-                             kind=kind, labels=opts.get("labels"))
-    if not opts.get("train_file") and not opts.get("test_file") and not opts.get("dev_file"):
-        raise ConfigError("task: give --task NAME, --train-file FILE or --hub-dataset NAME")
-    first = opts.get("train_file") or opts.get("dev_file") or opts.get("test_file")
-    return task_from_file(
-        Path(first).stem, train=first, dev=opts.get("dev_file") if opts.get("train_file") else None,
-        test=opts.get("test_file"), text_columns=opts.get("text_columns"),
-        label_column=opts.get("label_column") or "label", labels=opts.get("labels"),
-        kind=opts.get("kind") or "classification",
-    )
-
-
-def adapter_overrides(value: Any) -> dict[str, Any]:
-    """``--adapter-config``: a mapping, a JSON object string, or a path to a JSON/YAML file."""
-    if value is None:
-        return {}
-    if isinstance(value, dict):
-        return dict(value)
-    text = str(value).strip()
-    if text.startswith("{"):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"adapter_config: not a valid JSON object ({exc})") from None
-    else:
-        import yaml
-
-        path = Path(text)
-        if not path.is_file():
-            raise ConfigError(f"{path}: adapter_config: file not found")
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))  # YAML also reads JSON
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid JSON/YAML ({exc})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"adapter_config: expected an object of method fields, got {type(data).__name__}")
-    return data
-
-
-def split_data(spec: Any, data_dir: Any, *, k_shot: int | None, train_size: int | None, dev_size: int | None,
-               seed: int, need_train: bool = True) -> tuple[list, list | None, list | None, list[str]]:
-    """(train, dev, test, notes): dev carved from train when ``dev_size`` (official dev -> test), then sampling."""
-    from .data.sampling import carve_dev, subsample
-    from .data.sampling import k_shot as sample_k
-    from .data.tasks import load_task
-
-    splits = spec.splits
-    if need_train and "train" not in splits:
-        raise ConfigError(f"task {spec.name!r}: has no train split (splits: {list(splits)})")
-    data = load_task(spec, data_dir, [s for s in ("train", "dev", "test") if s in splits])
-    train, dev, test = data.get("train", []), data.get("dev"), data.get("test")
-    notes: list[str] = []
-    if dev_size:
-        train, dev = carve_dev(train, dev_size, seed)
-        test = data.get("dev") or test
-        notes.append(f"dev: {len(dev)} examples carved from train; test: the official dev set ({len(test or [])})")
-    if k_shot:
-        train = sample_k(train, k_shot, seed)
-        notes.append(f"train: {k_shot} examples per class ({len(train)})")
-    if train_size:
-        train = subsample(train, train_size, seed)
-        notes.append(f"train: {len(train)} examples")
-    return train, dev, test, notes
-
-
-def _say(line: str) -> None:
-    print(line, flush=True)
-
-
-def _doc_stride(max_length: int) -> int:
-    """QA: token overlap between windows of a long context (a quarter of max_length, at most 128)."""
-    return max(1, min(128, max_length // 4))
-
-
-def _split_source(spec: Any, split: str, data_dir: Any) -> str:
-    """The file a split is read from, for messages."""
-    rel = Path(spec.files.get(split) or spec.files.get("train", "?"))
-    return str(rel if rel.is_absolute() or data_dir is None else Path(data_dir) / rel)
-
-
-def qa_predict_and_score(adapted: Any, tokenizer: Any, spec: Any, examples: list, opts: dict[str, Any],
-                         path: Path, source: str) -> dict[str, float] | None:
-    """QA: write ``path`` (id -> answer text); SQuAD metrics, or None when ``source`` has no reference answers."""
-    from .io import atomic_write_json
-    from .metrics import compute_metrics
-    from .training import has_qa_references, predict_qa, qa_references
-
-    answers = predict_qa(adapted, tokenizer, examples, opts["eval_batch_size"], opts["max_length"],
-                         _doc_stride(opts["max_length"]))
-    atomic_write_json(path, answers)
-    _say(f"wrote {path} ({len(answers)} predictions)")
-    if not has_qa_references(examples):
-        _say(f"no reference answers in {source}: wrote predictions only")
-        return None
-    return compute_metrics(spec, answers, qa_references(examples))
-
-
-# --- train ----------------------------------------------------------------------------------------
-
-
-def run_training(opts: dict[str, Any], *, spec: Any = None, data: tuple | None = None, label: str | None = None,
-                 cleanup: bool = False) -> dict[str, Any]:
-    """Train one system from merged options; returns a result row (scores, parameters, time, history)."""
-    from transformers import set_seed
-
-    from .data.tasks import resolve_data_dir
-    from .io import save_adapter
-    from .model import AdaptedModel, load_base_model
-    from .registry import get_method
-    from .training import TrainConfig, evaluate, train
-
-    spec = spec or resolve_task(opts)
-    data_dir = resolve_data_dir(opts.get("data_dir"))
-    if spec.kind == "qa" and opts.get("k_shot"):
-        raise ConfigError("k_shot: QA examples have no classes; use --train-size N")
-    if data is None:
-        train_ex, dev_ex, test_ex, notes = split_data(
-            spec, data_dir, k_shot=opts.get("k_shot"), train_size=opts.get("train_size"),
-            dev_size=opts.get("dev_size"), seed=opts["seed"])
-        for note in notes:
-            _say(f"data: {note}")
-    else:
-        train_ex, dev_ex, test_ex = data
-    method = opts.get("method") or "pfeiffer"
-    label = label or method
-    if spec.kind == "qa" and dev_ex:
-        from .training import has_qa_references
-
-        if not has_qa_references(dev_ex):
-            _say("data: no reference answers in the dev examples: training without dev-based epoch selection")
-            dev_ex = None
-    config = None
-    if method in METHOD_CHOICES_EXTRA:
-        if opts.get("adapter_config"):
-            raise ConfigError(f"adapter_config: method {method!r} has no adapter fields")
-    else:
-        config = get_method(method).from_dict(adapter_overrides(opts.get("adapter_config")), "adapter_config")
-    set_seed(opts["seed"])
-    hf_model, tokenizer = load_base_model(opts.get("model"), spec.kind, spec.num_labels if spec.kind ==
-                                          "classification" else 1, spec.id2label or None)
-    adapted = AdaptedModel(hf_model)
-    adapter_name = None
-    mode = method if config is None else "adapters"
-    if config is not None:
-        adapter_name = opts.get("adapter_name") or method
-        adapted.add_adapter(adapter_name, config)
-    lr = opts.get("lr") or (2e-5 if method == "full" else 1e-3 if method == "head" else 1e-4)
-    out = Path(opts["output_dir"])
-    tcfg = TrainConfig(
-        output_dir=str(out), epochs=float(opts["epochs"]), batch_size=opts["batch_size"],
-        eval_batch_size=opts["eval_batch_size"], learning_rate=lr, weight_decay=opts.get("weight_decay", 0.0),
-        warmup_ratio=opts.get("warmup_ratio", 0.06), max_length=opts["max_length"], seed=opts["seed"],
-        train_mode=mode, resume=opts.get("resume", False), logging_steps=opts.get("logging_steps", 10),
-        progress=opts.get("progress", "log"), save_total_limit=1 if cleanup else 2, cleanup_checkpoints=cleanup,
-        save_optimizer=not cleanup, doc_stride=_doc_stride(opts["max_length"]),
-        backbone_dropout=opts.get("backbone_dropout", True),
-    )
-    _say(f"[{label}] {len(train_ex)} train / {len(dev_ex or [])} dev / {len(test_ex or [])} test examples; "
-         f"trainable parameters {adapted.count_parameters()['trainable'] if mode != 'full' else 'all'}")
-    result = train(adapted, tokenizer, spec, train_ex, dev_ex, tcfg, name=label)
-    test_metrics = None
-    predictions = None
-    if test_ex and spec.kind == "qa":
-        predictions = out / "predictions.json"
-        test_split = "dev" if opts.get("dev_size") and "dev" in spec.splits else "test"
-        test_metrics = qa_predict_and_score(adapted, tokenizer, spec, test_ex, opts, predictions,
-                                            _split_source(spec, test_split, data_dir))
-        if test_metrics:
-            _say(f"[{label}] test score {test_metrics['score']:.4f} ({spec.metric}, {len(test_ex)} examples)")
-    elif test_ex:
-        start = time.perf_counter()
-        test_metrics = evaluate(adapted, tokenizer, spec, test_ex, opts["eval_batch_size"], opts["max_length"])
-        _say(f"[{label}] test score {test_metrics['score']:.4f} ({spec.metric}, {len(test_ex)} examples, "
-             f"{time.perf_counter() - start:.0f}s)")
-    counts = adapted.count_parameters()
-    summary = {"task": spec.name, "method": method, "dev": result.metrics, "test": test_metrics,
-               "best_epoch": result.best_epoch, "train_seconds": result.train_seconds,
-               "trainable_parameters": result.trainable_parameters, "total_parameters": counts["total"]}
-    if predictions is not None:
-        summary["predictions"] = str(predictions)
-    if adapter_name:
-        save_adapter(adapted, adapter_name, out / "adapter", include_head=True,
-                     extra={"task": spec.name, "metric": spec.metric, "dev": result.metrics, "test": test_metrics})
-    elif not cleanup:
-        hf_model.save_pretrained(out / "model")
-        tokenizer.save_pretrained(out / "model")
-    from .io import atomic_write_json
-
-    atomic_write_json(out / "results.json", {**summary, "history": result.history})
-    return {
-        "system": label, "test_score": test_metrics["score"] if test_metrics else None,
-        "dev_score": result.metrics.get("score"), "best_epoch": result.best_epoch,
-        "trainable": result.trainable_parameters, "trainable_pct": 100.0 * result.trainable_parameters / counts["total"],
-        "train_seconds": round(result.train_seconds, 1), "history": result.history,
-    }
 
 
 def cmd_train(opts: dict[str, Any]) -> int:
@@ -604,6 +437,32 @@ def cmd_demo(opts: dict[str, Any]) -> int:
     return 0
 
 
+# --- zoo ------------------------------------------------------------------------------------------
+
+
+def cmd_zoo(opts: dict[str, Any]) -> int:
+    """``zoo build`` trains the missing source adapters; ``zoo list`` prints the index."""
+    from .reporting import text_table
+    from .zoo import DEFAULT_SOURCES, build_zoo, parse_source, read_zoo, zoo_table
+
+    if opts["action"] == "build":
+        sources = [parse_source(s) for s in opts["sources"]] if opts.get("sources") else list(DEFAULT_SOURCES)
+        entries = build_zoo(opts["zoo_dir"], sources, data_dir=opts.get("data_dir"), model=opts.get("model"),
+                            method=opts["method"], adapter_config=adapter_overrides(opts.get("adapter_config")) or None,
+                            max_train=opts["max_train"], max_dev=opts["max_dev"], epochs=float(opts["epochs"]),
+                            lr=float(opts["lr"]), batch_size=opts["batch_size"], max_length=opts["max_length"],
+                            force=bool(opts["force"]), progress=opts["progress"])
+    else:
+        entries = read_zoo(opts["zoo_dir"])
+        if not entries:
+            raise ConfigError(f"{opts['zoo_dir']}: no zoo.json here; build one with `adapterkit zoo build`")
+    _say(text_table(zoo_table(entries), {"name": "Name", "task": "Task", "track": "Track", "method": "Method",
+                                         "model": "Model", "train": "Train", "dev": "Dev", "metric": "Metric",
+                                         "dev_score": "Dev score", "seconds": "Seconds"},
+                    {"dev_score": 4, "seconds": 1}))
+    return 0
+
+
 # --- entry point ----------------------------------------------------------------------------------
 
 
@@ -631,6 +490,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_train(opts)
         if args.command == "eval":
             return cmd_eval(opts)
+        if args.command == "zoo":
+            return cmd_zoo(opts)
+        if args.command == "experiment":
+            from .experiments import get_experiment
+
+            return get_experiment(args.experiment).run(opts)
         return cmd_demo(opts)
     except (AdapterKitError, OSError) as exc:  # OSError: a model or file that cannot be found or read
         print(f"adapterkit {args.command}: error: {exc}", file=sys.stderr)

@@ -5,10 +5,14 @@ original as ``base_layer`` and runs the active adapters around it; ``unwrap`` pu
 original module object back. No Hugging Face forward function is copied: adapters only see the
 wrapped module's arguments and its output.
 
-An adapter attached at a site is an :class:`AdapterModule` with two hooks:
+An adapter attached at a site is an :class:`AdapterModule` with up to three hooks:
 - ``pre(args, kwargs) -> (args, kwargs)``: change the wrapped module's inputs (parallel adapters that
   add to a residual argument, prefix keys/values passed to the attention function, soft prompts);
-- ``post(args, kwargs, output) -> output``: change its output (sequential adapters, LoRA).
+- ``post(args, kwargs, output) -> output``: change its output (sequential adapters, LoRA);
+- ``replace(args, kwargs) -> output or None``: run after the pre hooks; a non-None value is used as the
+  output *instead of* calling the wrapped module (post hooks still run). None falls through to the next
+  replacing module, then to the wrapped module (used by ``layer_cache`` to skip frozen layers).
+Hooks a module does not override cost nothing: :meth:`AdaptedModule.refresh` lists only the overriding ones.
 Several active adapters at one site run in activation order (a stack).
 """
 from __future__ import annotations
@@ -33,6 +37,10 @@ class AdapterModule(nn.Module):
     def post(self, args: tuple, kwargs: dict[str, Any], output: Any) -> Any:
         return output
 
+    def replace(self, args: tuple, kwargs: dict[str, Any]) -> Any:
+        """The wrapped module's output computed another way, or None to call the wrapped module."""
+        return None
+
     def bind(self, wrapper: AdaptedModule) -> None:
         """Called once when attached; modules that need the wrapped layer (e.g. LoRA) keep a reference."""
 
@@ -49,6 +57,7 @@ class AdaptedModule(nn.Module):
         self.adapters = nn.ModuleDict()
         self._active: tuple[str, ...] = ()
         self._plan: tuple[list[AdapterModule], list[AdapterModule]] = ([], [])
+        self._replace: list[AdapterModule] = []
 
     @property
     def active(self) -> tuple[str, ...]:
@@ -66,12 +75,19 @@ class AdaptedModule(nn.Module):
         pre = [m for m in modules if type(m).pre is not AdapterModule.pre]
         post = [m for m in modules if type(m).post is not AdapterModule.post]
         self._plan = (pre, post)
+        self._replace = [m for m in modules if type(m).replace is not AdapterModule.replace]
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         pre, post = self._plan
         for module in pre:
             args, kwargs = module.pre(args, kwargs)
-        output = self.base_layer(*args, **kwargs)
+        output = None
+        for module in self._replace:
+            output = module.replace(args, kwargs)
+            if output is not None:
+                break
+        if output is None:
+            output = self.base_layer(*args, **kwargs)
         for module in post:
             output = module.post(args, kwargs, output)
         return output

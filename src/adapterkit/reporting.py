@@ -171,3 +171,30 @@ def _short(n: Any) -> str:
         if n >= size:
             return f"{n / size:.1f}{unit}"
     return f"{int(n)}"
+
+
+def grouped_bar_plot(path: str | Path, groups: Sequence[str], series: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+                     *, title: str = "", ylabel: str = "", ylim: tuple[float, float] | None = None) -> Path:
+    """Bars per group (x axis) and series (colours), ``{series: (means, stds)}`` with one value per group."""
+    plt = _pyplot()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n = max(1, len(series))
+    width = 0.8 / n
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.35 * n * len(groups) + 3), 4.2))
+    for i, (name, (means, stds)) in enumerate(series.items()):
+        xs = [g + (i - (n - 1) / 2) * width for g in range(len(groups))]
+        ax.bar(xs, list(means), width, yerr=list(stds), capsize=2, label=name, color=f"C{i % 10}",
+               hatch="//" if i >= 10 else None)
+    ax.set_xticks(range(len(groups)))
+    ax.set_xticklabels(list(groups))
+    ax.set_title(title)
+    ax.set_ylabel(ylabel)
+    if ylim:
+        ax.set_ylim(*ylim)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7, ncol=2, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

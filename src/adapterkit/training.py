@@ -58,6 +58,11 @@ class TrainConfig:
     backbone_dropout: bool = opt(
         True, "adapters mode: false runs the frozen backbone without dropout (faster; adapters keep theirs)"
     )
+    cache_frozen_layers: bool = opt(
+        False,
+        "adapters mode with backbone_dropout false: compute the frozen layers below the lowest adapter layer once "
+        "per input and reuse them (exact, faster epochs after the first)",
+    )
     eval_each_epoch: bool = opt(True, "evaluate on dev after each epoch and keep the best checkpoint (by 'score')")
     save_total_limit: int | None = opt(2, "checkpoints kept in output_dir (the best one is always kept)")
     resume: bool | str = opt(False, "true: resume from the last checkpoint in output_dir; 'auto': only when one exists")
@@ -92,6 +97,11 @@ class TrainConfig:
         check(self.logging_steps >= 1, "logging_steps", f"must be >= 1, got {self.logging_steps}")
         check(self.progress in ("log", "bar", "none"), "progress", f"unknown {self.progress!r}")
         check(self.dataloader_num_workers >= 0, "dataloader_num_workers", "must be >= 0")
+        if self.cache_frozen_layers:
+            check(self.train_mode == "adapters", "cache_frozen_layers",
+                  f"needs train_mode 'adapters' (frozen lower layers), got {self.train_mode!r}")
+            check(not self.backbone_dropout, "cache_frozen_layers",
+                  "needs backbone_dropout false (with dropout the frozen layers' outputs are random)")
 
     @classmethod
     def help(cls) -> dict[str, str]:
@@ -443,7 +453,15 @@ def train(adapted: AdaptedModel, tokenizer: Any, spec: Any, train_examples: Sequ
         trainer.add_callback(_make_progress_callback(name))
     resume_from = _resume_point(config)
     start = time.perf_counter()
-    trainer.train(resume_from_checkpoint=resume_from)
+    if config.cache_frozen_layers:
+        from . import layer_cache
+
+        layer_cache.enable(adapted)
+    try:
+        trainer.train(resume_from_checkpoint=resume_from)
+    finally:
+        if config.cache_frozen_layers:
+            layer_cache.disable(adapted)
     seconds = time.perf_counter() - start
     state = trainer.state
     history = [

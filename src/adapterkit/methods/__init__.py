@@ -1,3 +1,12 @@
 """Adapter methods, one module each; importing this package registers them all by name."""
-from . import bottleneck, lora, prefix, prompt  # noqa: F401
+from . import (  # noqa: F401  # noqa: F401  (Adaptable Adapters, AdapterDrop)
+    adaptable,
+    adapterdrop,
+    bottleneck,
+    fusion,  # noqa: F401  (after the methods it fuses)
+    lora,
+    prefix,
+    prompt,
+    rational,
+)
 from .base import ACTIVATIONS, Attachment, BuildContext, register_activation  # noqa: F401

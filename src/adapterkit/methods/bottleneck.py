@@ -3,10 +3,15 @@
 A bottleneck maps h -> Up(act(Down(h))). Sequential adapters return h + s * bottleneck(h) at the
 sublayer's output projection; parallel adapters add s * bottleneck(x) of the FFN *input* x to the FFN
 output, before the layer's residual and normalisation.
+
+``original_ln=True`` reproduces AdapterHub's ``original_ln_before`` placement (BERT-like models): the
+adapter sits at the block ``Output(h, x)`` whose own LayerNorm it reuses twice (see
+:class:`OriginalLNAdapter`).
 """
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -15,7 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import MethodConfig, check, opt
-from ..injection import AdapterModule
+from ..errors import ConfigError
+from ..injection import AdaptedModule, AdapterModule, get_module
 from ..registry import register_method
 from .base import ACTIVATIONS, Attachment, BuildContext, make_activation
 
@@ -79,6 +85,63 @@ class ParallelAdapter(AdapterModule):
         return output
 
 
+class OriginalLNAdapter(AdapterModule):
+    """AdapterHub's placement with ``original_ln_before`` (and ``residual_before_ln``) at a BERT-style block.
+
+    The block computes ``y = LN(y0 + x)`` with ``y0 = dropout(dense(h))`` and ``x`` its residual argument
+    (positional 1 or ``input_tensor``). This module returns ``LN(y0 + s * Up(act(Down(y))) + x)`` with the
+    block's own ``LayerNorm``; ``y0`` is taken from the block's ``dropout`` by a forward hook while the
+    adapter is active, so nothing of the block's forward is copied.
+    """
+
+    def __init__(self, bottleneck: Bottleneck) -> None:
+        super().__init__()
+        self.bottleneck = bottleneck
+        self._block: weakref.ReferenceType[nn.Module] | None = None
+        self._hook: Any = None
+        self._capture = False
+        self._y0: torch.Tensor | None = None
+
+    def _keep(self, module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
+        if self._capture:
+            self._y0 = output
+
+    def bind(self, wrapper: AdaptedModule) -> None:
+        block = wrapper.base_layer
+        self._block = weakref.ref(block)
+        self._hook = block.dropout.register_forward_hook(self._keep)
+
+    def unbind(self, wrapper: AdaptedModule) -> None:
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+
+    def pre(self, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
+        self._capture, self._y0 = True, None
+        return args, kwargs
+
+    def post(self, args: tuple, kwargs: dict[str, Any], output: torch.Tensor) -> torch.Tensor:
+        y0, self._y0, self._capture = self._y0, None, False
+        block = self._block() if self._block else None
+        if y0 is None or block is None:
+            raise RuntimeError("original_ln adapter: the wrapped block did not run its dropout module")
+        residual = args[1] if len(args) > 1 else kwargs["input_tensor"]
+        return block.LayerNorm(y0 + self.bottleneck(output) + residual)
+
+
+def check_original_ln_block(ctx: BuildContext, layer: int, site: str) -> None:
+    """Fail (ConfigError) unless ``site`` of ``layer`` is a BERT-style ``Output(h, x)`` block with LayerNorm and dropout."""
+    entry = ctx.layers[layer]
+    where = f"original_ln: {ctx.spec.model_type} layer {layer}"
+    if site not in entry.group.sites or entry.group.ffn_block_arg != 1:
+        raise ConfigError(f"{where}: no {site!r} block with a residual argument (supported: BERT, RoBERTa, XLM-R, ELECTRA)")
+    block = get_module(ctx.model, f"{entry.path}.{entry.group.sites[site]}")
+    block = block.base_layer if isinstance(block, AdaptedModule) else block
+    for attr in ("LayerNorm", "dropout"):
+        if not isinstance(getattr(block, attr, None), nn.Module):
+            raise ConfigError(f"{where}: block {type(block).__name__} has no {attr} module")
+
+
 @register_method
 @dataclass
 class BottleneckConfig(MethodConfig):
@@ -97,6 +160,11 @@ class BottleneckConfig(MethodConfig):
     dropout: float = opt(0.0, "dropout on the adapter input")
     scaling: float = opt(1.0, "multiplier on the adapter output")
     layers: tuple[int, ...] | None = opt(None, "layer indices that get an adapter (default: all)")
+    original_ln: bool = opt(
+        False,
+        "AdapterHub placement (original_ln_before): the adapter runs on the block's LayerNorm output and the "
+        "same LayerNorm is applied again after it (houlsby/pfeiffer on BERT-like models only)",
+    )
     learning_rate: float | None = opt(None, "learning rate for this adapter's parameters (default: the trainer's)")
 
     def validate(self) -> None:
@@ -107,22 +175,33 @@ class BottleneckConfig(MethodConfig):
         check(self.init in ("identity", "near_identity"), "init", f"unknown {self.init!r}")
         check(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)")
         check(self.layers is None or len(self.layers) > 0, "layers", "must name at least one layer, or be null for all")
+        check(isinstance(self.original_ln, bool), "original_ln", "must be true or false")
+        check(not self.original_ln or self.placement != "parallel", "original_ln", "not available for parallel placement")
 
     def size(self, hidden: int) -> int:
         return self.bottleneck_size or max(1, int(hidden // self.reduction_factor))
 
     def sites(self) -> tuple[str, ...]:
+        if self.original_ln:
+            return {"houlsby": ("attn_block", "ffn_block"), "pfeiffer": ("ffn_block",)}[self.placement]
         return {"houlsby": ("attn_output", "ffn_output"), "pfeiffer": ("ffn_output",), "parallel": ("ffn_block",)}[
             self.placement
         ]
 
     def build(self, ctx: BuildContext) -> list[Attachment]:
         out = []
-        for i in ctx.layer_indices(self.layers):
+        indices = ctx.layer_indices(self.layers)
+        if self.original_ln:
+            for i in indices:
+                for site in self.sites():
+                    check_original_ln_block(ctx, i, site)
+        for i in indices:
             for site in self.sites():
                 neck = Bottleneck(ctx.hidden_size, self.size(ctx.hidden_size), self.activation, self.init, self.dropout, self.scaling)
-                if site == "ffn_block":
-                    module: AdapterModule = ParallelAdapter(neck, ctx.layers[i].group.ffn_block_arg)
+                if self.original_ln:
+                    module: AdapterModule = OriginalLNAdapter(neck)
+                elif site == "ffn_block":
+                    module = ParallelAdapter(neck, ctx.layers[i].group.ffn_block_arg)
                 else:
                     module = SequentialAdapter(neck)
                 out.append(Attachment(i, site, module))

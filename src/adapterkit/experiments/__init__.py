@@ -1,0 +1,23 @@
+"""Experiments: one module per research system's comparison, run by ``adapterkit experiment NAME``.
+
+Each module defines ``DESCRIPTION``, ``DEFAULTS`` (option -> default), ``add_arguments(parser)`` and
+``run(opts) -> int``; it writes a Markdown table, a JSON file and PNG plots to its output directory.
+"""
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from ..errors import ConfigError
+
+EXPERIMENTS: dict[str, str] = {
+    "mera": "adapterkit.experiments.mera",
+    "adaptable": "adapterkit.experiments.adaptable",
+}
+
+
+def get_experiment(name: str) -> ModuleType:
+    """The experiment module registered as ``name``."""
+    if name not in EXPERIMENTS:
+        raise ConfigError(f"experiment {name!r}: unknown; known: {sorted(EXPERIMENTS)}")
+    return importlib.import_module(EXPERIMENTS[name])

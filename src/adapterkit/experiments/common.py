@@ -1,0 +1,174 @@
+"""What every experiment shares: resumable result logs, one training run per system, probes and summaries."""
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import ConfigError
+from ..reporting import format_mean_std, mean_std
+from ..runner import _say
+
+
+class ResultLog:
+    """Rows of a running experiment in a JSON-lines file; a rerun skips the rows already there."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.rows: list[dict[str, Any]] = []
+        if self.path.exists():
+            for i, line in enumerate(self.path.read_text(encoding="utf-8").splitlines()):
+                if not line.strip():
+                    continue
+                try:
+                    self.rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    if i < len(self.path.read_text(encoding="utf-8").splitlines()) - 1:
+                        raise ConfigError(f"{self.path}: line {i + 1}: not valid JSON") from None
+                    # a last line cut short by a crash: dropped, its run is redone
+
+    def key(self, row: dict[str, Any], fields: Sequence[str]) -> tuple:
+        return tuple(row.get(f) for f in fields)
+
+    def has(self, fields: Sequence[str], **values: Any) -> bool:
+        want = tuple(values[f] for f in fields)
+        return any(self.key(r, fields) == want for r in self.rows)
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", encoding="utf-8") as fh:  # one line per row, flushed: a crash loses at most one
+            fh.write(json.dumps(row) + "\n")
+            fh.flush()
+        self.rows.append(row)
+
+
+class Progress:
+    """Log lines with elapsed time and ETA over a known number of runs."""
+
+    def __init__(self, total: int, done: int = 0) -> None:
+        self.total, self.done, self.start, self.ran = total, done, time.perf_counter(), 0
+
+    def step(self, label: str) -> None:
+        elapsed = time.perf_counter() - self.start
+        eta = f", ETA {elapsed / self.ran * (self.total - self.done):.0f}s" if self.ran else ""
+        _say(f"=== [{self.done + 1}/{self.total}] {label} (elapsed {elapsed:.0f}s{eta})")
+
+    def finish(self) -> None:
+        self.done += 1
+        self.ran += 1
+
+
+def fit_and_test(adapted: Any, tokenizer: Any, spec: Any, data: tuple[list, list, list], *, label: str, seed: int,
+                 lr: float, epochs: float, batch_size: int, max_length: int, output_dir: str | Path,
+                 train_mode: str = "adapters", eval_batch_size: int = 64, backbone_dropout: bool = True,
+                 progress: str = "log", callbacks: Sequence[Any] = (), extra_loss: Callable | None = None,
+                 **train_fields: Any) -> dict[str, Any]:
+    """Train the active adapters (or the full model) on ``data[0]``, select the best epoch on ``data[1]``,
+    score ``data[2]``; returns a result row. Checkpoints are deleted after the run."""
+    from ..training import TrainConfig, evaluate, train
+
+    train_ex, dev_ex, test_ex = data
+    config = TrainConfig(
+        output_dir=str(output_dir), epochs=float(epochs), batch_size=batch_size, eval_batch_size=eval_batch_size,
+        learning_rate=lr, max_length=max_length, seed=seed, train_mode=train_mode, backbone_dropout=backbone_dropout,
+        save_total_limit=1, save_optimizer=False, cleanup_checkpoints=True, progress=progress,
+        logging_steps=max(1, len(train_ex) // batch_size), **train_fields,
+    )
+    result = train(adapted, tokenizer, spec, train_ex, dev_ex, config, callbacks=callbacks, extra_loss=extra_loss,
+                   name=label)
+    start = time.perf_counter()
+    test = evaluate(adapted, tokenizer, spec, test_ex, eval_batch_size, max_length) if test_ex else {}
+    counts = adapted.count_parameters()
+    trainable = counts["total"] if train_mode == "full" else result.trainable_parameters
+    _say(f"[{label}] test {test.get('score', float('nan')):.4f} ({spec.metric}, {len(test_ex or [])} examples, "
+         f"{time.perf_counter() - start:.0f}s); dev {result.score}; train {result.train_seconds:.0f}s")
+    return {"test_score": test.get("score"), "dev_score": result.score, "best_epoch": result.best_epoch,
+            "trainable": trainable, "train_seconds": round(result.train_seconds, 2),
+            "history": result.history}
+
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def padded_batch(tokenizer: Any, spec: Any, examples: Sequence[Any], max_length: int) -> dict[str, torch.Tensor]:
+    """``examples`` tokenised and padded into one batch of model inputs (no labels)."""
+    from ..training import encode
+
+    encoded = encode(tokenizer, spec, list(examples), max_length)
+    rows = [{k: row[k] for k in MODEL_INPUTS if k in row} for row in encoded]
+    return dict(tokenizer.pad(rows, return_tensors="pt"))
+
+
+@torch.no_grad()
+def sentence_features(adapted: Any, tokenizer: Any, spec: Any, examples: Sequence[Any], max_length: int,
+                      batch_size: int = 64) -> torch.Tensor:
+    """Mean-pooled last hidden states of the backbone (with the active adapters), one row per example."""
+    adapted.eval()
+    backbone = adapted.model.base_model
+    feats = []
+    for i in range(0, len(examples), batch_size):
+        batch = padded_batch(tokenizer, spec, examples[i: i + batch_size], max_length)
+        hidden = backbone(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        feats.append((hidden * mask).sum(1) / mask.sum(1))
+    return torch.cat(feats)
+
+
+def probe_score(train_x: torch.Tensor, train_y: torch.Tensor, dev_x: torch.Tensor, dev_y: torch.Tensor,
+                num_labels: int, steps: int = 200, l2: float = 1e-3) -> float:
+    """Dev accuracy of a logistic-regression probe fitted on frozen features (deterministic: full-batch LBFGS)."""
+    mean, std = train_x.mean(0), train_x.std(0) + 1e-6
+    xs, xd = (train_x - mean) / std, (dev_x - mean) / std
+    weight = torch.zeros(xs.shape[1], num_labels, requires_grad=True)
+    bias = torch.zeros(num_labels, requires_grad=True)
+    opt = torch.optim.LBFGS([weight, bias], max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(xs @ weight + bias, train_y) + l2 * weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        return float(((xd @ weight + bias).argmax(-1) == dev_y).float().mean())
+
+
+def summarize(rows: Sequence[dict[str, Any]], settings: Sequence[tuple[str, ...]], setting_keys: Sequence[str],
+              systems: Sequence[str], *, scale: float = 100.0) -> list[dict[str, Any]]:
+    """One table row per system: ``mean ± std`` of the test score per setting, parameters and mean train time."""
+    table = []
+    for system in systems:
+        mine = [r for r in rows if r["system"] == system]
+        if not mine:
+            continue
+        out: dict[str, Any] = {"system": system}
+        for setting in settings:
+            vals = [r["test_score"] for r in mine if tuple(r[k] for k in setting_keys) == setting
+                    and r["test_score"] is not None]
+            out["/".join(map(str, setting))] = f"{format_mean_std(vals, 1, scale)} (n={len(vals)})" if vals else "–"
+        out["trainable"] = f"{int(mean_std([r['trainable'] for r in mine])[0]):,}"
+        out["train_s"] = f"{mean_std([r['train_seconds'] for r in mine])[0]:.1f}"
+        table.append(out)
+    return table
+
+
+def series_for_plot(rows: Sequence[dict[str, Any]], settings: Sequence[tuple[str, ...]], setting_keys: Sequence[str],
+                    systems: Sequence[str], scale: float = 100.0) -> dict[str, tuple[list[float], list[float]]]:
+    """``{system: (means, stds)}`` over ``settings`` for :func:`reporting.grouped_bar_plot`."""
+    out = {}
+    for system in systems:
+        means, stds = [], []
+        for setting in settings:
+            vals = [scale * r["test_score"] for r in rows if r["system"] == system
+                    and tuple(r[k] for k in setting_keys) == setting and r["test_score"] is not None]
+            m, s = mean_std(vals)
+            means.append(m)
+            stds.append(s)
+        if any(m == m for m in means):  # not all NaN
+            out[system] = (means, stds)
+    return out

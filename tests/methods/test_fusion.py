@@ -1,0 +1,137 @@
+"""AdapterFusion: attention over frozen adapters' outputs, with tiny models."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from adapterkit import io as akio
+from adapterkit.errors import ConfigError
+from adapterkit.methods.bottleneck import PfeifferConfig
+from adapterkit.methods.fusion import FusionConfig, FusionLayer
+from adapterkit.model import AdaptedModel
+from adapterkit.testing import tiny_batch, tiny_model
+
+
+def _with_adapters(n: int, model_type: str = "bert") -> AdaptedModel:
+    model = AdaptedModel(tiny_model(model_type))
+    for i in range(n):
+        model.add_adapter(f"a{i}", PfeifferConfig(init="near_identity", reduction_factor=4))
+        with torch.no_grad():  # make each adapter do something visible and different
+            for p in model.adapter_parameters(f"a{i}").values():
+                p.normal_(0, 0.3, generator=torch.Generator().manual_seed(i + 10 * p.numel()))
+    return model
+
+
+def _logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    model.eval()
+    with torch.no_grad():
+        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+
+
+def test_fusion_of_one_adapter_equals_that_adapter() -> None:
+    """With one adapter the softmax weight is 1 and V starts as the identity, so fusion = the adapter."""
+    model = _with_adapters(1)
+    batch = tiny_batch(lengths=[8, 5])
+    model.set_active_adapters("a0")
+    expected = _logits(model, batch)
+    model.add_adapter("fusion", FusionConfig(adapters=("a0",)))
+    assert model.active_adapters == ("fusion",)
+    assert torch.allclose(_logits(model, batch), expected, atol=1e-6)
+
+
+def test_fusion_is_a_convex_mix_of_the_adapter_outputs() -> None:
+    layer = FusionLayer(4, ("x", "y"), temperature=1.0, dropout=0.0)
+
+    class Fixed(nn.Module):
+        def __init__(self, delta: float) -> None:
+            super().__init__()
+            self.delta = delta
+
+        def post(self, args, kwargs, output):
+            return output + self.delta
+
+    class Wrapper:
+        adapters = {"x": Fixed(1.0), "y": Fixed(3.0)}
+
+    layer.bind(Wrapper())  # type: ignore[arg-type]
+    h = torch.randn(2, 5, 4)
+    out = layer.post((h,), {}, h)
+    diff = out - h  # V = identity: out = h + sum_n w_n delta_n, with weights in the simplex
+    assert torch.all(diff > 1.0 - 1e-5) and torch.all(diff < 3.0 + 1e-5)
+    with torch.no_grad():  # make the query/key prefer adapter y strongly
+        layer.query.weight.zero_()
+        layer.query.bias.fill_(1.0)
+        layer.key.weight.copy_(torch.eye(4) * 50)
+        layer.key.bias.zero_()
+    out = layer.post((torch.zeros(1, 1, 4),), {}, torch.zeros(1, 1, 4))
+    assert torch.allclose(out, torch.full((1, 1, 4), 3.0), atol=1e-3)
+
+
+def test_fusion_trains_only_fusion_layers_and_head() -> None:
+    model = _with_adapters(3)
+    model.add_adapter("fusion", FusionConfig(adapters=("a0", "a1", "a2")))
+    frozen = {k: v.detach().clone() for k, v in model.adapter_state_dict("a1").items()}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(".adapters.fusion." in n or "classifier" in n or "pooler" in n for n in trainable)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    model.train()
+    out = model(**tiny_batch(num_labels=2))
+    out.loss.backward()
+    grads = [p.grad for n, p in model.named_parameters() if ".adapters.fusion.query" in n]
+    assert grads and all(g is not None and g.abs().sum() > 0 for g in grads)
+    opt.step()
+    assert all(torch.equal(frozen[k], v) for k, v in model.adapter_state_dict("a1").items())
+    n_fusion = model.count_parameters()["adapter:fusion"]
+    assert n_fusion == 2 * 3 * (32 * 32 + 32)  # two layers of Q, K, V
+
+
+def test_fusion_outputs_differ_from_each_single_adapter() -> None:
+    model = _with_adapters(2)
+    batch = tiny_batch(lengths=[8, 6])
+    singles = []
+    for name in ("a0", "a1"):
+        model.set_active_adapters(name)
+        singles.append(_logits(model, batch))
+    model.add_adapter("fusion", FusionConfig(adapters=("a0", "a1")))
+    fused = _logits(model, batch)
+    assert not torch.allclose(fused, singles[0]) and not torch.allclose(fused, singles[1])
+
+
+def test_fusion_needs_its_adapters_first() -> None:
+    model = _with_adapters(1)
+    with pytest.raises(ConfigError, match="'missing'"):
+        model.add_adapter("fusion", FusionConfig(adapters=("a0", "missing")))
+    assert "fusion" not in model.adapter_configs  # rolled back
+    with pytest.raises(ConfigError, match="adapters"):
+        model.add_adapter("empty", FusionConfig(adapters=()))
+    with pytest.raises(ConfigError, match="duplicate"):
+        FusionConfig(adapters=("a0", "a0"))
+
+
+def test_fusion_save_load_round_trip(tmp_path) -> None:
+    model = _with_adapters(2)
+    model.add_adapter("fusion", FusionConfig(adapters=("a0", "a1"), temperature=2.0))
+    with torch.no_grad():
+        for p in model.adapter_parameters("fusion").values():
+            p.add_(0.01)
+    batch = tiny_batch()
+    expected = _logits(model, batch)
+    for name in ("a0", "a1", "fusion"):
+        akio.save_adapter(model, name, tmp_path / name, include_head=name == "fusion")
+    fresh = AdaptedModel(tiny_model("bert"))
+    for name in ("a0", "a1"):
+        akio.load_adapter(fresh, tmp_path / name, activate=False)
+    akio.load_adapter(fresh, tmp_path / "fusion")
+    fresh.set_active_adapters("fusion")
+    assert torch.allclose(_logits(fresh, batch), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("model_type", ["roberta", "distilbert", "llama"])
+def test_fusion_on_other_architectures(model_type: str) -> None:
+    model = _with_adapters(2, model_type)
+    model.add_adapter("fusion", FusionConfig(adapters=("a0", "a1")))
+    batch = tiny_batch(num_labels=2, eos_token_id=2 if model_type == "llama" else None)
+    model.train()
+    model(**batch).loss.backward()
+    assert all(p.grad is not None for p in model.adapter_parameters("fusion").values())
