@@ -152,3 +152,17 @@ def test_train_resumes_after_sigkill(tmp_path: Path):
     assert json.loads((out / "train_result.json").read_text())["global_step"] == 60 * 6
     assert json.loads((out / "results.json").read_text())["method"] == "pfeiffer"
     assert (out / "adapter" / "adapter.safetensors").is_file()
+
+
+def test_train_with_the_frozen_layer_cache(tmp_path: Path, capsys):
+    model = save_tiny_model(tmp_path / "tiny-bert", words=[*POS, *NEG, *FILL], num_hidden_layers=3)
+    train = write_tsv(tmp_path / "train.tsv", 16, 0)
+    dev = write_tsv(tmp_path / "dev.tsv", 8, 1)
+    common = ["train", "--model", str(model), "--train-file", str(train), "--dev-file", str(dev), "--text-columns",
+              "sentence", "--adapter-config", '{"layers": [2]}', "--epochs", "2", "--progress", "none",
+              "--max-length", "16", "--cache-frozen-layers", "true"]
+    assert main([*common, "--output-dir", str(tmp_path / "on"), "--backbone-dropout", "false"]) == 0
+    assert json.loads((tmp_path / "on" / "results.json").read_text())["dev"]["score"] is not None
+    capsys.readouterr()
+    assert main([*common, "--output-dir", str(tmp_path / "bad")]) == 2  # the cache needs a deterministic backbone
+    assert "cache_frozen_layers" in capsys.readouterr().err

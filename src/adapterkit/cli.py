@@ -104,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--resume", type=_resume, help="true, false or auto: resume from the last checkpoint")
     tr.add_argument("--backbone-dropout", type=_bool,
                     help="true (default) or false: false runs the frozen backbone without dropout (adapters only)")
+    tr.add_argument("--cache-frozen-layers", type=_bool,
+                    help="true or false (default): with --backbone-dropout false, run the frozen layers below the "
+                    "lowest adapter layer once per input and reuse their outputs")
     tr.add_argument("--logging-steps", type=int, help="log every N steps (default 10)")
     tr.add_argument("--progress", choices=("log", "bar", "none"), help="progress display (default log)")
 
@@ -166,7 +169,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
               "label_column": "label", "labels": None, "kind": "classification", "method": "pfeiffer", "adapter_config": None,
               "adapter_name": None, "k_shot": None, "train_size": None, "dev_size": None, "seed": 42, "epochs": 3.0,
               "lr": None, "batch_size": 16, "weight_decay": 0.0, "warmup_ratio": 0.06, "output_dir": "runs/train",
-              "resume": False, "backbone_dropout": True, "logging_steps": 10, "progress": "log"},
+              "resume": False, "backbone_dropout": True, "cache_frozen_layers": False, "logging_steps": 10,
+              "progress": "log"},
     "eval": {"adapter": None, "model": None, "data_dir": None, "max_length": 128, "eval_batch_size": 64, "task": None,
              "train_file": None, "dev_file": None, "test_file": None, "hub_dataset": None, "text_columns": None,
              "label_column": "label", "labels": None, "kind": "classification", "split": None, "output_dir": "runs/eval"},

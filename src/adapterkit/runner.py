@@ -196,6 +196,7 @@ def run_training(opts: dict[str, Any], *, spec: Any = None, data: tuple | None =
         progress=opts.get("progress", "log"), save_total_limit=1 if cleanup else 2, cleanup_checkpoints=cleanup,
         save_optimizer=not cleanup, doc_stride=_doc_stride(opts["max_length"]),
         backbone_dropout=opts.get("backbone_dropout", True),
+        cache_frozen_layers=opts.get("cache_frozen_layers", False),
     )
     _say(f"[{label}] {len(train_ex)} train / {len(dev_ex or [])} dev / {len(test_ex or [])} test examples; "
          f"trainable parameters {adapted.count_parameters()['trainable'] if mode != 'full' else 'all'}")

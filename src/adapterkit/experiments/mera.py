@@ -26,14 +26,14 @@ SYSTEMS = ("full", "scratch", "single", "fusion", "mera-avg", "mera-ot-w", "mera
            "mera-ot-w-st", "mera-ot-act-st")
 DEFAULTS: dict[str, Any] = {
     "zoo_dir": "runs/zoo", "output_dir": "runs/mera", "tasks": ["mrpc", "rte"], "k_shots": [16, 32],
-    "seeds": [42, 92, 111, 245, 651], "systems": list(SYSTEMS), "epochs": 20.0, "lr": 1e-3, "full_lr": 1e-4,
-    "batch_size": 16, "calibration_size": 64, "progress": "log",
+    "seeds": [42, 92, 111, 245, 651], "systems": list(SYSTEMS), "epochs": 10.0, "lr": 1e-3, "full_lr": 1e-4,
+    "batch_size": 8, "backbone_dropout": False, "calibration_size": 64, "progress": "log",
 }
 KEYS = ("task", "k", "seed", "system")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..cli import _csv
+    from ..cli import _bool, _csv
 
     def ints(value: str) -> list[int]:
         return [int(v) for v in _csv(value)]
@@ -44,10 +44,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--k-shots", type=ints, help="training examples per class (default 16,32)")
     p.add_argument("--seeds", type=ints, help="seeds (default 42,92,111,245,651)")
     p.add_argument("--systems", type=_csv, help=f"systems to run (default all: {','.join(SYSTEMS)})")
-    p.add_argument("--epochs", type=float, help="epochs per run (default 20)")
+    p.add_argument("--epochs", type=float, help="epochs per run (default 10)")
     p.add_argument("--lr", type=float, help="learning rate of adapter systems (default 1e-3)")
     p.add_argument("--full-lr", type=float, help="learning rate of full fine-tuning (default 1e-4)")
-    p.add_argument("--batch-size", type=int, help="batch size (default 16)")
+    p.add_argument("--batch-size", type=int, help="batch size (default 8)")
+    p.add_argument("--backbone-dropout", type=_bool, help="adapter systems: dropout in the frozen backbone (default false; "
+                   "full fine-tuning keeps the model's dropout)")
     p.add_argument("--calibration-size", type=int, help="target examples for activation-based alignment (default 64)")
     p.add_argument("--progress", choices=("log", "bar", "none"), help="progress display (default log)")
 
@@ -207,7 +209,7 @@ def run(opts: dict[str, Any]) -> int:
         row = fit_and_test(adapted, cell.tokenizer, spec, cell.data, label=label, seed=seed, lr=lr,
                            epochs=opts["epochs"], batch_size=opts["batch_size"], max_length=opts["max_length"],
                            eval_batch_size=opts["eval_batch_size"], output_dir=out / "work" / label.replace(" ", "_"),
-                           train_mode=mode, progress=opts["progress"])
+                           train_mode=mode, backbone_dropout=opts["backbone_dropout"], progress=opts["progress"])
         log.add({"task": task, "k": k, "seed": seed, "system": system, **row, **notes,
                  "same_track": [e.name for e in same], "pool": [e.name for e in pool]})
         progress.finish()
@@ -236,7 +238,7 @@ def report(rows: list[dict[str, Any]], opts: dict[str, Any], entries: list) -> N
         "# MerA few-shot comparison\n",
         f"Model: {opts.get('model') or 'bundled all-MiniLM-L6-v2'}. Test = official dev set; dev = k per class carved "
         f"from train; {opts['epochs']:g} epochs, batch {opts['batch_size']}, lr {opts['lr']:g} (full FT "
-        f"{opts['full_lr']:g}); seeds {', '.join(map(str, opts['seeds']))}. Scores x100, mean ± std over seeds; "
+        f"{opts['full_lr']:g}), backbone dropout {opts['backbone_dropout']} for adapter systems; seeds {', '.join(map(str, opts['seeds']))}. Scores x100, mean ± std over seeds; "
         f"metrics: {', '.join(f'{t} {m}' for t, m in metrics.items())}.\n",
         markdown_table(table, columns),
         "\n## Zoo\n",
