@@ -220,3 +220,13 @@ def test_train_with_the_cache_gives_the_same_weights(tmp_path: Path, monkeypatch
     assert plain.keys() == cached.keys()
     for key, value in plain.items():
         assert torch.allclose(value, cached[key], atol=1e-5, rtol=0), key
+
+
+def test_train_with_an_adapter_in_layer_0_runs_without_the_cache(tmp_path: Path, monkeypatch, capsys):
+    tok = tiny_tokenizer(tmp_path / "tok", WORDS)
+    monkeypatch.setattr(layer_cache, "enable", lambda adapted: pytest.fail("nothing to cache below layer 0"))
+    adapted = adapted4(vocab_size=len(SPECIAL_TOKENS) + len(WORDS), layers=(0, 3))
+    config = TrainConfig(output_dir=str(tmp_path / "run"), epochs=1, batch_size=8, learning_rate=1e-2,
+                         progress="log", backbone_dropout=False, cache_frozen_layers=True, save_total_limit=1)
+    train(adapted, tok, SPEC, sentences(8), None, config)
+    assert "training without the cache" in capsys.readouterr().err

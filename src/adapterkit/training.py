@@ -453,14 +453,20 @@ def train(adapted: AdaptedModel, tokenizer: Any, spec: Any, train_examples: Sequ
         trainer.add_callback(_make_progress_callback(name))
     resume_from = _resume_point(config)
     start = time.perf_counter()
+    cached = False
     if config.cache_frozen_layers:
         from . import layer_cache
 
-        layer_cache.enable(adapted)
+        if layer_cache.first_adapted_layer(adapted) > 0:
+            layer_cache.enable(adapted)
+            cached = True
+        elif config.progress != "none":
+            _say(f"[{name}] cache_frozen_layers: an adapter sits in layer 0, so no frozen layer runs below it; "
+                 "training without the cache")
     try:
         trainer.train(resume_from_checkpoint=resume_from)
     finally:
-        if config.cache_frozen_layers:
+        if cached:
             layer_cache.disable(adapted)
     seconds = time.perf_counter() - start
     state = trainer.state

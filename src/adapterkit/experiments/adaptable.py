@@ -108,7 +108,8 @@ def run(opts: dict[str, Any]) -> int:
     out = Path(opts["output_dir"])
     log = ResultLog(out / "runs.jsonl")
     order = [s for s in SYSTEMS if s in opts["systems"]]  # AA before AA-focused
-    plan = [(t, n, s, sys) for t in opts["tasks"] for n in opts["sizes"] for s in opts["seeds"] for sys in order]
+    # seeds outermost: an experiment stopped early (or extended with more seeds later) has whole seeds
+    plan = [(t, n, s, sys) for s in opts["seeds"] for t in opts["tasks"] for n in opts["sizes"] for sys in order]
     todo = [p for p in plan if not log.has(KEYS, **dict(zip(KEYS, p, strict=True)))]
     progress = Progress(len(plan), len(plan) - len(todo))
     _say(f"adaptable: {len(plan)} runs, {len(plan) - len(todo)} already in {log.path}")

@@ -172,7 +172,8 @@ def run(opts: dict[str, Any]) -> int:
     data_dir = resolve_data_dir(opts.get("data_dir"))
     out = Path(opts["output_dir"])
     log = ResultLog(out / "runs.jsonl")
-    plan = [(t, k, s, sys) for t in opts["tasks"] for k in opts["k_shots"] for s in opts["seeds"] for sys in opts["systems"]]
+    # seeds outermost: an experiment stopped early (or extended with more seeds later) has whole seeds
+    plan = [(t, k, s, sys) for s in opts["seeds"] for t in opts["tasks"] for k in opts["k_shots"] for sys in opts["systems"]]
     todo = [p for p in plan if not log.has(KEYS, **dict(zip(KEYS, p, strict=True)))]
     progress = Progress(len(plan), len(plan) - len(todo))
     _say(f"mera: {len(plan)} runs, {len(plan) - len(todo)} already in {log.path}; zoo {opts['zoo_dir']} "
