@@ -157,11 +157,11 @@ def run(opts: dict[str, Any]) -> int:
         log.add({"task": task, "size": size, "seed": seed, "system": system, **row, **extra,
                  "train": len(data[0]), "dev": len(data[1]), "test": len(data[2])})
         progress.finish()
-    report(log.rows, opts, num_layers=None)
+    report(log.unique(KEYS), opts)
     return 0
 
 
-def report(rows: list[dict[str, Any]], opts: dict[str, Any], num_layers: int | None) -> None:
+def report(rows: list[dict[str, Any]], opts: dict[str, Any]) -> None:
     """Markdown table, JSON, and PNGs: scores, selected layers per task, learned activation shapes."""
     import json
 

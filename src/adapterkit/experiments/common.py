@@ -31,6 +31,10 @@ class ResultLog:
                         raise ConfigError(f"{self.path}: line {i + 1}: not valid JSON") from None
                     # a last line cut short by a crash: dropped, its run is redone
 
+    def unique(self, fields: Sequence[str]) -> list[dict[str, Any]]:
+        """The rows, one per key (the last one logged wins, e.g. when two processes ran the same run)."""
+        return list({self.key(r, fields): r for r in self.rows}.values())
+
     def key(self, row: dict[str, Any], fields: Sequence[str]) -> tuple:
         return tuple(row.get(f) for f in fields)
 

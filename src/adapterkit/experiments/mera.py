@@ -214,7 +214,7 @@ def run(opts: dict[str, Any]) -> int:
         log.add({"task": task, "k": k, "seed": seed, "system": system, **row, **notes,
                  "same_track": [e.name for e in same], "pool": [e.name for e in pool]})
         progress.finish()
-    report(log.rows, opts, entries)
+    report(log.unique(KEYS), opts, entries)
     return 0
 
 

@@ -1,0 +1,47 @@
+"""Experiment plumbing: the resumable result log, the logistic probe and the summaries."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from adapterkit.errors import ConfigError
+from adapterkit.experiments.common import ResultLog, probe_score, series_for_plot, summarize
+
+KEYS = ("task", "seed", "system")
+
+
+def test_result_log_appends_resumes_and_drops_a_cut_last_line(tmp_path) -> None:
+    log = ResultLog(tmp_path / "runs.jsonl")
+    log.add({"task": "t", "seed": 1, "system": "a", "test_score": 0.5})
+    log.add({"task": "t", "seed": 1, "system": "a", "test_score": 0.7})  # a rerun of the same run
+    with (tmp_path / "runs.jsonl").open("a") as fh:
+        fh.write('{"task": "t", "seed": 2, "sys')  # a crash in the middle of a write
+    again = ResultLog(tmp_path / "runs.jsonl")
+    assert len(again.rows) == 2 and again.has(KEYS, task="t", seed=1, system="a")
+    assert not again.has(KEYS, task="t", seed=2, system="a")
+    assert [r["test_score"] for r in again.unique(KEYS)] == [0.7]
+    (tmp_path / "bad.jsonl").write_text('{"x": 1}\nnot json\n{"x": 2}\n')
+    with pytest.raises(ConfigError, match="bad.jsonl: line 2"):
+        ResultLog(tmp_path / "bad.jsonl")
+
+
+def test_probe_score_separates_separable_features() -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(80, 8, generator=g)
+    y = (x[:, 0] > 0).long()
+    x[:, 0] += torch.where(y == 1, 1.0, -1.0)  # a margin on feature 0
+    assert probe_score(x[:40], y[:40], x[40:], y[40:], 2) >= 0.95
+    noise = torch.randn(80, 8, generator=g)
+    assert probe_score(noise[:40], y[:40], noise[40:], y[40:], 2) < 0.8
+
+
+def test_summaries_average_over_seeds() -> None:
+    rows = [{"task": "t", "k": 4, "seed": s, "system": "a", "test_score": v, "trainable": 10, "train_seconds": 2.0}
+            for s, v in ((1, 0.5), (2, 0.7))]
+    table = summarize(rows, [("t", 4)], ("task", "k"), ["a", "missing"])
+    assert table == [{"system": "a", "t/4": "60.0 ± 14.1 (n=2)", "trainable": "10", "train_s": "2.0"}]
+    means, stds = series_for_plot(rows, [("t", 4)], ("task", "k"), ["a"])["a"]
+    assert means == pytest.approx([60.0]) and stds[0] == pytest.approx(14.142, abs=1e-3)
+    json.dumps(table)
