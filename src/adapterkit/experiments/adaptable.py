@@ -165,6 +165,7 @@ def report(rows: list[dict[str, Any]], opts: dict[str, Any]) -> None:
     """Markdown table, JSON, and PNGs: scores, selected layers per task, learned activation shapes."""
     import json
 
+    from ..data.tasks import get_task
     from ..reporting import grouped_bar_plot, markdown_table
     from ..runner import _say
     from .common import series_for_plot, summarize
@@ -184,7 +185,8 @@ def report(rows: list[dict[str, Any]], opts: dict[str, Any]) -> None:
             f"Model: {opts.get('model') or 'bundled all-MiniLM-L6-v2'}. N examples split 75/25 into train/dev; test = "
             f"official dev set. {opts['epochs']:g} epochs, batch {opts['batch_size']}, adapter lr {opts['lr']:g} "
             f"(AA switch 0.05, rational 0.01), backbone dropout {opts['backbone_dropout']}; seeds "
-            f"{', '.join(map(str, opts['seeds']))}. Scores x100 (mean ± std over seeds).\n",
+            f"{', '.join(map(str, opts['seeds']))}. Scores x100 (mean ± std over seeds); metrics: "
+            f"{', '.join(f'{t} {get_task(t).metric}' for t in opts['tasks'])}.\n",
             markdown_table(table, columns), "\n## Layers selected by AA (fraction of seeds per layer)\n",
             markdown_table(layers_table) if layers_table else "(no AA runs)"]
     out.mkdir(parents=True, exist_ok=True)
