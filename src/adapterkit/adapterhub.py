@@ -14,6 +14,7 @@ import torch
 
 from .config import MethodConfig, read_json
 from .errors import AdapterLoadError, ConfigError
+from .io import add_with_weights
 from .methods.bottleneck import HoulsbyConfig, ParallelConfig, PfeifferConfig
 from .model import AdaptedModel
 
@@ -209,16 +210,7 @@ def load_adapterhub_adapter(adapted: AdaptedModel, directory: str | Path, name: 
     if layers != expected:
         raise _fail(source, "config.leave_out", f"weights cover layers {sorted(layers)}, but the model's "
                     f"{mine['num_layers']} layers minus leave_out {info['leave_out']} are {sorted(expected)}")
-    adapter_name = info["name"]
     try:
-        adapted.add_adapter(adapter_name, config, activate=False)
-    except ConfigError as exc:
+        return add_with_weights(adapted, info["name"], config, state, info["weights"], activate=activate)
+    except ConfigError as exc:  # e.g. a name already taken, or a model without the block the placement needs
         raise AdapterLoadError(f"{source}: {exc}") from None
-    try:
-        adapted.load_adapter_state_dict(adapter_name, state, info["weights"])
-    except Exception:
-        adapted.delete_adapter(adapter_name)
-        raise
-    if activate:
-        adapted.set_active_adapters(*adapted.active_adapters, adapter_name)
-    return adapter_name

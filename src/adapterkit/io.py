@@ -154,12 +154,20 @@ def load_adapter(model: AdaptedModel, directory: str | Path, name: str | None = 
     except ConfigError as exc:
         raise AdapterLoadError(str(exc)) from None
     tensors = read_tensors(directory / WEIGHTS_NAME)
-    name = name or meta["name"]
+    head = directory / HEAD_NAME if load_head and (directory / HEAD_NAME).exists() else None
+    return add_with_weights(model, name or meta["name"], config, tensors, directory / WEIGHTS_NAME, head=head,
+                            activate=activate)
+
+
+def add_with_weights(model: AdaptedModel, name: str, config: Any, tensors: dict[str, torch.Tensor], source: object,
+                     *, head: Path | None = None, activate: bool = True) -> str:
+    """Add adapter ``name`` with ``config``, load ``tensors`` (and a head file) into it; a failure leaves the
+    model as it was. Returns the name."""
     model.add_adapter(name, config, activate=False)
     try:
-        model.load_adapter_state_dict(name, tensors, directory / WEIGHTS_NAME)
-        if load_head and (directory / HEAD_NAME).exists():
-            load_head_weights(model, directory / HEAD_NAME)
+        model.load_adapter_state_dict(name, tensors, source)
+        if head is not None:
+            load_head_weights(model, head)
     except Exception:
         model.delete_adapter(name)
         raise

@@ -29,26 +29,16 @@ KEYS = ("task", "size", "seed", "system")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..cli import _bool, _csv
+    from ..cli import _bool
+    from .common import add_common_arguments, int_list
 
-    def ints(value: str) -> list[int]:
-        return [int(v) for v in _csv(value)]
-
-    p.add_argument("--output-dir", help="results directory (default runs/adaptable); a rerun resumes")
-    p.add_argument("--tasks", type=_csv, help="tasks (default rte,mrpc,stsb,sst2,cola)")
-    p.add_argument("--sizes", type=ints, help="training sizes N, split 75/25 into train/dev (default 100,300,1000)")
-    p.add_argument("--seeds", type=ints, help="seeds (default 42,92,111,245,651)")
-    p.add_argument("--systems", type=_csv, help=f"systems (default all: {','.join(SYSTEMS)})")
-    p.add_argument("--epochs", type=float, help="epochs per run (default 20)")
-    p.add_argument("--lr", type=float, help="adapter learning rate (default 1e-3; AA's switch and rational "
-                   "coefficients keep 0.05 and 0.01)")
-    p.add_argument("--batch-size", type=int, help="batch size (default 32)")
+    add_common_arguments(p, DEFAULTS, SYSTEMS)
+    p.add_argument("--sizes", type=int_list, help="training sizes N, split 75/25 into train/dev (default 100,300,1000)")
     p.add_argument("--test-size", type=int, help="cap on test examples (default: the whole official dev set)")
     p.add_argument("--backbone-dropout", type=_bool, help="dropout in the frozen backbone (default false, for all systems)")
     p.add_argument("--cache-frozen-layers", type=_bool,
                    help="AA-focused: compute the frozen layers below its lowest layer once per input (default true; "
                    "needs --backbone-dropout false)")
-    p.add_argument("--progress", choices=("log", "bar", "none"), help="progress display (default log)")
 
 
 def split(spec: Any, data_dir: Any, size: int, seed: int, test_size: int | None) -> tuple[list, list, list]:

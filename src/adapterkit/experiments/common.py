@@ -14,6 +14,32 @@ from ..reporting import format_mean_std, mean_std
 from ..runner import _say
 
 
+def int_list(value: str) -> list[int]:
+    """``"1,2,3"`` -> ``[1, 2, 3]`` (argparse type)."""
+    from ..cli import _csv
+
+    return [int(v) for v in _csv(value)]
+
+
+def add_common_arguments(p: Any, defaults: dict[str, Any], systems: Sequence[str]) -> None:
+    """The options every experiment has (output directory, tasks, seeds, systems, epochs, lr, batch, progress)."""
+    from ..cli import _csv
+
+    def default(key: str) -> str:
+        value = defaults[key]
+        return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else f"{value:g}" if isinstance(
+            value, float) else str(value)
+
+    p.add_argument("--output-dir", help=f"results directory (default {default('output_dir')}); a rerun resumes")
+    p.add_argument("--tasks", type=_csv, help=f"tasks (default {default('tasks')})")
+    p.add_argument("--seeds", type=int_list, help=f"seeds (default {default('seeds')})")
+    p.add_argument("--systems", type=_csv, help=f"systems (default all: {','.join(systems)})")
+    p.add_argument("--epochs", type=float, help=f"epochs per run (default {default('epochs')})")
+    p.add_argument("--lr", type=float, help=f"adapter learning rate (default {default('lr')})")
+    p.add_argument("--batch-size", type=int, help=f"batch size (default {default('batch_size')})")
+    p.add_argument("--progress", choices=("log", "bar", "none"), help="progress display (default log)")
+
+
 class ResultLog:
     """Rows of a running experiment in a JSON-lines file; a rerun skips the rows already there."""
 

@@ -33,25 +33,16 @@ KEYS = ("task", "k", "seed", "system")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..cli import _bool, _csv
+    from ..cli import _bool
+    from .common import add_common_arguments, int_list
 
-    def ints(value: str) -> list[int]:
-        return [int(v) for v in _csv(value)]
-
+    add_common_arguments(p, DEFAULTS, SYSTEMS)
     p.add_argument("--zoo-dir", help="the adapter zoo (default runs/zoo; build it with `adapterkit zoo build`)")
-    p.add_argument("--output-dir", help="results directory (default runs/mera); a rerun resumes")
-    p.add_argument("--tasks", type=_csv, help="target tasks (default mrpc,rte)")
-    p.add_argument("--k-shots", type=ints, help="training examples per class (default 16,32)")
-    p.add_argument("--seeds", type=ints, help="seeds (default 42,92,111,245,651)")
-    p.add_argument("--systems", type=_csv, help=f"systems to run (default all: {','.join(SYSTEMS)})")
-    p.add_argument("--epochs", type=float, help="epochs per run (default 10)")
-    p.add_argument("--lr", type=float, help="learning rate of adapter systems (default 1e-3)")
+    p.add_argument("--k-shots", type=int_list, help="training examples per class (default 16,32)")
     p.add_argument("--full-lr", type=float, help="learning rate of full fine-tuning (default 1e-4)")
-    p.add_argument("--batch-size", type=int, help="batch size (default 8)")
     p.add_argument("--backbone-dropout", type=_bool, help="adapter systems: dropout in the frozen backbone (default false; "
                    "full fine-tuning keeps the model's dropout)")
     p.add_argument("--calibration-size", type=int, help="target examples for activation-based alignment (default 64)")
-    p.add_argument("--progress", choices=("log", "bar", "none"), help="progress display (default log)")
 
 
 def _site_of(state: dict[str, Any], source: object) -> str:
