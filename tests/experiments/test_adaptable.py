@@ -37,6 +37,11 @@ def test_adaptable_runs_every_system_and_resumes(tmp_path, data_dir, capsys: pyt
     capsys.readouterr()
     assert main(argv) == 0
     assert "8 already in" in capsys.readouterr().out
+    lines = (out / "runs.jsonl").read_text()
+    more_seeds = [*argv[: argv.index("--seeds") + 1], "3,4", *argv[argv.index("--seeds") + 2:]]
+    assert main([*more_seeds, "--report-only", "true"]) == 0  # seed 4 is missing: reported as is, not trained
+    assert (out / "runs.jsonl").read_text() == lines
+    assert "(n=1)" in (out / "results.md").read_text()
 
 
 def test_aa_focused_config_follows_the_selection(tmp_path) -> None:

@@ -24,6 +24,7 @@ DEFAULTS: dict[str, Any] = {
     "output_dir": "runs/adaptable", "tasks": ["rte", "mrpc", "stsb", "sst2", "cola"], "sizes": [100, 300, 1000],
     "seeds": [42, 92, 111, 245, 651], "systems": list(SYSTEMS), "epochs": 20.0, "lr": 1e-3, "batch_size": 32,
     "test_size": None, "backbone_dropout": False, "cache_frozen_layers": True, "progress": "log",
+    "report_only": False,
 }
 KEYS = ("task", "size", "seed", "system")
 
@@ -101,6 +102,8 @@ def run(opts: dict[str, Any]) -> int:
     # seeds outermost: an experiment stopped early (or extended with more seeds later) has whole seeds
     plan = [(t, n, s, sys) for s in opts["seeds"] for t in opts["tasks"] for n in opts["sizes"] for sys in order]
     todo = [p for p in plan if not log.has(KEYS, **dict(zip(KEYS, p, strict=True)))]
+    if opts["report_only"]:
+        todo = []
     progress = Progress(len(plan), len(plan) - len(todo))
     _say(f"adaptable: {len(plan)} runs, {len(plan) - len(todo)} already in {log.path}")
     data_cache: dict[tuple, tuple] = {}

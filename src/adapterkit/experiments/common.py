@@ -23,7 +23,7 @@ def int_list(value: str) -> list[int]:
 
 def add_common_arguments(p: Any, defaults: dict[str, Any], systems: Sequence[str]) -> None:
     """The options every experiment has (output directory, tasks, seeds, systems, epochs, lr, batch, progress)."""
-    from ..cli import _csv
+    from ..cli import _bool, _csv
 
     def default(key: str) -> str:
         value = defaults[key]
@@ -38,6 +38,8 @@ def add_common_arguments(p: Any, defaults: dict[str, Any], systems: Sequence[str
     p.add_argument("--lr", type=float, help=f"adapter learning rate (default {default('lr')})")
     p.add_argument("--batch-size", type=int, help=f"batch size (default {default('batch_size')})")
     p.add_argument("--progress", choices=("log", "bar", "none"), help="progress display (default log)")
+    p.add_argument("--report-only", type=_bool, help="true: train nothing, write the report from the runs logged so "
+                   "far (cells show how many seeds they have)")
 
 
 class ResultLog:

@@ -28,6 +28,7 @@ DEFAULTS: dict[str, Any] = {
     "zoo_dir": "runs/zoo", "output_dir": "runs/mera", "tasks": ["mrpc", "rte"], "k_shots": [16, 32],
     "seeds": [42, 92, 111, 245, 651], "systems": list(SYSTEMS), "epochs": 10.0, "lr": 1e-3, "full_lr": 1e-4,
     "batch_size": 8, "backbone_dropout": False, "calibration_size": 64, "progress": "log",
+    "report_only": False,
 }
 KEYS = ("task", "k", "seed", "system")
 
@@ -166,6 +167,8 @@ def run(opts: dict[str, Any]) -> int:
     # seeds outermost: an experiment stopped early (or extended with more seeds later) has whole seeds
     plan = [(t, k, s, sys) for s in opts["seeds"] for t in opts["tasks"] for k in opts["k_shots"] for sys in opts["systems"]]
     todo = [p for p in plan if not log.has(KEYS, **dict(zip(KEYS, p, strict=True)))]
+    if opts["report_only"]:
+        todo = []
     progress = Progress(len(plan), len(plan) - len(todo))
     _say(f"mera: {len(plan)} runs, {len(plan) - len(todo)} already in {log.path}; zoo {opts['zoo_dir']} "
          f"({len(entries)} adapters)")
