@@ -166,3 +166,14 @@ def test_train_with_the_frozen_layer_cache(tmp_path: Path, capsys):
     capsys.readouterr()
     assert main([*common, "--output-dir", str(tmp_path / "bad")]) == 2  # the cache needs a deterministic backbone
     assert "cache_frozen_layers" in capsys.readouterr().err
+
+
+def test_demo_on_the_packaged_sample(tmp_path: Path, capsys):
+    model = save_tiny_model(tmp_path / "tiny-bert", head="base", words=[*POS, *NEG, *FILL])
+    out = tmp_path / "demo"
+    assert main(["demo", "--model", str(model), "--methods", "pfeiffer,full", "--epochs", "1", "--output-dir",
+                 str(out), "--progress", "none"]) == 0
+    assert "packaged sample" in capsys.readouterr().out
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert [r["system"] for r in rows] == ["pfeiffer", "full"] and all(r["test_score"] is not None for r in rows)
+    assert (out / "results.png").stat().st_size > 1000 and "| pfeiffer" in (out / "results.md").read_text()
