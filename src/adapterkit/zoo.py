@@ -187,6 +187,7 @@ def build_zoo(zoo_dir: str | Path, sources: tuple[ZooSource, ...] | list[ZooSour
               force: bool = False, progress: str = "log") -> list[ZooEntry]:
     """Train every source adapter not yet in the zoo and index it; returns all entries."""
     from .data.tasks import get_task, resolve_data_dir
+    from .io import read_adapter_config
     from .runner import _say, run_training
 
     zoo_dir = Path(zoo_dir)
@@ -215,8 +216,6 @@ def build_zoo(zoo_dir: str | Path, sources: tuple[ZooSource, ...] | list[ZooSour
         if final.exists():
             shutil.rmtree(final)
         (work / "adapter").rename(final)  # the adapter directory was written atomically; moving it is atomic too
-        from .io import read_adapter_config
-
         meta = read_adapter_config(final)
         entries[source.name] = ZooEntry(
             name=source.name, task=source.task, track=source.track, path=source.name,

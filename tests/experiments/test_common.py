@@ -45,3 +45,10 @@ def test_summaries_average_over_seeds() -> None:
     means, stds = series_for_plot(rows, [("t", 4)], ("task", "k"), ["a"])["a"]
     assert means == pytest.approx([60.0]) and stds[0] == pytest.approx(14.142, abs=1e-3)
     json.dumps(table)
+
+
+def test_a_row_added_after_a_cut_line_stays_readable(tmp_path) -> None:
+    path = tmp_path / "runs.jsonl"
+    path.write_text('{"task": "t", "seed": 1, "system": "a"}\n{"task": "t", "se')
+    ResultLog(path).add({"task": "t", "seed": 2, "system": "a"})
+    assert [r["seed"] for r in ResultLog(path).rows] == [1, 2]

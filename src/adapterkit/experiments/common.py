@@ -48,16 +48,22 @@ class ResultLog:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.rows: list[dict[str, Any]] = []
-        if self.path.exists():
-            for i, line in enumerate(self.path.read_text(encoding="utf-8").splitlines()):
-                if not line.strip():
-                    continue
-                try:
-                    self.rows.append(json.loads(line))
-                except json.JSONDecodeError:
-                    if i < len(self.path.read_text(encoding="utf-8").splitlines()) - 1:
-                        raise ConfigError(f"{self.path}: line {i + 1}: not valid JSON") from None
-                    # a last line cut short by a crash: dropped, its run is redone
+        if not self.path.exists():
+            return
+        lines = self.path.read_text(encoding="utf-8").splitlines()
+        for i, line in enumerate(lines):
+            if not line.strip():
+                continue
+            try:
+                self.rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                if i < len(lines) - 1:
+                    raise ConfigError(f"{self.path}: line {i + 1}: not valid JSON") from None
+                # a last line cut short by a crash: dropped (its run is redone), and the file rewritten without
+                # it, so that the next row does not get appended to the broken line
+                from ..io import atomic_write_bytes
+
+                atomic_write_bytes(self.path, "".join(json.dumps(r) + "\n" for r in self.rows).encode("utf-8"))
 
     def unique(self, fields: Sequence[str]) -> list[dict[str, Any]]:
         """The rows, one per key (the last one logged wins, e.g. when two processes ran the same run)."""
