@@ -64,6 +64,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help="data directory of registered tasks (default: $ADAPTERKIT_DATA_DIR)")
     p.add_argument("--max-length", type=int, help="maximum tokens per example (default 128)")
     p.add_argument("--eval-batch-size", type=int, help="evaluation batch size (default 64)")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"),
+                   help="fp32 (default), or mixed precision with fp32 weights: bf16 (fast on CPUs with AVX512-BF16 "
+                   "or AMX, and on Ampere+ GPUs) or fp16 (CUDA only)")
 
 
 def _add_task_args(p: argparse.ArgumentParser) -> None:
@@ -164,20 +167,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 DEFAULTS: dict[str, dict[str, Any]] = {
-    "train": {"model": None, "data_dir": None, "max_length": 128, "eval_batch_size": 64, "task": None,
+    "train": {"model": None, "data_dir": None, "max_length": 128, "eval_batch_size": 64, "precision": "fp32", "task": None,
               "train_file": None, "dev_file": None, "test_file": None, "hub_dataset": None, "text_columns": None,
               "label_column": "label", "labels": None, "kind": "classification", "method": "pfeiffer", "adapter_config": None,
               "adapter_name": None, "k_shot": None, "train_size": None, "dev_size": None, "seed": 42, "epochs": 3.0,
               "lr": None, "batch_size": 16, "weight_decay": 0.0, "warmup_ratio": 0.06, "output_dir": "runs/train",
               "resume": False, "backbone_dropout": True, "cache_frozen_layers": False, "logging_steps": 10,
               "progress": "log"},
-    "eval": {"adapter": None, "model": None, "data_dir": None, "max_length": 128, "eval_batch_size": 64, "task": None,
+    "eval": {"adapter": None, "model": None, "data_dir": None, "max_length": 128, "eval_batch_size": 64, "precision": "fp32", "task": None,
              "train_file": None, "dev_file": None, "test_file": None, "hub_dataset": None, "text_columns": None,
              "label_column": "label", "labels": None, "kind": "classification", "split": None, "output_dir": "runs/eval"},
-    "demo": {"model": None, "data_dir": None, "max_length": 64, "eval_batch_size": 64, "output_dir": "runs/demo",
+    "demo": {"model": None, "data_dir": None, "max_length": 64, "eval_batch_size": 64, "precision": "fp32", "output_dir": "runs/demo",
              "k_shot": 32, "dev_size": None, "test_size": None, "methods": ["pfeiffer", "full", "lora"],
              "epochs": 20.0, "seed": 42, "progress": "log"},
-    "zoo": {"action": "list", "model": None, "data_dir": None, "max_length": 128, "eval_batch_size": 64,
+    "zoo": {"action": "list", "model": None, "data_dir": None, "max_length": 128, "eval_batch_size": 64, "precision": "fp32",
             "zoo_dir": "runs/zoo", "sources": None, "method": "pfeiffer", "adapter_config": None, "max_train": 2000,
             "max_dev": 500, "epochs": 2.0, "lr": 1e-3, "batch_size": 32, "force": False, "progress": "log"},
 }
@@ -236,7 +239,7 @@ def command_defaults(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     if args.command == "experiment":
         from .experiments import get_experiment
 
-        defaults = {"model": None, "data_dir": None, "max_length": 128, "eval_batch_size": 64}
+        defaults = {"model": None, "data_dir": None, "max_length": 128, "eval_batch_size": 64, "precision": "fp32"}
         return f"experiment {args.experiment}", {**defaults, **get_experiment(args.experiment).DEFAULTS}
     return args.command, DEFAULTS[args.command]
 
@@ -303,7 +306,8 @@ def cmd_eval(opts: dict[str, Any]) -> int:
         if metrics is None:
             return 0
     else:
-        metrics = evaluate(adapted, tokenizer, spec, examples, opts["eval_batch_size"], opts["max_length"])
+        metrics = evaluate(adapted, tokenizer, spec, examples, opts["eval_batch_size"], opts["max_length"],
+                           precision=opts["precision"])
     _say(text_table([{"metric": k, "value": v} for k, v in metrics.items()], ["metric", "value"]))
     return 0
 

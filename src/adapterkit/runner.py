@@ -128,7 +128,7 @@ def qa_predict_and_score(adapted: Any, tokenizer: Any, spec: Any, examples: list
     from .training import has_qa_references, predict_qa, qa_references
 
     answers = predict_qa(adapted, tokenizer, examples, opts["eval_batch_size"], opts["max_length"],
-                         _doc_stride(opts["max_length"]))
+                         _doc_stride(opts["max_length"]), opts.get("precision", "fp32"))
     atomic_write_json(path, answers)
     _say(f"wrote {path} ({len(answers)} predictions)")
     if not has_qa_references(examples):
@@ -197,6 +197,7 @@ def run_training(opts: dict[str, Any], *, spec: Any = None, data: tuple | None =
         save_optimizer=not cleanup, doc_stride=_doc_stride(opts["max_length"]),
         backbone_dropout=opts.get("backbone_dropout", True),
         cache_frozen_layers=opts.get("cache_frozen_layers", False),
+        precision=opts.get("precision", "fp32"),
     )
     _say(f"[{label}] {len(train_ex)} train / {len(dev_ex or [])} dev / {len(test_ex or [])} test examples; "
          f"trainable parameters {adapted.count_parameters()['trainable'] if mode != 'full' else 'all'}")
@@ -212,7 +213,8 @@ def run_training(opts: dict[str, Any], *, spec: Any = None, data: tuple | None =
             _say(f"[{label}] test score {test_metrics['score']:.4f} ({spec.metric}, {len(test_ex)} examples)")
     elif test_ex:
         start = time.perf_counter()
-        test_metrics = evaluate(adapted, tokenizer, spec, test_ex, opts["eval_batch_size"], opts["max_length"])
+        test_metrics = evaluate(adapted, tokenizer, spec, test_ex, opts["eval_batch_size"], opts["max_length"],
+                                precision=opts.get("precision", "fp32"))
         _say(f"[{label}] test score {test_metrics['score']:.4f} ({spec.metric}, {len(test_ex)} examples, "
              f"{time.perf_counter() - start:.0f}s)")
     counts = adapted.count_parameters()

@@ -8,6 +8,7 @@ ordinary ``TrainerCallback`` objects. It runs unchanged under ``torchrun`` / ``a
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -34,6 +35,7 @@ TRAINABLE_NAME = "trainable.safetensors"
 FULL_NAME = "model.safetensors"
 CHECKPOINT_INFO_NAME = "adapterkit_checkpoint.json"
 QA_EVAL_COLUMNS = ("example_id", "offset_mapping")
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 @dataclass
@@ -74,6 +76,11 @@ class TrainConfig:
     dataloader_drop_last: bool = opt(False, "drop the last incomplete training batch")
     dataloader_pin_memory: bool = opt(False, "pin host memory (useful on GPU)")
     use_cpu: bool = opt(False, "train on the CPU even when an accelerator is present")
+    precision: Literal["fp32", "bf16", "fp16"] = opt(
+        "fp32",
+        "fp32, or mixed precision with fp32 weights: bf16 (autocast; fast on CPUs with AVX512-BF16/AMX and on "
+        "Ampere+ GPUs) or fp16 (CUDA only, with loss scaling)",
+    )
 
     def __post_init__(self) -> None:
         self.validate()
@@ -97,6 +104,7 @@ class TrainConfig:
         check(self.logging_steps >= 1, "logging_steps", f"must be >= 1, got {self.logging_steps}")
         check(self.progress in ("log", "bar", "none"), "progress", f"unknown {self.progress!r}")
         check(self.dataloader_num_workers >= 0, "dataloader_num_workers", "must be >= 0")
+        check(self.precision in PRECISIONS, "precision", f"use one of {list(PRECISIONS)}, got {self.precision!r}")
         if self.cache_frozen_layers:
             check(self.train_mode == "adapters", "cache_frozen_layers",
                   f"needs train_mode 'adapters' (frozen lower layers), got {self.train_mode!r}")
@@ -349,6 +357,9 @@ def _training_args(config: TrainConfig, has_dev: bool, spec: Any) -> Any:
     from transformers import TrainingArguments
 
     evaluating = has_dev and config.eval_each_epoch
+    on_cpu = config.use_cpu or not _has_accelerator()
+    if config.precision == "fp16" and (on_cpu or not torch.cuda.is_available()):
+        raise ConfigError("precision: fp16 needs a CUDA GPU (it uses loss scaling); use bf16 on the CPU")
     return TrainingArguments(
         output_dir=config.output_dir,
         num_train_epochs=config.epochs,
@@ -377,7 +388,9 @@ def _training_args(config: TrainConfig, has_dev: bool, spec: Any) -> Any:
         dataloader_num_workers=config.dataloader_num_workers,
         dataloader_drop_last=config.dataloader_drop_last,
         dataloader_pin_memory=config.dataloader_pin_memory,
-        use_cpu=config.use_cpu or not _has_accelerator(),
+        use_cpu=on_cpu,
+        bf16=config.precision == "bf16",
+        fp16=config.precision == "fp16",
         ddp_find_unused_parameters=False,
     )
 
@@ -512,8 +525,19 @@ def _jsonable(result: TrainResult) -> dict[str, Any]:
 # --- evaluation ----------------------------------------------------------------------------------
 
 
+def autocast(precision: str, device: torch.device | str) -> contextlib.AbstractContextManager:
+    """The autocast context of ``precision`` ("fp32": none) on ``device``'s type."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision: use one of {list(PRECISIONS)}, got {precision!r}")
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(torch.device(device).type, dtype=dtype)
+
+
 @torch.no_grad()
-def predict_logits(adapted: nn.Module, tokenizer: Any, dataset: Any, batch_size: int = 64) -> list[np.ndarray]:
+def predict_logits(adapted: nn.Module, tokenizer: Any, dataset: Any, batch_size: int = 64,
+                   precision: str = "fp32") -> list[np.ndarray]:
     """Run the model over an encoded dataset (no label columns needed); returns one array per output."""
     collate = _collator(tokenizer)
     device = next(adapted.parameters()).device
@@ -526,7 +550,8 @@ def predict_logits(adapted: nn.Module, tokenizer: Any, dataset: Any, batch_size:
     try:
         for i in range(0, len(rows), batch_size):
             batch = collate([rows[j] for j in order[i : i + batch_size]])
-            out = adapted(**{k: v.to(device) for k, v in batch.items()})
+            with autocast(precision, device):
+                out = adapted(**{k: v.to(device) for k, v in batch.items()})
             logits = [out.start_logits, out.end_logits] if hasattr(out, "start_logits") else [out.logits]
             for k, t in enumerate(logits):
                 if len(outputs) <= k:
@@ -552,19 +577,19 @@ def has_qa_references(examples: Sequence[Example]) -> bool:
 
 
 def predict_qa(adapted: nn.Module, tokenizer: Any, examples: Sequence[Example], batch_size: int = 64,
-               max_length: int = 128, doc_stride: int = 32) -> dict[str, str]:
+               max_length: int = 128, doc_stride: int = 32, precision: str = "fp32") -> dict[str, str]:
     """Extractive QA: example id -> predicted answer text (the best span over all windows of the context)."""
     from .data.preprocess import encode_qa_eval, postprocess_qa
 
     if not examples:
         raise ConfigError("examples: nothing to predict")
     features = encode_qa_eval(tokenizer, examples, max_length=max_length, doc_stride=doc_stride)
-    start, end = predict_logits(adapted, tokenizer, features, batch_size)
+    start, end = predict_logits(adapted, tokenizer, features, batch_size, precision)
     return postprocess_qa(examples, features, start, end)
 
 
 def evaluate(adapted: nn.Module, tokenizer: Any, spec: Any, examples: Sequence[Example], batch_size: int = 64,
-             max_length: int = 128, doc_stride: int = 32) -> dict[str, float]:
+             max_length: int = 128, doc_stride: int = 32, precision: str = "fp32") -> dict[str, float]:
     """Metrics of ``adapted`` on ``examples`` (primary metric under ``"score"``); QA uses SQuAD EM/F1.
 
     QA examples without any reference answer cannot be scored (DataError); use :func:`predict_qa`.
@@ -576,10 +601,10 @@ def evaluate(adapted: nn.Module, tokenizer: Any, spec: Any, examples: Sequence[E
     if spec.kind == "qa":
         if not has_qa_references(examples):
             raise DataError("examples: no QA example has a reference answer; use predict_qa for predictions only")
-        answers = predict_qa(adapted, tokenizer, examples, batch_size, max_length, doc_stride)
+        answers = predict_qa(adapted, tokenizer, examples, batch_size, max_length, doc_stride, precision)
         return compute_metrics(spec, answers, qa_references(examples))
     dataset = encode(tokenizer, spec, examples, max_length)
-    (logits,) = predict_logits(adapted, tokenizer, dataset, batch_size)
+    (logits,) = predict_logits(adapted, tokenizer, dataset, batch_size, precision)
     return compute_metrics(spec, logits, np.asarray([ex["label"] for ex in examples]))
 
 

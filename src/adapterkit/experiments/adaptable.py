@@ -26,6 +26,8 @@ DEFAULTS: dict[str, Any] = {
     "test_size": None, "backbone_dropout": False, "cache_frozen_layers": True, "progress": "log",
     "report_only": False,
 }
+SETTINGS = ("model", "epochs", "lr", "batch_size", "max_length", "test_size", "backbone_dropout", "precision")
+"""Options that change results: a log is never extended under other values (see ResultLog)."""
 KEYS = ("task", "size", "seed", "system")
 
 
@@ -97,7 +99,7 @@ def run(opts: dict[str, Any]) -> int:
         raise ConfigError("cache_frozen_layers: needs --backbone-dropout false (cached layers must be deterministic)")
     data_dir = resolve_data_dir(opts.get("data_dir"))
     out = Path(opts["output_dir"])
-    log = ResultLog(out / "runs.jsonl")
+    log = ResultLog(out / "runs.jsonl", {k: opts.get(k) for k in SETTINGS})
     order = [s for s in SYSTEMS if s in opts["systems"]]  # AA before AA-focused
     # seeds outermost: an experiment stopped early (or extended with more seeds later) has whole seeds
     plan = [(t, n, s, sys) for s in opts["seeds"] for t in opts["tasks"] for n in opts["sizes"] for sys in order]
@@ -133,7 +135,7 @@ def run(opts: dict[str, Any]) -> int:
         set_seed(seed)
         row = fit_and_test(adapted, tokenizer, spec, data, label=label, seed=seed, lr=opts["lr"],
                            epochs=opts["epochs"], batch_size=opts["batch_size"], max_length=opts["max_length"],
-                           eval_batch_size=opts["eval_batch_size"], output_dir=out / "work" / label.replace(" ", "_"),
+                           eval_batch_size=opts["eval_batch_size"], precision=opts["precision"], output_dir=out / "work" / label.replace(" ", "_"),
                            train_mode=mode, backbone_dropout=opts["backbone_dropout"], progress=opts["progress"],
                            cache_frozen_layers=cache)
         if system == "aa":

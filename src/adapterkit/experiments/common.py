@@ -43,11 +43,18 @@ def add_common_arguments(p: Any, defaults: dict[str, Any], systems: Sequence[str
 
 
 class ResultLog:
-    """Rows of a running experiment in a JSON-lines file; a rerun skips the rows already there."""
+    """Rows of a running experiment in a JSON-lines file; a rerun skips the rows already there.
 
-    def __init__(self, path: str | Path) -> None:
+    ``settings`` (the options that change results: epochs, learning rate, precision, ...) are kept in
+    ``settings.json`` beside the log; a rerun with other settings is refused, so that one table never
+    mixes runs made under different protocols.
+    """
+
+    def __init__(self, path: str | Path, settings: dict[str, Any] | None = None) -> None:
         self.path = Path(path)
         self.rows: list[dict[str, Any]] = []
+        if settings is not None:
+            self._check_settings(settings)
         if not self.path.exists():
             return
         lines = self.path.read_text(encoding="utf-8").splitlines()
@@ -64,6 +71,28 @@ class ResultLog:
                 from ..io import atomic_write_bytes
 
                 atomic_write_bytes(self.path, "".join(json.dumps(r) + "\n" for r in self.rows).encode("utf-8"))
+
+    def _check_settings(self, settings: dict[str, Any]) -> None:
+        from ..io import atomic_write_json
+
+        file = self.path.with_name("settings.json")
+        settings = json.loads(json.dumps(settings))  # as stored: tuples become lists
+        stored: dict[str, Any] = {}
+        if file.exists():
+            try:
+                stored = json.loads(file.read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise ConfigError(f"{file}: not valid JSON ({exc})") from None
+            if not isinstance(stored, dict):
+                raise ConfigError(f"{file}: expected a JSON object of settings")
+            for key, value in settings.items():
+                if key in stored and stored[key] != value:
+                    raise ConfigError(f"{file}: {key}: the runs in {self.path.name} used {stored[key]!r}, this run "
+                                      f"asks for {value!r}; use the same {key} or another --output-dir")
+        elif self.path.exists():
+            return  # a log written before settings were recorded: nothing to compare with, nothing claimed
+        if {**stored, **settings} != stored:
+            atomic_write_json(file, {**stored, **settings})
 
     def unique(self, fields: Sequence[str]) -> list[dict[str, Any]]:
         """The rows, one per key (the last one logged wins, e.g. when two processes ran the same run)."""
@@ -104,7 +133,7 @@ def fit_and_test(adapted: Any, tokenizer: Any, spec: Any, data: tuple[list, list
                  lr: float, epochs: float, batch_size: int, max_length: int, output_dir: str | Path,
                  train_mode: str = "adapters", eval_batch_size: int = 64, backbone_dropout: bool = True,
                  progress: str = "log", callbacks: Sequence[Any] = (), extra_loss: Callable | None = None,
-                 **train_fields: Any) -> dict[str, Any]:
+                 precision: str = "fp32", **train_fields: Any) -> dict[str, Any]:
     """Train the active adapters (or the full model) on ``data[0]``, select the best epoch on ``data[1]``,
     score ``data[2]``; returns a result row. Checkpoints are deleted after the run."""
     from ..training import TrainConfig, evaluate, train
@@ -114,12 +143,12 @@ def fit_and_test(adapted: Any, tokenizer: Any, spec: Any, data: tuple[list, list
         output_dir=str(output_dir), epochs=float(epochs), batch_size=batch_size, eval_batch_size=eval_batch_size,
         learning_rate=lr, max_length=max_length, seed=seed, train_mode=train_mode, backbone_dropout=backbone_dropout,
         save_total_limit=1, save_optimizer=False, cleanup_checkpoints=True, progress=progress,
-        logging_steps=max(1, len(train_ex) // batch_size), **train_fields,
+        logging_steps=max(1, len(train_ex) // batch_size), precision=precision, **train_fields,
     )
     result = train(adapted, tokenizer, spec, train_ex, dev_ex, config, callbacks=callbacks, extra_loss=extra_loss,
                    name=label)
     start = time.perf_counter()
-    test = evaluate(adapted, tokenizer, spec, test_ex, eval_batch_size, max_length) if test_ex else {}
+    test = evaluate(adapted, tokenizer, spec, test_ex, eval_batch_size, max_length, precision=precision) if test_ex else {}
     counts = adapted.count_parameters()
     trainable = counts["total"] if train_mode == "full" else result.trainable_parameters
     _say(f"[{label}] test {test.get('score', float('nan')):.4f} ({spec.metric}, {len(test_ex or [])} examples, "

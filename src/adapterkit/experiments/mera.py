@@ -30,6 +30,9 @@ DEFAULTS: dict[str, Any] = {
     "batch_size": 8, "backbone_dropout": False, "calibration_size": 64, "progress": "log",
     "report_only": False,
 }
+SETTINGS = ("model", "zoo_dir", "epochs", "lr", "full_lr", "batch_size", "max_length", "backbone_dropout",
+            "calibration_size", "precision")
+"""Options that change results: a log is never extended under other values (see ResultLog)."""
 KEYS = ("task", "k", "seed", "system")
 
 
@@ -163,7 +166,7 @@ def run(opts: dict[str, Any]) -> int:
         raise ConfigError(f"{opts['zoo_dir']}: zoo_dir: no zoo.json; build the zoo first with `adapterkit zoo build`")
     data_dir = resolve_data_dir(opts.get("data_dir"))
     out = Path(opts["output_dir"])
-    log = ResultLog(out / "runs.jsonl")
+    log = ResultLog(out / "runs.jsonl", {k: opts.get(k) for k in SETTINGS})
     # seeds outermost: an experiment stopped early (or extended with more seeds later) has whole seeds
     plan = [(t, k, s, sys) for s in opts["seeds"] for t in opts["tasks"] for k in opts["k_shots"] for sys in opts["systems"]]
     todo = [p for p in plan if not log.has(KEYS, **dict(zip(KEYS, p, strict=True)))]
@@ -203,7 +206,7 @@ def run(opts: dict[str, Any]) -> int:
         set_seed(seed)
         row = fit_and_test(adapted, cell.tokenizer, spec, cell.data, label=label, seed=seed, lr=lr,
                            epochs=opts["epochs"], batch_size=opts["batch_size"], max_length=opts["max_length"],
-                           eval_batch_size=opts["eval_batch_size"], output_dir=out / "work" / label.replace(" ", "_"),
+                           eval_batch_size=opts["eval_batch_size"], precision=opts["precision"], output_dir=out / "work" / label.replace(" ", "_"),
                            train_mode=mode, backbone_dropout=opts["backbone_dropout"], progress=opts["progress"])
         log.add({"task": task, "k": k, "seed": seed, "system": system, **row, **notes,
                  "same_track": [e.name for e in same], "pool": [e.name for e in pool]})
