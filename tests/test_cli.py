@@ -38,6 +38,17 @@ def test_yaml_and_flags_merge(tmp_path: Path):
     assert opts["lr"] == 1e-3  # YAML reads 1e-3 as a string without a dot; still a number here
     flag_only = merge_options(build_parser().parse_args(["train", "--epochs", "5"]))
     assert flag_only["epochs"] == 5.0 and flag_only["batch_size"] == 16
+    assert flag_only["precision"] == "fp32"
+
+
+def test_precision_flag_and_yaml(tmp_path: Path):
+    assert merge_options(build_parser().parse_args(["train", "--precision", "bf16"]))["precision"] == "bf16"
+    cfg = tmp_path / "exp.yaml"
+    cfg.write_text("precision: bf16\nepochs: 1\n")
+    opts = merge_options(build_parser().parse_args(["experiment", "adaptable", "--config", str(cfg)]))
+    assert opts["precision"] == "bf16" and opts["epochs"] == 1.0
+    with pytest.raises(SystemExit):  # argparse names the allowed values
+        build_parser().parse_args(["eval", "--precision", "fp8"])
 
 
 def test_unknown_yaml_key_names_file_and_key(tmp_path: Path, capsys):

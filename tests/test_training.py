@@ -222,3 +222,49 @@ def test_last_checkpoint_skips_one_cut_short(tmp_path: Path):
     (tmp_path / "checkpoint-x").mkdir()
     assert last_checkpoint(tmp_path) == str(tmp_path / "checkpoint-3")
     assert last_checkpoint(tmp_path / "missing") is None
+
+
+def test_precision_is_validated_and_fp16_needs_cuda(tmp_path: Path, tok):
+    with pytest.raises(ConfigError, match="precision"):
+        TrainConfig(precision="fp8")
+    if torch.cuda.is_available():
+        pytest.skip("fp16 is allowed on a CUDA machine")
+    with pytest.raises(ConfigError, match="precision: fp16 needs a CUDA GPU"):
+        train(tiny_adapted(), tok, SPEC, examples(8, 0), None, config(tmp_path, precision="fp16", epochs=1))
+
+
+def test_bf16_trains_under_autocast_with_fp32_weights(tmp_path: Path, tok):
+    adapted = tiny_adapted()
+    before = {n: p.detach().clone() for n, p in adapted.named_parameters() if p.requires_grad}
+    seen: list[torch.dtype] = []
+    down = next(m for n, m in adapted.named_modules() if n.endswith("down") and isinstance(m, torch.nn.Linear))
+    hook = down.register_forward_hook(lambda mod, args, out: seen.append(out.dtype) if mod.training else None)
+    result = train(adapted, tok, SPEC, examples(32, 0), examples(8, 1), config(tmp_path, precision="bf16", epochs=2))
+    hook.remove()
+    assert seen and set(seen) == {torch.bfloat16}  # the adapter ran under bf16 autocast
+    after = dict(adapted.named_parameters())
+    assert all(after[n].dtype == torch.float32 for n in before)  # master weights stay fp32
+    assert any(not torch.equal(before[n], after[n]) for n in before)
+    assert torch.isfinite(torch.tensor(result.history[-1]["score"]))
+    # after training the model runs in the precision its caller asks for (no autocast left behind)
+    seen.clear()
+    hook = down.register_forward_hook(lambda mod, args, out: seen.append(out.dtype))
+    evaluate(adapted, tok, SPEC, examples(4, 2), batch_size=4, max_length=16)
+    evaluate(adapted, tok, SPEC, examples(4, 2), batch_size=4, max_length=16, precision="bf16")
+    hook.remove()
+    assert seen == [torch.float32, torch.bfloat16]
+
+
+def test_bf16_evaluation_matches_fp32_closely(tok):
+    from adapterkit.training import autocast, encode, predict_logits
+
+    adapted = tiny_adapted()
+    dataset = encode(tok, SPEC, examples(12, 3), 16)
+    (fp32,) = predict_logits(adapted, tok, dataset, 4)
+    (bf16,) = predict_logits(adapted, tok, dataset, 4, precision="bf16")
+    assert bf16.dtype == fp32.dtype and bf16.shape == fp32.shape
+    assert abs(bf16 - fp32).max() < 0.05 and not (bf16 == fp32).all()  # autocast really ran, and stayed close
+    metrics = evaluate(adapted, tok, SPEC, examples(12, 3), batch_size=4, max_length=16, precision="bf16")
+    assert 0.0 <= metrics["score"] <= 1.0
+    with pytest.raises(ConfigError, match="precision"):
+        autocast("half", "cpu")

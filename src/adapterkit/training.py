@@ -395,6 +395,14 @@ def _training_args(config: TrainConfig, has_dev: bool, spec: Any) -> Any:
     )
 
 
+def _drop_autocast_wrapper(model: nn.Module) -> None:
+    """Undo Accelerate's mixed-precision patch of ``model.forward`` (an instance attribute wrapping the
+    class's forward in autocast), so that the model runs in the precision its caller asks for after training."""
+    if "_original_forward" in model.__dict__:
+        model.__dict__.pop("forward", None)
+        model.__dict__.pop("_original_forward", None)
+
+
 def _has_accelerator() -> bool:
     """True when a GPU-like device is present (on CPU-only hosts, torchrun then means gloo DDP on CPU)."""
     probe = getattr(torch, "accelerator", None)
@@ -481,6 +489,7 @@ def train(adapted: AdaptedModel, tokenizer: Any, spec: Any, train_examples: Sequ
     finally:
         if cached:
             layer_cache.disable(adapted)
+        _drop_autocast_wrapper(adapted)
     seconds = time.perf_counter() - start
     state = trainer.state
     history = [

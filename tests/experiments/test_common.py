@@ -52,3 +52,25 @@ def test_a_row_added_after_a_cut_line_stays_readable(tmp_path) -> None:
     path.write_text('{"task": "t", "seed": 1, "system": "a"}\n{"task": "t", "se')
     ResultLog(path).add({"task": "t", "seed": 2, "system": "a"})
     assert [r["seed"] for r in ResultLog(path).rows] == [1, 2]
+
+
+def test_result_log_refuses_other_settings(tmp_path) -> None:
+    path = tmp_path / "runs.jsonl"
+    log = ResultLog(path, {"epochs": 10.0, "precision": "bf16", "tasks": ("a",)})
+    log.add({"task": "t", "seed": 1, "system": "a"})
+    assert json.loads((tmp_path / "settings.json").read_text())["precision"] == "bf16"
+    assert len(ResultLog(path, {"epochs": 10.0, "precision": "bf16", "tasks": ["a"]}).rows) == 1  # same settings
+    ResultLog(path, {"epochs": 10.0, "lr": 1e-3})  # a setting not recorded before is added
+    assert json.loads((tmp_path / "settings.json").read_text())["lr"] == 1e-3
+    with pytest.raises(ConfigError, match=r"settings\.json: precision: .*'bf16'.*'fp32'"):
+        ResultLog(path, {"epochs": 10.0, "precision": "fp32"})
+    (tmp_path / "settings.json").write_text("{not json")
+    with pytest.raises(ConfigError, match=r"settings\.json: not valid JSON"):
+        ResultLog(path, {"epochs": 10.0})
+
+
+def test_result_log_written_before_settings_is_not_labelled(tmp_path) -> None:
+    path = tmp_path / "runs.jsonl"
+    ResultLog(path).add({"task": "t", "seed": 1, "system": "a"})
+    assert len(ResultLog(path, {"epochs": 3.0}).rows) == 1
+    assert not (tmp_path / "settings.json").exists()  # its runs' settings are unknown: nothing is claimed
