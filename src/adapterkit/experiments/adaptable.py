@@ -179,7 +179,8 @@ def report(rows: list[dict[str, Any]], opts: dict[str, Any]) -> None:
     text = ["# Adaptable adapters: low-data comparison\n",
             f"Model: {opts.get('model') or 'bundled all-MiniLM-L6-v2'}. N examples split 75/25 into train/dev; test = "
             f"official dev set. {opts['epochs']:g} epochs, batch {opts['batch_size']}, adapter lr {opts['lr']:g} "
-            f"(AA switch 0.05, rational 0.01), backbone dropout {opts['backbone_dropout']}; seeds "
+            f"(AA switch 0.05, rational 0.01), backbone dropout {opts['backbone_dropout']}, precision "
+            f"{opts.get('precision', 'fp32')}, test cap {opts.get('test_size') or 'none'}; seeds "
             f"{', '.join(map(str, opts['seeds']))}. Scores x100 (mean ± std over seeds); metrics: "
             f"{', '.join(f'{t} {get_task(t).metric}' for t in opts['tasks'])}.\n",
             markdown_table(table, columns), "\n## Layers selected by AA (fraction of seeds per layer)\n",

@@ -206,7 +206,8 @@ def run(opts: dict[str, Any]) -> int:
         set_seed(seed)
         row = fit_and_test(adapted, cell.tokenizer, spec, cell.data, label=label, seed=seed, lr=lr,
                            epochs=opts["epochs"], batch_size=opts["batch_size"], max_length=opts["max_length"],
-                           eval_batch_size=opts["eval_batch_size"], precision=opts["precision"], output_dir=out / "work" / label.replace(" ", "_"),
+                           eval_batch_size=opts["eval_batch_size"], precision=opts["precision"],
+                           output_dir=out / "work" / label.replace(" ", "_"),
                            train_mode=mode, backbone_dropout=opts["backbone_dropout"], progress=opts["progress"])
         log.add({"task": task, "k": k, "seed": seed, "system": system, **row, **notes,
                  "same_track": [e.name for e in same], "pool": [e.name for e in pool]})
@@ -236,7 +237,8 @@ def report(rows: list[dict[str, Any]], opts: dict[str, Any], entries: list) -> N
         "# MerA few-shot comparison\n",
         f"Model: {opts.get('model') or 'bundled all-MiniLM-L6-v2'}. Test = official dev set; dev = k per class carved "
         f"from train; {opts['epochs']:g} epochs, batch {opts['batch_size']}, lr {opts['lr']:g} (full FT "
-        f"{opts['full_lr']:g}), backbone dropout {opts['backbone_dropout']} for adapter systems; seeds {', '.join(map(str, opts['seeds']))}. Scores x100, mean ± std over seeds; "
+        f"{opts['full_lr']:g}), backbone dropout {opts['backbone_dropout']} for adapter systems, precision "
+        f"{opts.get('precision', 'fp32')}; seeds {', '.join(map(str, opts['seeds']))}. Scores x100, mean ± std over seeds; "
         f"metrics: {', '.join(f'{t} {m}' for t, m in metrics.items())}.\n",
         markdown_table(table, columns),
         "\n## Zoo\n",
