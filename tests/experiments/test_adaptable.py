@@ -33,7 +33,8 @@ def test_adaptable_runs_every_system_and_resumes(tmp_path, data_dir, capsys: pyt
         assert focused.get("layers", []) == aa["layers"]  # AA-focused trains exactly the selected layers
     for name in ("results.md", "adaptable.png", "selected_layers.png", "activations.png"):
         assert (out / name).stat().st_size > 100, name
-    assert "Layers selected by AA" in (out / "results.md").read_text()
+    report = (out / "results.md").read_text()
+    assert "Layers selected by AA" in report and "| 24 | aa-focused | 2 |" in report  # per-size summary, 2 tasks
     capsys.readouterr()
     assert main(argv) == 0
     assert "8 already in" in capsys.readouterr().out
@@ -60,3 +61,21 @@ def test_adaptable_option_errors(tmp_path) -> None:
     argv = ["experiment", "adaptable", "--output-dir", str(tmp_path), "--backbone-dropout", "true"]
     assert main(argv) == 2  # the frozen-layer cache needs a deterministic backbone
     assert main(["experiment", "adaptable", "--output-dir", str(tmp_path), "--systems", "nope"]) == 2
+
+
+def test_size_summary_pairs_each_system_with_the_baseline_on_task_and_seed() -> None:
+    def row(task: str, size: int, seed: int, system: str, score: float) -> dict:
+        return {"task": task, "size": size, "seed": seed, "system": system, "test_score": score}
+
+    rows = [row("rte", 100, 1, "pfeiffer", 0.50), row("rte", 100, 1, "aa", 0.60),
+            row("sst2", 100, 1, "pfeiffer", 0.70), row("sst2", 100, 1, "aa", 0.65),
+            row("sst2", 100, 2, "pfeiffer", 0.80), row("sst2", 100, 2, "aa", 0.80),
+            row("rte", 100, 2, "aa", 0.90),  # no baseline run on this task and seed: in the mean, not in Δ
+            row("rte", 300, 1, "aa", 0.40), row("cola", 100, 1, "aa", 0.10)]  # other size / task not asked for
+    table = adaptable.size_summary(rows, ["rte", "sst2"], [100, 300], ["pfeiffer", "aa"])
+    base, aa, aa300 = table
+    assert base == {"N": "100", "system": "pfeiffer", "runs": 3, "mean": "66.7"}
+    assert aa["runs"] == 4 and aa["mean"] == "73.8"  # (60 + 65 + 80 + 90) / 4
+    assert aa["Δ vs pfeiffer"] == "1.7 ± 7.6"  # +10, -5, 0
+    assert aa["W/T/L"] == "1/1/1"
+    assert aa300 == {"N": "300", "system": "aa", "runs": 1, "mean": "40.0", "Δ vs pfeiffer": "–", "W/T/L": "–"}

@@ -176,6 +176,7 @@ def report(rows: list[dict[str, Any]], opts: dict[str, Any]) -> None:
     columns = {"system": "System", **{f"{t}/{n}": f"{t.upper()} N={n}" for t, n in settings},
                "adapter_params": "Adapter params (mean)", "trainable": "Trainable incl. head", "train_s": "Train s (mean)"}
     layers_table = selection_table(rows, settings)
+    by_size = size_summary(rows, opts["tasks"], opts["sizes"], systems)
     text = ["# Adaptable adapters: low-data comparison\n",
             f"Model: {opts.get('model') or 'bundled all-MiniLM-L6-v2'}. N examples split 75/25 into train/dev; test = "
             f"official dev set. {opts['epochs']:g} epochs, batch {opts['batch_size']}, adapter lr {opts['lr']:g} "
@@ -183,7 +184,12 @@ def report(rows: list[dict[str, Any]], opts: dict[str, Any]) -> None:
             f"{opts.get('precision', 'fp32')}, test cap {opts.get('test_size') or 'none'}; seeds "
             f"{', '.join(map(str, opts['seeds']))}. Scores x100 (mean ± std over seeds); metrics: "
             f"{', '.join(f'{t} {get_task(t).metric}' for t in opts['tasks'])}.\n",
-            markdown_table(table, columns), "\n## Layers selected by AA (fraction of seeds per layer)\n",
+            markdown_table(table, columns),
+            "\n## Per training size: mean over tasks, and paired difference to the standard adapter\n",
+            "Mean: test score x100 over all tasks and seeds. Δ: system minus `pfeiffer` on the same task and seed "
+            "(mean ± std over those pairs); W/T/L: pairs where the system is better / within 0.05 / worse.\n",
+            markdown_table(by_size) if by_size else "(no runs)",
+            "\n## Layers selected by AA (fraction of seeds per layer)\n",
             markdown_table(layers_table) if layers_table else "(no AA runs)"]
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.md").write_text("\n".join(text) + "\n", encoding="utf-8")
@@ -199,6 +205,31 @@ def report(rows: list[dict[str, Any]], opts: dict[str, Any]) -> None:
         plots.append(activation_plot(out / "activations.png", aa_rows))
     _say(markdown_table(table, columns))
     _say(f"wrote {out / 'results.md'}, {out / 'results.json'}, " + ", ".join(map(str, plots)))
+
+
+def size_summary(rows: list[dict[str, Any]], tasks: list[str], sizes: list[int], systems: list[str],
+                 baseline: str = "pfeiffer") -> list[dict[str, Any]]:
+    """Per training size and system: the mean test score over tasks and seeds, and the difference to ``baseline``
+    paired on (task, seed), with wins / ties / losses."""
+    from ..reporting import format_mean_std
+
+    score = {(r["task"], r["size"], r["seed"], r["system"]): 100 * r["test_score"] for r in rows}
+    out = []
+    for size in sizes:
+        for system in systems:
+            mine = {(t, s): v for (t, n, s, sy), v in score.items() if n == size and sy == system and t in tasks}
+            if not mine:
+                continue
+            line: dict[str, Any] = {"N": str(size), "system": system, "runs": len(mine),
+                                    "mean": f"{sum(mine.values()) / len(mine):.1f}"}
+            if system != baseline:
+                diffs = [v - score[(t, size, s, baseline)] for (t, s), v in mine.items()
+                         if (t, size, s, baseline) in score]
+                line["Δ vs " + baseline] = format_mean_std(diffs, digits=1) if diffs else "–"
+                line["W/T/L"] = (f"{sum(d > 0.05 for d in diffs)}/{sum(abs(d) <= 0.05 for d in diffs)}/"
+                                 f"{sum(d < -0.05 for d in diffs)}") if diffs else "–"
+            out.append(line)
+    return out
 
 
 def selection_table(rows: list[dict[str, Any]], settings: list[tuple]) -> list[dict[str, Any]]:
