@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -196,3 +198,131 @@ def test_packaged_sample():
     assert not {e["text"] for e in data["train"]} & {e["text"] for e in data["dev"]}
     assert load_split("sample_sentiment", "dev") == data["dev"]
     assert tasks.CARVE_SEED == 0
+
+
+# --- bad data: refused naming the file, row and column (issue 16) -------------------------------
+
+
+def _csv(path: Path, rows: list[tuple[str, str]], header: str = "text,label") -> Path:
+    path.write_text(header + "\n" + "".join(f"{t},{lab}\n" for t, lab in rows), encoding="utf-8")
+    return path
+
+
+def _load(path: Path, **kw):
+    spec = task_from_file("t", path, **kw)
+    return load_split(spec, "train")
+
+
+@pytest.mark.parametrize("label, match", [
+    ("nan", r"row 2: column 'label': label 'nan' is NaN"),
+    ("NaN", r"row 2: column 'label': label 'NaN' is NaN"),
+    ("1.5", r"row 2: column 'label': label '1.5' is not a class .*--kind regression"),
+    ("inf", r"row 2: column 'label': label 'inf' is not a class"),
+])
+def test_bad_class_labels(tmp_path: Path, label: str, match: str):
+    path = _csv(tmp_path / "t.csv", [("good film", "1"), ("bad film", label), ("dull", "0")])
+    with pytest.raises(DataError, match=rf"t\.csv: {match}"):
+        _load(path)
+
+
+def test_integral_float_labels_are_one_class(tmp_path: Path):
+    path = _csv(tmp_path / "t.csv", [("good film", "1"), ("bad film", "0.0"), ("dull", "1.0"), ("ok", "0")])
+    spec = task_from_file("t", path)
+    assert spec.labels == ("0", "1")
+    assert [ex["label"] for ex in load_split(spec, "train")] == [1, 0, 1, 0]
+
+
+def test_mixed_label_spellings(tmp_path: Path):
+    path = _csv(tmp_path / "t.csv", [("a", "0"), ("b", "1"), ("c", "neg"), ("d", "pos")])
+    with pytest.raises(DataError, match=r"t\.csv: label column mixes numeric labels \['0', '1'\] and named "
+                                        r"labels \['neg', 'pos'\]"):
+        task_from_file("t", path)
+
+
+def test_nan_float_label_in_parquet(tmp_path: Path):
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"text": ["a", "b"], "label": [1.0, math.nan]}), path)
+    with pytest.raises(DataError, match=r"t\.parquet: row 2: column 'label': label nan is NaN"):
+        _load(path)
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "NaN"])
+def test_regression_labels_must_be_finite(tmp_path: Path, value: str):
+    path = _csv(tmp_path / "r.csv", [("a", "0.5"), ("b", value)], header="text,score")
+    with pytest.raises(DataError, match=r"r\.csv: row 2: column 'score'"):
+        _load(path, kind="regression", label_column="score")
+
+
+def test_empty_text_is_refused(tmp_path: Path):
+    path = _csv(tmp_path / "t.csv", [("good", "1"), ('""', "0")])
+    with pytest.raises(DataError, match=r"t\.csv: row 2: column 'text' is empty"):
+        _load(path)
+    path = _csv(tmp_path / "u.csv", [("good", "1"), ("   ", "0")])
+    with pytest.raises(DataError, match=r"u\.csv: row 2: column 'text' is empty"):
+        _load(path)
+
+
+def test_nan_text_in_parquet_is_refused(tmp_path: Path):
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"text": ["a", None, "c"], "label": [0, 1, 0]}), path)
+    with pytest.raises(DataError, match=r"t\.parquet: row 2: column 'text' is empty"):
+        _load(path)
+    path = tmp_path / "u.jsonl"
+    path.write_text('{"text": "a", "label": 0}\n{"text": NaN, "label": 1}\n')
+    with pytest.raises(DataError, match=r"u\.jsonl: row 2: column 'text' is empty \(a missing value: nan\)"):
+        _load(path)
+
+
+def test_nul_byte_in_csv(tmp_path: Path):
+    path = tmp_path / "t.csv"
+    path.write_bytes(b"text,label\ngood,1\nba\x00d,0\n")
+    with pytest.raises(DataError, match=r"t\.csv: row 2: column 'text' contains a NUL byte"):
+        _load(path)
+
+
+def test_text_nan_is_kept_with_a_warning(tmp_path: Path, capsys):
+    path = _csv(tmp_path / "t.csv", [("good", "1"), ("NaN", "0"), ("fine", "1")])
+    examples = _load(path)
+    assert examples[1]["text"] == "NaN"
+    err = capsys.readouterr().err
+    assert "t.csv: text: 1 row(s) (first: row 2) have the text 'NaN'" in err and "kept as text" in err
+
+
+# --- QA -------------------------------------------------------------------------------------------
+
+
+def _qa(path: Path, answers) -> Path:
+    row = {"id": "q1", "question": "Who?", "context": "Alice met Bob.", "answers": answers}
+    path.write_text(json.dumps({"id": "q0", "question": "Who?", "context": "Alice met Bob.",
+                                "answers": {"text": ["Alice"], "answer_start": [0]}}) + "\n" + json.dumps(row) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("answers, match", [
+    ({"text": ["Bob"], "answer_start": [0]}, r"answer_start\[0\]: the context at 0 reads 'Ali', not the answer text 'Bob'"),
+    ({"text": ["Bob"], "answer_start": [40]}, r"answer_start\[0\]: 40 puts the answer 'Bob' outside the context"),
+    ({"text": ["Bob"], "answer_start": [-3]}, r"answer_start\[0\]: -3 puts the answer 'Bob' outside the context"),
+    ({"text": ["Bob"], "answer_start": ["ten"]}, r"answer_start\[0\]: expected an integer, got 'ten'"),
+    ({"text": ["Bob"], "answer_start": [10.5]}, r"answer_start\[0\]: expected an integer, got 10.5"),
+    (["Bob", "Alice"], r"expected a list of \{'text', 'answer_start'\} objects, found 'Bob'"),
+    ({"text": "Bob", "answer_start": 10}, r"'text' and 'answer_start' must be lists"),
+    ({"text": [3], "answer_start": [10]}, r"text\[0\]: expected a string, got 3"),
+])
+def test_bad_qa_answers(tmp_path: Path, answers, match: str):
+    path = _qa(tmp_path / "qa.jsonl", answers)
+    with pytest.raises(DataError, match=rf"qa\.jsonl: row 2: column 'answers': {match}"):
+        _load(path, kind="qa")
+
+
+def test_good_qa_answers_load(tmp_path: Path):
+    path = _qa(tmp_path / "qa.jsonl", [{"text": "Bob", "answer_start": 10}, {"text": "Bob", "answer_start": "10"}])
+    examples = _load(path, kind="qa")
+    assert examples[1]["answers"] == {"text": ["Bob", "Bob"], "answer_start": [10, 10]}
+
+
+def test_squad_json_answer_start_checked(tmp_path: Path):
+    path = tmp_path / "sq.json"
+    path.write_text(json.dumps({"data": [{"paragraphs": [{"context": "Alice met Bob.", "qas": [
+        {"id": "a", "question": "Who?", "answers": [{"text": "Bob", "answer_start": 3}]}]}]}]}))
+    with pytest.raises(DataError, match=r"sq\.json: row 1: column 'answers': answer_start\[0\]: the context at 3"):
+        _load(path, kind="qa")

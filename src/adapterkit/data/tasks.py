@@ -12,8 +12,10 @@ the package and needs no data directory.
 """
 from __future__ import annotations
 
+import math
 import numbers
 import os
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -183,13 +185,22 @@ def _check_columns(path: object, rows: Sequence[Mapping[str, Any]], columns: Ite
 
 
 def _text(path: object, i: int, row: Mapping[str, Any], col: str) -> str:
+    """A text cell: a non-empty string without NUL bytes; a number is taken as its text, a float NaN
+    (a missing value in Parquet/JSON) or an empty cell is an error naming the file, row and column."""
     try:
         value = row[col]
     except KeyError:
         raise DataError(f"{path}: row {i}: column {col!r} missing; row has {list(row)}") from None
-    if value is None:
-        raise DataError(f"{path}: row {i}: column {col!r} is empty")
-    return value if isinstance(value, str) else str(value)
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        raise DataError(f"{path}: row {i}: column {col!r} is empty (a missing value: {value!r})")
+    if isinstance(value, (Mapping, list, tuple, bytes)):
+        raise DataError(f"{path}: row {i}: column {col!r}: expected text, got {type(value).__name__} {value!r:.60}")
+    text = value if isinstance(value, str) else str(value)
+    if not text.strip():
+        raise DataError(f"{path}: row {i}: column {col!r} is empty (text {text!r})")
+    if "\x00" in text:
+        raise DataError(f"{path}: row {i}: column {col!r} contains a NUL byte (binary data, or a broken export?)")
+    return text
 
 
 def _label_value(path: object, i: int, row: Mapping[str, Any], col: str) -> Any:
@@ -199,39 +210,143 @@ def _label_value(path: object, i: int, row: Mapping[str, Any], col: str) -> Any:
         raise DataError(f"{path}: row {i}: column {col!r} missing; row has {list(row)}") from None
     if value is None or (isinstance(value, str) and not value.strip()):
         raise DataError(f"{path}: row {i}: column {col!r} is empty")
+    if _is_nan(value):
+        raise DataError(f"{path}: row {i}: column {col!r}: label {value!r} is NaN (a missing value)")
     return value
 
 
-def _answers(path: object, i: int, value: Any) -> dict[str, list[Any]]:
-    """Normalise answers to ``{"text": [...], "answer_start": [...]}``, dropping empty answer texts."""
+def _is_nan(value: Any) -> bool:
+    """True for a float NaN and for the strings nan/NaN (how pandas and numpy write a missing value)."""
+    if isinstance(value, float):
+        return math.isnan(value)
+    return isinstance(value, str) and value.strip().lower() in ("nan", "-nan", "+nan")
+
+
+def _class_label_key(path: object, i: int, col: str, value: Any) -> str:
+    """The label name of a classification row; a non-integer number (1.5) or infinity is an error."""
+    key = label_key(value)
+    number = _as_number(key)
+    if number is not None and (not math.isfinite(number) or not number.is_integer()):
+        raise DataError(
+            f"{path}: row {i}: column {col!r}: label {value!r} is not a class (not an integer); "
+            "for a real-valued target use --kind regression"
+        )
+    if number is not None and key != str(int(number)):
+        key = str(int(number))  # "1.0", " 1" -> "1"
+    return key
+
+
+def _as_number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def _check_label_spellings(path: object, keys: Sequence[str]) -> None:
+    """Refuse a file whose labels mix numbers and names (0/1 and neg/pos): that would become 4 classes."""
+    numeric = sorted({k for k in keys if _as_number(k) is not None})
+    named = sorted({k for k in keys if _as_number(k) is None})
+    if numeric and named:
+        raise DataError(
+            f"{path}: label column mixes numeric labels {numeric[:5]} and named labels {named[:5]}; use one "
+            "spelling throughout (or pass --labels in id order)"
+        )
+
+
+def _answers(path: object, i: int, value: Any, context: str | None = None) -> dict[str, list[Any]]:
+    """Normalise answers to ``{"text": [...], "answer_start": [...]}``, dropping empty answer texts.
+
+    Each kept answer's ``answer_start`` must be an integer within the context at which the context
+    reads the answer text; anything else is an error naming the file, row and field.
+    """
+    where = f"{path}: row {i}: column 'answers'"
     if isinstance(value, Mapping):
-        texts, starts = list(value.get("text", [])), list(value.get("answer_start", []))
+        texts, starts = value.get("text", []), value.get("answer_start", [])
+        if not isinstance(texts, list) or not isinstance(starts, list):
+            raise DataError(f"{where}: 'text' and 'answer_start' must be lists, got {texts!r} and {starts!r}")
     elif isinstance(value, list):
+        if not all(isinstance(a, Mapping) for a in value):
+            bad = next(a for a in value if not isinstance(a, Mapping))
+            raise DataError(f"{where}: expected a list of {{'text', 'answer_start'}} objects, found {bad!r}")
         texts = [a.get("text") for a in value]
         starts = [a.get("answer_start") for a in value]
     else:
-        raise DataError(f"{path}: row {i}: column 'answers': expected a dict or list, got {value!r}")
+        raise DataError(f"{where}: expected a dict or list, got {value!r}")
     if len(texts) != len(starts):
-        raise DataError(f"{path}: row {i}: column 'answers': {len(texts)} texts but {len(starts)} starts")
-    keep = [(t, int(s)) for t, s in zip(texts, starts, strict=True) if isinstance(t, str) and t != ""]
+        raise DataError(f"{where}: {len(texts)} texts but {len(starts)} starts")
+    keep: list[tuple[str, int]] = []
+    for j, (text, start) in enumerate(zip(texts, starts, strict=True)):
+        if text is not None and not isinstance(text, str):
+            raise DataError(f"{where}: text[{j}]: expected a string, got {text!r}")
+        if not text:
+            continue
+        if isinstance(start, bool) or not isinstance(start, (int, float, str)):
+            raise DataError(f"{where}: answer_start[{j}]: expected an integer, got {start!r}")
+        try:
+            number = float(start)
+        except ValueError:
+            raise DataError(f"{where}: answer_start[{j}]: expected an integer, got {start!r}") from None
+        if not math.isfinite(number) or not number.is_integer():
+            raise DataError(f"{where}: answer_start[{j}]: expected an integer, got {start!r}")
+        pos = int(number)
+        if context is not None:
+            if pos < 0 or pos + len(text) > len(context):
+                raise DataError(
+                    f"{where}: answer_start[{j}]: {pos} puts the answer {text!r} outside the context "
+                    f"({len(context)} characters)"
+                )
+            if context[pos : pos + len(text)] != text:
+                raise DataError(
+                    f"{where}: answer_start[{j}]: the context at {pos} reads {context[pos : pos + len(text)]!r}, "
+                    f"not the answer text {text!r}"
+                )
+        keep.append((text, pos))
     return {"text": [t for t, _ in keep], "answer_start": [s for _, s in keep]}
 
 
+_MISSING_MARKERS = ("nan", "null", "none", "n/a", "na")
+
+
+def _warn_missing_markers(source: object, examples: Sequence[Example], fields: Sequence[str]) -> None:
+    """Texts that read like a missing-value marker (``NaN`` from pandas, ``null``) are kept as text, with a
+    warning on stderr naming the file, the column and the first rows, so that the decision is visible."""
+    for field_name in fields:
+        rows = [i for i, ex in enumerate(examples, start=1)
+                if isinstance(ex.get(field_name), str) and ex[field_name].strip().lower() in _MISSING_MARKERS]
+        if rows:
+            text = examples[rows[0] - 1][field_name]
+            print(f"warning: {source}: {field_name}: {len(rows)} row(s) (first: row {rows[0]}) have the text "
+                  f"{text!r}, which often marks a missing value; kept as text", file=sys.stderr, flush=True)
+
+
 def rows_to_examples(spec: TaskSpec, rows: Sequence[Mapping[str, Any]], source: object) -> list[Example]:
-    """Convert raw file rows to examples of ``spec.kind``; ``source`` names the file in errors."""
+    """Convert raw file rows to examples of ``spec.kind``; ``source`` names the file in errors.
+
+    Refused with a DataError naming the file, row and column: empty or NaN texts, NUL bytes, NaN or
+    infinite labels, non-integer class labels (1.5), and QA answers whose ``answer_start`` does not
+    point at the answer text. Texts such as ``NaN`` or ``null`` are kept, with a warning.
+    """
+    examples = _rows_to_examples(spec, rows, source)
+    _warn_missing_markers(source, examples, ("question", "context") if spec.kind == "qa" else ("text", "text_pair"))
+    return examples
+
+
+def _rows_to_examples(spec: TaskSpec, rows: Sequence[Mapping[str, Any]], source: object) -> list[Example]:
     cols = spec.text_columns
     if spec.kind == "qa":
         q_col, c_col = cols
         _check_columns(source, rows, ("id", q_col, c_col, "answers"))
-        return [
-            {
+        qa_out = []
+        for i, row in enumerate(rows, start=1):
+            context = _text(source, i, row, c_col)
+            qa_out.append({
                 "id": _text(source, i, row, "id"),
                 "question": _text(source, i, row, q_col),
-                "context": _text(source, i, row, c_col),
-                "answers": _answers(source, i, row.get("answers")),
-            }
-            for i, row in enumerate(rows, start=1)
-        ]
+                "context": context,
+                "answers": _answers(source, i, row.get("answers"), context),
+            })
+        return qa_out
     assert spec.label_column is not None
     lab_col = spec.label_column
     _check_columns(source, rows, (*cols, lab_col))
@@ -248,8 +363,12 @@ def rows_to_examples(spec: TaskSpec, rows: Sequence[Mapping[str, Any]], source: 
                 raise DataError(
                     f"{source}: row {i}: column {lab_col!r}: {raw!r} is not a number"
                 ) from None
+            if not math.isfinite(label):
+                raise DataError(f"{source}: row {i}: column {lab_col!r}: {raw!r} is not a finite number")
         elif index:
             key = label_key(raw)
+            if key not in index and _as_number(key) is not None:
+                key = _class_label_key(source, i, lab_col, raw)
             if key not in index:
                 raise DataError(
                     f"{source}: row {i}: column {lab_col!r}: label {raw!r} is not one of the task's "
@@ -258,7 +377,7 @@ def rows_to_examples(spec: TaskSpec, rows: Sequence[Mapping[str, Any]], source: 
             label = index[key]
         else:
             try:
-                label = int(label_key(raw))
+                label = int(_class_label_key(source, i, lab_col, raw))
             except ValueError:
                 raise DataError(
                     f"{source}: row {i}: column {lab_col!r}: label {raw!r} is not an id and the task "
@@ -382,9 +501,10 @@ def task_from_file(
             raise ConfigError(f"task {name!r}: label_column: required for kind {kind!r}")
         rows = read_table(files["train"], fmt=fmt, fieldnames=fieldnames)
         _check_columns(files["train"], rows, (*cols, label_column))
-        labels = _sorted_labels(
-            label_key(_label_value(files["train"], i, row, label_column)) for i, row in enumerate(rows, 1)
-        )
+        keys = [_class_label_key(files["train"], i, label_column, _label_value(files["train"], i, row, label_column))
+                for i, row in enumerate(rows, 1)]
+        _check_label_spellings(files["train"], keys)
+        labels = _sorted_labels(keys)
     return TaskSpec(
         name=name,
         kind=kind,
