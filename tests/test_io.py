@@ -307,3 +307,107 @@ def test_head_round_trip_every_method(method: str, tmp_path: Path) -> None:
     target = tiny(seed=0)
     akio.load_adapter(target, directory)
     assert torch.equal(logits(target), expected)
+
+
+# --- reliability (issue 16): bad adapter files, full disks, permissions, pickles ------------------
+
+
+@pytest.mark.parametrize("corrupt, match", [
+    (lambda t: {k: v.to(torch.int32) for k, v in t.items()}, r"dtype torch.int32 is not a floating-point type"),
+    (lambda t: {k: torch.full_like(v, float("nan")) for k, v in t.items()}, r"all values are NaN or infinite"),
+    (lambda t: {k: (v.clone().index_fill_(0, torch.tensor([0]), float("inf")) if v.ndim else v) for k, v in t.items()},
+     r"\d+ of \d+ values are NaN or infinite"),
+])
+def test_unusable_tensors_are_refused(saved: tuple[AdaptedModel, Path], corrupt, match: str) -> None:
+    _, directory = saved
+    path = directory / akio.WEIGHTS_NAME
+    save_file(corrupt(load_file(str(path))), str(path))
+    with pytest.raises(AdapterLoadError, match=rf"adapter\.safetensors: layers\.\d+\.\S+: {match}"):
+        akio.load_adapter(tiny(), directory)
+    head = directory / akio.HEAD_NAME
+    save_file({k: v.to(torch.int32) for k, v in load_file(str(head)).items()}, str(head))
+    with pytest.raises(AdapterLoadError, match=r"head\.safetensors: \S+: dtype torch.int32"):
+        akio.load_head_weights(tiny(), head)
+
+
+@pytest.mark.parametrize("version, match", [
+    (2, r"format_version: 2 is not supported .*newer adapterkit"),
+    ("1", r"format_version: expected an integer, got '1'"),
+    ("one", r"format_version: expected an integer, got 'one'"),
+    (None, r"format_version: expected an integer, got None"),
+    (0, r"format_version: 0 is not supported"),
+    (True, r"format_version: expected an integer, got True"),
+])
+def test_format_version_checked(saved: tuple[AdaptedModel, Path], version, match: str) -> None:
+    _, directory = saved
+    meta = json.loads((directory / akio.CONFIG_NAME).read_text())
+    meta["format_version"] = version
+    (directory / akio.CONFIG_NAME).write_text(json.dumps(meta))
+    with pytest.raises(AdapterLoadError, match=rf"adapter_config\.json: {match}"):
+        akio.read_adapter_config(directory)
+
+
+def test_head_num_labels_must_match_the_head_tensors(saved: tuple[AdaptedModel, Path]) -> None:
+    _, directory = saved
+    meta = json.loads((directory / akio.CONFIG_NAME).read_text())
+    meta["head"]["num_labels"] = 3
+    (directory / akio.CONFIG_NAME).write_text(json.dumps(meta))
+    with pytest.raises(AdapterLoadError, match=r"adapter_config\.json: head\.num_labels: 3, but no tensor in "
+                                               r"head\.safetensors has 3 outputs"):
+        akio.load_adapter(tiny(), directory)
+
+
+def test_a_two_label_head_on_a_three_label_model(saved: tuple[AdaptedModel, Path]) -> None:
+    _, directory = saved
+    with pytest.raises(AdapterLoadError, match=r"head\.safetensors: classifier\.\w+: shape \(2,( 32)?\) does not "
+                                               r"match the model's \(3,( 32)?\) \(a different label set\?\)"):
+        akio.load_adapter(tiny(num_labels=3), directory)
+
+
+def test_disk_full_leaves_no_complete_looking_file(tmp_path: Path, monkeypatch) -> None:
+    import errno
+
+    model = trained(tiny(), "pf", PfeifferConfig())
+
+    def full(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(akio, "save_file", full)
+    with pytest.raises(OSError, match=r"pf/adapter\.safetensors: cannot write \(No space left on device\)") as info:
+        akio.save_adapter(model, "pf", tmp_path / "pf", include_head=True)
+    assert info.value.errno == errno.ENOSPC
+    assert list((tmp_path / "pf").iterdir()) == []  # no temporary file, nothing that looks like an adapter
+    with pytest.raises(AdapterLoadError, match="adapter_config.json"):
+        akio.load_adapter(tiny(), tmp_path / "pf")
+
+
+def test_saved_files_honour_the_umask(tmp_path: Path) -> None:
+    model = trained(tiny(), "pf", PfeifferConfig())
+    old = os.umask(0o022)
+    try:
+        akio.save_adapter(model, "pf", tmp_path / "a", include_head=True)
+        os.umask(0o077)
+        akio.atomic_write_json(tmp_path / "private.json", {})
+    finally:
+        os.umask(old)
+    for name in (akio.CONFIG_NAME, akio.WEIGHTS_NAME, akio.HEAD_NAME):
+        assert (tmp_path / "a" / name).stat().st_mode & 0o777 == 0o644, name
+    assert (tmp_path / "private.json").stat().st_mode & 0o777 == 0o600
+
+
+def test_safe_torch_load_refuses_pickles(tmp_path: Path) -> None:
+    path = tmp_path / "optimizer.pt"
+    torch.save({"state": {}, "param_groups": [{"lr": 0.1}]}, path)
+    assert akio.safe_torch_load(path)["param_groups"][0]["lr"] == 0.1
+    torch.save({"x": _NotATensor()}, path)
+    with pytest.raises(AdapterLoadError, match=r"refusing to unpickle \S*optimizer\.pt; convert it to safetensors"):
+        akio.safe_torch_load(path)
+    torch.save({"x": torch.zeros(3)}, path)
+    path.write_bytes(path.read_bytes()[:60])  # truncated
+    with pytest.raises(AdapterLoadError, match=r"optimizer\.pt: cannot be read as a torch tensor file"):
+        akio.safe_torch_load(path)
+
+
+class _NotATensor:
+    pass

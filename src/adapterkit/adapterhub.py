@@ -104,10 +104,9 @@ def read_adapterhub_tensors(directory: Path) -> tuple[dict[str, torch.Tensor], P
         return read_tensors(st), st
     if not binary.is_file():
         raise AdapterLoadError(f"{directory}: weights: neither {BIN_NAME} nor {SAFETENSORS_NAME} found")
-    try:
-        data = torch.load(binary, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated, corrupt, or a pickle that needs more than tensors
-        raise AdapterLoadError(f"{binary}: cannot be read as a tensor state dict ({type(exc).__name__}: {exc})") from None
+    from .io import safe_torch_load
+
+    data = safe_torch_load(binary)  # weights only: a pickle that needs more than tensors is refused
     if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in data.items()):
         raise AdapterLoadError(f"{binary}: expected a mapping of names to tensors")
     return data, binary

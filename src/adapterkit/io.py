@@ -29,21 +29,34 @@ FORMAT = "adapterkit"
 FORMAT_VERSION = 1
 
 
+def _umask() -> int:
+    """The process's umask (read by setting it and setting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[str]:
     """Yield a temporary path beside ``path``; on success it is renamed onto ``path``, on failure removed.
 
-    A crash therefore leaves either the old file or the new one, never a half-written one.
+    A crash therefore leaves either the old file or the new one, never a half-written one. The file gets
+    the permissions of an ordinarily created one (0666 less the umask), not ``mkstemp``'s 0600. A write
+    error (a full disk) is re-raised as an ``OSError`` naming ``path``.
     """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and str(path) not in str(exc):
+            raise OSError(exc.errno, f"{path}: cannot write ({exc.strerror or exc})") from exc
         raise
 
 
@@ -67,6 +80,7 @@ def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: 
 
 def read_tensors(path: Path) -> dict[str, torch.Tensor]:
     """Load a safetensors file; a missing, truncated or corrupt file raises AdapterLoadError naming it."""
+    path = Path(path)
     if not path.is_file():
         raise AdapterLoadError(f"{path}: file not found")
     try:
@@ -75,12 +89,40 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise AdapterLoadError(f"{path}: not a valid safetensors file ({exc})") from None
 
 
+def check_weights(path: object, tensors: dict[str, torch.Tensor]) -> None:
+    """Refuse weights that cannot be trained values: a non-floating dtype (int32, bool) or NaN/infinite entries."""
+    for key, tensor in tensors.items():
+        if not (tensor.is_floating_point() or tensor.is_complex()):
+            raise AdapterLoadError(f"{path}: {key}: dtype {tensor.dtype} is not a floating-point type")
+        if tensor.numel() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            what = "all" if bad == tensor.numel() else f"{bad} of {tensor.numel()}"
+            raise AdapterLoadError(f"{path}: {key}: {what} values are NaN or infinite")
+
+
+def safe_torch_load(path: Path) -> Any:
+    """``torch.load`` with ``weights_only=True``; a pickle that needs more than tensors is refused by name."""
+    import pickle
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        import re
+
+        found = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\. |\n\n|$)", str(exc), re.S)
+        reason = " ".join((found.group(1) if found else str(exc).splitlines()[0]).split())
+        raise AdapterLoadError(
+            f"refusing to unpickle {path}; convert it to safetensors (it needs more than a weights-only load: {reason})"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise AdapterLoadError(f"{path}: cannot be read as a torch tensor file ({type(exc).__name__}: {exc})") from None
+
+
 def save_adapter(model: AdaptedModel, name: str, directory: str | Path, *, include_head: bool = False,
                  extra: dict[str, Any] | None = None) -> Path:
     """Save adapter ``name`` (and optionally the task head) to ``directory``."""
     directory = Path(directory)
     config = model.adapter_configs[name]
-    atomic_save_tensors(directory / WEIGHTS_NAME, model.adapter_state_dict(name), {"format": FORMAT})
     meta: dict[str, Any] = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -88,9 +130,9 @@ def save_adapter(model: AdaptedModel, name: str, directory: str | Path, *, inclu
         "config": config.to_dict(),
         "base_model": model.base_model_info(),
     }
+    files = {WEIGHTS_NAME: model.adapter_state_dict(name)}
     if include_head:
-        head = model.head_state_dict()
-        atomic_save_tensors(directory / HEAD_NAME, head, {"format": FORMAT})
+        files[HEAD_NAME] = model.head_state_dict()
         cfg = model.model.config
         meta["head"] = {
             "model_class": type(model.model).__name__,
@@ -98,7 +140,13 @@ def save_adapter(model: AdaptedModel, name: str, directory: str | Path, *, inclu
             "id2label": {str(k): v for k, v in (getattr(cfg, "id2label", None) or {}).items()},
             "problem_type": getattr(cfg, "problem_type", None),
         }
-    elif (directory / HEAD_NAME).exists():
+    # Every tensor file is written to a temporary file first; only when all are written (a full disk fails
+    # here, leaving the old files as they were) are they renamed into place, and the config last.
+    with contextlib.ExitStack() as stack:
+        for fname, tensors in files.items():
+            tmp = stack.enter_context(atomic_path(directory / fname))
+            save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata={"format": FORMAT})
+    if not include_head and (directory / HEAD_NAME).exists():
         (directory / HEAD_NAME).unlink()
     if extra:
         meta["extra"] = extra
@@ -126,6 +174,17 @@ def read_adapter_config(directory: str | Path) -> dict[str, Any]:
             raise AdapterLoadError(f"{path}: {key}: missing")
     if not isinstance(meta["base_model"], dict):
         raise AdapterLoadError(f"{path}: base_model: expected an object")
+    version = meta.get("format_version")
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise AdapterLoadError(f"{path}: format_version: expected an integer, got {version!r}")
+    if not 1 <= version <= FORMAT_VERSION:
+        raise AdapterLoadError(
+            f"{path}: format_version: {version} is not supported (this adapterkit reads versions 1 to "
+            f"{FORMAT_VERSION}; a newer file needs a newer adapterkit)"
+        )
+    head = meta.get("head")
+    if head is not None and not isinstance(head, dict):
+        raise AdapterLoadError(f"{path}: head: expected an object, got {head!r}")
     return meta
 
 
@@ -154,7 +213,10 @@ def load_adapter(model: AdaptedModel, directory: str | Path, name: str | None = 
     except ConfigError as exc:
         raise AdapterLoadError(str(exc)) from None
     tensors = read_tensors(directory / WEIGHTS_NAME)
+    check_weights(directory / WEIGHTS_NAME, tensors)
     head = directory / HEAD_NAME if load_head and (directory / HEAD_NAME).exists() else None
+    if head is not None:
+        check_head_labels(meta, head, source)
     return add_with_weights(model, name or meta["name"], config, tensors, directory / WEIGHTS_NAME, head=head,
                             activate=activate)
 
@@ -176,9 +238,32 @@ def add_with_weights(model: AdaptedModel, name: str, config: Any, tensors: dict[
     return name
 
 
+def check_head_labels(meta: dict[str, Any], head_path: Path, source: Path) -> None:
+    """``head.num_labels`` in the config must match the output size of the saved head tensors."""
+    num_labels = (meta.get("head") or {}).get("num_labels")
+    if num_labels is None:
+        return
+    if isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels < 1:
+        raise AdapterLoadError(f"{source}: head.num_labels: expected a positive integer, got {num_labels!r}")
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(head_path), "pt") as f:
+            shapes = {k: f.get_slice(k).get_shape() for k in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise AdapterLoadError(f"{head_path}: not a valid safetensors file ({exc})") from None
+    sizes = sorted({int(shape[0]) for shape in shapes.values() if len(shape) >= 1})
+    if num_labels not in sizes:
+        raise AdapterLoadError(
+            f"{source}: head.num_labels: {num_labels}, but no tensor in {head_path.name} has {num_labels} "
+            f"outputs (output sizes there: {sizes})"
+        )
+
+
 def load_head_weights(model: AdaptedModel, path: Path) -> None:
     """Copy a saved head into the model; shape or key mismatches name the file and key."""
     tensors = read_tensors(path)
+    check_weights(path, tensors)
     params = model.head_parameters()
     for key, tensor in tensors.items():
         if key not in params:
