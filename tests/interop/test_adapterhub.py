@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
-from adapterkit.adapterhub import import_adapterhub, load_adapterhub_adapter
 from adapterkit.errors import AdapterLoadError, ConfigError
+from adapterkit.interop.adapterhub import import_adapterhub, load_adapterhub_adapter
 from adapterkit.methods.bottleneck import HoulsbyConfig, ParallelConfig, PfeifferConfig
 from adapterkit.model import AdaptedModel
 from adapterkit.testing import tiny_batch, tiny_model
