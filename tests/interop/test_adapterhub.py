@@ -12,7 +12,10 @@ from torch import nn
 
 from adapterkit.errors import AdapterLoadError, ConfigError
 from adapterkit.interop.adapterhub import import_adapterhub, load_adapterhub_adapter
+from adapterkit.io import read_tensors
 from adapterkit.methods.bottleneck import HoulsbyConfig, ParallelConfig, PfeifferConfig
+from adapterkit.methods.lora import LoRAConfig
+from adapterkit.methods.prefix import PrefixTuningConfig
 from adapterkit.model import AdaptedModel
 from adapterkit.testing import tiny_batch, tiny_model
 
@@ -159,8 +162,8 @@ def test_parallel_config_maps_to_parallel(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("change", "match"),
     [
-        ({"architecture": "prefix_tuning"}, "config.architecture"),
-        ({"architecture": "lora"}, "config.architecture"),
+        ({"architecture": "union"}, "config.architecture"),
+        ({"architecture": "ia3"}, "config.architecture"),
         ({"phm_layer": True}, "config.phm_layer"),
         ({"ln_before": True}, "config.ln_before"),
         ({"ln_after": True}, "config.ln_after"),
@@ -271,3 +274,95 @@ def test_original_ln_config_sites_validation_and_training() -> None:
 
 def BottleneckConfigParallel() -> ParallelConfig:  # noqa: N802
     return ParallelConfig(original_ln=True)
+
+
+# --- real files written by the `adapters` library (scripts/make_adapterhub_fixtures.py) ------------------
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "adapterhub"
+REAL = {
+    ("bert", "seq_bn"): PfeifferConfig(original_ln=True, init="identity"),
+    ("bert", "double_seq_bn"): HoulsbyConfig(init="identity"),
+    ("bert", "par_bn"): ParallelConfig(init="identity"),
+    ("roberta", "seq_bn"): PfeifferConfig(original_ln=True, init="identity"),
+    ("roberta", "double_seq_bn"): HoulsbyConfig(init="identity"),
+    ("roberta", "par_bn"): ParallelConfig(init="identity"),
+    ("bert", "lora"): LoRAConfig(r=4, alpha=8.0, targets=("query", "key", "value", "ffn_in")),
+    ("bert", "prefix_tuning"): PrefixTuningConfig(prefix_length=5, bottleneck_size=16),
+    ("bert", "prefix_tuning_flat"): PrefixTuningConfig(prefix_length=3, reparameterize=False),
+}
+
+
+def fixture_model(arch: str, head: bool = True) -> nn.Module:
+    from transformers import AutoModel, AutoModelForSequenceClassification
+
+    base = FIXTURES / arch / "base"
+    model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=3) if head else AutoModel.from_pretrained(base)
+    return model.eval()
+
+
+def run(model: nn.Module, expected: dict[str, torch.Tensor]) -> object:
+    model.eval()
+    with torch.no_grad():
+        return model(input_ids=expected["input_ids"], attention_mask=expected["attention_mask"])
+
+
+@pytest.mark.parametrize(("arch", "fixture"), sorted(REAL))
+def test_real_adapterhub_files_give_adapterhub_outputs(arch: str, fixture: str) -> None:
+    directory = FIXTURES / arch / fixture
+    expected = read_tensors(directory / "expected.safetensors")
+    model = AdaptedModel(fixture_model(arch))
+    before = run(model, expected).logits
+    name = load_adapterhub_adapter(model, directory)
+    assert name == "sst" and model.adapter_configs[name] == REAL[arch, fixture]
+    got = run(model, expected).logits
+    assert not torch.allclose(before, expected["logits"], atol=1e-3)
+    assert torch.allclose(got, expected["logits"], atol=1e-5), (got - expected["logits"]).abs().max()
+    # without the head, onto the bare backbone: the last hidden state (padding positions aside)
+    bare = AdaptedModel(fixture_model(arch, head=False))
+    with pytest.raises(AdapterLoadError, match="head_config.json: head: .*load_head=False"):
+        load_adapterhub_adapter(bare, directory)
+    assert bare.adapter_configs == {}
+    load_adapterhub_adapter(bare, directory, "x", load_head=False)
+    mask = expected["attention_mask"].bool()
+    hidden = run(bare, expected).last_hidden_state
+    assert torch.allclose(hidden[mask], expected["hidden"][mask], atol=1e-5)
+
+
+def test_real_head_mismatch_and_unsupported_head(tmp_path: Path) -> None:
+    import shutil
+
+    model = AdaptedModel(tiny_model("bert", num_labels=2, vocab_size=48, max_position_embeddings=24))
+    with pytest.raises(AdapterLoadError, match=r"model_head.safetensors: classifier\.(weight|bias): shape \(3"):
+        load_adapterhub_adapter(model, FIXTURES / "bert" / "seq_bn")
+    assert model.adapter_configs == {}
+    directory = Path(shutil.copytree(FIXTURES / "bert" / "seq_bn", tmp_path / "h"))
+    head = json.loads((directory / "head_config.json").read_text())
+    head["config"]["use_pooler"] = True
+    (directory / "head_config.json").write_text(json.dumps(head))
+    with pytest.raises(AdapterLoadError, match="head_config.json: config.use_pooler: True"):
+        load_adapterhub_adapter(AdaptedModel(fixture_model("bert")), directory)
+
+
+@pytest.mark.parametrize(
+    ("fixture", "change", "field"),
+    [
+        ("lora", {"use_dora": True}, "config.use_dora"),
+        ("lora", {"composition_mode": "scale"}, "config.composition_mode"),
+        ("lora", {"vera_d": 0.1}, "config.vera_d"),
+        ("lora", {"attn_matrices": ["q", "o"]}, "config.attn_matrices"),
+        ("prefix_tuning", {"use_gating": True}, "config.use_gating"),
+        ("prefix_tuning", {"leave_out": [0]}, "config.leave_out"),
+        ("prefix_tuning", {"non_linearity": "relu"}, "config.non_linearity"),
+        ("lora", {"architecture": "ia3"}, "config.architecture"),
+        ("seq_bn", {"architecture": "union"}, "config.architecture"),
+    ],
+)
+def test_real_lora_and_prefix_refusals(tmp_path: Path, fixture: str, change: dict, field: str) -> None:
+    import shutil
+
+    directory = Path(shutil.copytree(FIXTURES / "bert" / fixture, tmp_path / fixture))
+    meta = json.loads((directory / "adapter_config.json").read_text())
+    meta["config"].update(change)
+    (directory / "adapter_config.json").write_text(json.dumps(meta))
+    with pytest.raises(AdapterLoadError, match=f"adapter_config.json: {field}: "):
+        import_adapterhub(directory)
