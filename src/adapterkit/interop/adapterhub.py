@@ -15,7 +15,7 @@ import torch
 from ..architectures import LINEAR_SITES
 from ..config import MethodConfig, read_json
 from ..errors import AdapterLoadError, ConfigError
-from ..io import add_with_weights
+from ..io import add_with_weights, check_weights, safe_torch_load
 from ..methods.bottleneck import HoulsbyConfig, ParallelConfig, PfeifferConfig
 from ..methods.lora import LoRAConfig
 from ..methods.prefix import PrefixTuningConfig
@@ -110,10 +110,7 @@ def read_adapterhub_tensors(directory: Path, st_name: str = SAFETENSORS_NAME,
         return read_tensors(st), st
     if not binary.is_file():
         raise AdapterLoadError(f"{directory}: weights: neither {bin_name} nor {st_name} found")
-    try:
-        data = torch.load(binary, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated, corrupt, or a pickle that needs more than tensors
-        raise AdapterLoadError(f"{binary}: cannot be read as a tensor state dict ({type(exc).__name__}: {exc})") from None
+    data = safe_torch_load(binary)  # weights only: a pickle that needs more than tensors is refused
     if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in data.items()):
         raise AdapterLoadError(f"{binary}: expected a mapping of names to tensors")
     return data, binary
@@ -343,6 +340,7 @@ def import_adapterhub(directory: str | Path, *, name: str | None = None) -> tupl
         raise _fail(path, "hidden_size", f"expected a positive integer, got {hidden!r}")
     architecture = cfg.get("architecture")
     raw, weights = read_adapterhub_tensors(directory)
+    check_weights(weights, raw)
     if architecture in (None, "bottleneck"):
         config, state, names, leave_out = _bottleneck(cfg, raw, path, weights, hidden)
     elif architecture == "lora":
@@ -411,6 +409,7 @@ def read_adapterhub_head(directory: str | Path) -> tuple[dict[str, Any], dict[st
     if label2id is not None and (not isinstance(label2id, dict) or sorted(label2id.values()) != list(range(num_labels))):
         raise _fail(path, "config.label2id", f"expected a mapping of labels to 0..{num_labels - 1}, got {label2id!r}")
     raw, weights = read_adapterhub_tensors(directory, HEAD_SAFETENSORS_NAME, HEAD_BIN_NAME)
+    check_weights(weights, raw)
     return cfg, raw, weights
 
 

@@ -20,7 +20,14 @@ import torch
 from ..architectures import LINEAR_SITES
 from ..config import read_json
 from ..errors import AdapterLoadError, ConfigError
-from ..io import add_with_weights, atomic_save_tensors, atomic_write_json, read_tensors
+from ..io import (
+    add_with_weights,
+    atomic_save_tensors,
+    atomic_write_json,
+    check_weights,
+    read_tensors,
+    safe_torch_load,
+)
 from ..methods.lora import LoRAConfig
 from ..model import AdaptedModel
 from .common import (
@@ -158,10 +165,7 @@ def read_peft_tensors(directory: Path) -> tuple[dict[str, torch.Tensor], Path]:
     st, binary = directory / WEIGHTS_NAME, directory / BIN_NAME
     if st.is_file() or not binary.is_file():
         return read_tensors(st), st
-    try:
-        data = torch.load(binary, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated, corrupt, or a pickle that needs more than tensors
-        raise AdapterLoadError(f"{binary}: cannot be read as a tensor state dict ({type(exc).__name__}: {exc})") from None
+    data = safe_torch_load(binary)  # weights only: a pickle that needs more than tensors is refused
     if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in data.items()):
         raise AdapterLoadError(f"{binary}: expected a mapping of names to tensors")
     return data, binary
@@ -183,6 +187,7 @@ def import_peft(model: AdaptedModel, directory: str | Path) -> tuple[LoRAConfig,
     except ConfigError as exc:
         raise AdapterLoadError(f"{source}: {exc}") from None
     raw, weights = read_peft_tensors(directory)
+    check_weights(weights, raw)
     sites = site_paths(model, targets)
     prefix = model.model.base_model_prefix
     head_params = model.head_parameters()
