@@ -1,4 +1,4 @@
-"""The ``adapterkit`` command: ``train``, ``eval``, ``info`` and ``demo``.
+"""The ``adapterkit`` command: ``train``, ``eval``, ``pretrain``, ``info``, ``demo``, ``zoo`` and ``experiment``.
 
 Every flag of ``train``, ``eval`` and ``demo`` can also come from a YAML file (``--config run.yaml``)
 whose keys are the flag names with underscores; flags given on the command line win, and an unknown
@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import AdapterKitError, ConfigError
+from .pretraining import PRETRAIN_DEFAULTS
 from .runner import (  # noqa: F401  (re-exported for callers of the CLI module)
     METHOD_CHOICES_EXTRA,
     RESULT_COLUMNS,
@@ -94,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--method", help="a registered adapter method, or 'full' or 'head' (default: pfeiffer)")
     tr.add_argument("--adapter-config", help="JSON object or path to a JSON/YAML file overriding method fields")
     tr.add_argument("--adapter-name", help="name of the adapter (default: the method name)")
+    tr.add_argument("--init-adapter", help="start from this saved adapter's weights (e.g. from `adapterkit pretrain "
+                    "--method ...`); its method and fields are used")
     tr.add_argument("--k-shot", type=int, help="keep k training examples per class")
     tr.add_argument("--train-size", type=int, help="keep N training examples (stratified)")
     tr.add_argument("--dev-size", type=int, help="carve N dev examples from train; the official dev becomes the test set")
@@ -112,6 +115,34 @@ def build_parser() -> argparse.ArgumentParser:
                     "lowest adapter layer once per input and reuse their outputs")
     tr.add_argument("--logging-steps", type=int, help="log every N steps (default 10)")
     tr.add_argument("--progress", choices=("log", "bar", "none"), help="progress display (default log)")
+
+    pt = sub.add_parser("pretrain", help="continue masked-LM pretraining (DAPT on a corpus, TAPT on a task's text)",
+                        argument_default=argparse.SUPPRESS)
+    _add_model_args(pt)
+    pt.add_argument("--corpus", type=_csv, help="unlabelled text: a text file (one document per line) or JSON lines "
+                    "(see --text-field); comma-separated for several files (DAPT)")
+    pt.add_argument("--text-field", help="JSON lines: the field holding the text (default: text)")
+    pt.add_argument("--task", help="a registered task whose training text is the corpus (TAPT; labels unused)")
+    pt.add_argument("--split", help="--task: the split whose text is used (default: train)")
+    pt.add_argument("--method", help="full (default: the whole backbone) or an adapter method (only the adapter trains)")
+    pt.add_argument("--adapter-config", help="JSON object or path to a JSON/YAML file overriding method fields")
+    pt.add_argument("--adapter-name", help="name of the adapter (default: the method name)")
+    pt.add_argument("--mlm-probability", type=float, help="fraction of tokens masked (default 0.15; of those 80%% "
+                    "become the mask token, 10%% a random token, 10%% stay)")
+    pt.add_argument("--packing", type=_bool, help="true (default): concatenate texts and cut blocks of --max-length "
+                    "tokens; false: one truncated example per text")
+    pt.add_argument("--seed", type=int, help="seed (default 42)")
+    pt.add_argument("--epochs", type=float, help="epochs over the corpus (default 1)")
+    pt.add_argument("--lr", "--learning-rate", dest="lr", type=float, help="learning rate (default 1e-4)")
+    pt.add_argument("--batch-size", type=int, help="batch size (default 16)")
+    pt.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 0)")
+    pt.add_argument("--warmup-ratio", type=float, help="linear warm-up fraction (default 0.06)")
+    pt.add_argument("--output-dir", help="checkpoints and the result (OUTPUT/model or OUTPUT/adapter); "
+                    "default runs/pretrain")
+    pt.add_argument("--resume", type=_resume, help="true, false or auto: resume from the last complete checkpoint")
+    pt.add_argument("--save-steps", type=int, help="also checkpoint every N steps (default: each epoch)")
+    pt.add_argument("--logging-steps", type=int, help="log every N steps (default 10)")
+    pt.add_argument("--progress", choices=("log", "bar", "none"), help="progress display (default bar)")
 
     ev = sub.add_parser("eval", help="evaluate a saved adapter on a task split", argument_default=argparse.SUPPRESS)
     ev.add_argument("adapter", nargs="?", help="adapter directory (adapter_config.json + safetensors)")
@@ -169,8 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
 DEFAULTS: dict[str, dict[str, Any]] = {
     "train": {"model": None, "data_dir": None, "max_length": 128, "eval_batch_size": 64, "precision": "fp32", "task": None,
               "train_file": None, "dev_file": None, "test_file": None, "hub_dataset": None, "text_columns": None,
-              "label_column": "label", "labels": None, "kind": "classification", "method": "pfeiffer", "adapter_config": None,
-              "adapter_name": None, "k_shot": None, "train_size": None, "dev_size": None, "seed": 42, "epochs": 3.0,
+              "label_column": "label", "labels": None, "kind": "classification", "method": None, "adapter_config": None,
+              "adapter_name": None, "init_adapter": None, "k_shot": None, "train_size": None, "dev_size": None, "seed": 42, "epochs": 3.0,
               "lr": None, "batch_size": 16, "weight_decay": 0.0, "warmup_ratio": 0.06, "output_dir": "runs/train",
               "resume": False, "backbone_dropout": True, "cache_frozen_layers": False, "logging_steps": 10,
               "progress": "log"},
@@ -184,10 +215,11 @@ DEFAULTS: dict[str, dict[str, Any]] = {
             "zoo_dir": "runs/zoo", "sources": None, "method": "pfeiffer", "adapter_config": None, "max_train": 2000,
             "max_dev": 500, "epochs": 2.0, "lr": 1e-3, "batch_size": 32, "force": False, "progress": "log"},
 }
-_FLOAT_KEYS = {"epochs", "lr", "weight_decay", "warmup_ratio"}
+DEFAULTS["pretrain"] = dict(PRETRAIN_DEFAULTS)
+_FLOAT_KEYS = {"epochs", "lr", "weight_decay", "warmup_ratio", "mlm_probability"}
 _INT_KEYS = {"max_length", "eval_batch_size", "k_shot", "train_size", "dev_size", "seed", "batch_size",
-             "logging_steps", "test_size"}
-_LIST_KEYS = {"text_columns", "labels", "methods"}
+             "logging_steps", "test_size", "save_steps"}
+_LIST_KEYS = {"text_columns", "labels", "methods", "corpus"}
 
 
 def read_yaml_config(path: str | Path, command: str, known: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -226,7 +258,7 @@ def read_yaml_config(path: str | Path, command: str, known: dict[str, Any] | Non
                 # (YAML reads 1e-3 as a string)
             elif name == "resume":
                 value = _resume(value)
-            elif name == "backbone_dropout" or isinstance(known.get(name), bool):
+            elif name in ("backbone_dropout", "packing") or isinstance(known.get(name), bool):
                 value = _bool(value)
         except (ValueError, argparse.ArgumentTypeError):
             raise ConfigError(f"{path}: {key}: invalid value {value!r}") from None
@@ -498,6 +530,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_train(opts)
         if args.command == "eval":
             return cmd_eval(opts)
+        if args.command == "pretrain":
+            from .pretraining import run_pretraining
+
+            run_pretraining(opts, say=_say)
+            return 0
         if args.command == "zoo":
             return cmd_zoo(opts)
         if args.command == "experiment":

@@ -163,7 +163,16 @@ def run_training(opts: dict[str, Any], *, spec: Any = None, data: tuple | None =
             _say(f"data: {note}")
     else:
         train_ex, dev_ex, test_ex = data
-    method = opts.get("method") or "pfeiffer"
+    init = opts.get("init_adapter")
+    if init:
+        from .io import read_adapter_config
+
+        saved_method = read_adapter_config(init)["config"].get("method")
+        if opts.get("method") and opts["method"] != saved_method:
+            raise ConfigError(f"method: --init-adapter {init} holds a {saved_method!r} adapter, not {opts['method']!r}")
+        if opts.get("adapter_config"):
+            raise ConfigError("adapter_config: --init-adapter takes the method fields from the saved adapter")
+    method = opts.get("method") or (saved_method if init else "pfeiffer")
     label = label or method
     if spec.kind == "qa" and dev_ex:
         from .training import has_qa_references
@@ -172,7 +181,9 @@ def run_training(opts: dict[str, Any], *, spec: Any = None, data: tuple | None =
             _say("data: no reference answers in the dev examples: training without dev-based epoch selection")
             dev_ex = None
     config = None
-    if method in METHOD_CHOICES_EXTRA:
+    if init:
+        pass  # config from the saved adapter
+    elif method in METHOD_CHOICES_EXTRA:
         if opts.get("adapter_config"):
             raise ConfigError(f"adapter_config: method {method!r} has no adapter fields")
     else:
@@ -182,8 +193,13 @@ def run_training(opts: dict[str, Any], *, spec: Any = None, data: tuple | None =
                                           "classification" else 1, spec.id2label or None)
     adapted = AdaptedModel(hf_model)
     adapter_name = None
-    mode = method if config is None else "adapters"
-    if config is not None:
+    mode = "adapters" if init or config is not None else method
+    if init:
+        from .io import load_adapter
+
+        adapter_name = load_adapter(adapted, init, opts.get("adapter_name"), load_head=False)
+        _say(f"[{label}] initialised adapter {adapter_name!r} from {init}")
+    elif config is not None:
         adapter_name = opts.get("adapter_name") or method
         adapted.add_adapter(adapter_name, config)
     lr = opts.get("lr") or (2e-5 if method == "full" else 1e-3 if method == "head" else 1e-4)

@@ -66,6 +66,10 @@ class TrainConfig:
         "per input and reuse them (exact, faster epochs after the first)",
     )
     eval_each_epoch: bool = opt(True, "evaluate on dev after each epoch and keep the best checkpoint (by 'score')")
+    save_steps: int | None = opt(
+        None, "also save a checkpoint every N optimizer steps (for long epochs: a kill loses at most N steps); "
+        "needs no per-epoch evaluation (eval_each_epoch false or no dev set)"
+    )
     save_total_limit: int | None = opt(2, "checkpoints kept in output_dir (the best one is always kept)")
     resume: bool | str = opt(False, "true: resume from the last checkpoint in output_dir; 'auto': only when one exists")
     save_optimizer: bool = opt(True, "save optimizer/scheduler/RNG state in checkpoints (needed to resume)")
@@ -99,6 +103,7 @@ class TrainConfig:
         check(self.max_length >= 8, "max_length", f"must be >= 8, got {self.max_length}")
         check(self.doc_stride > 0, "doc_stride", f"must be > 0, got {self.doc_stride}")
         check(self.train_mode in ("adapters", "full", "head"), "train_mode", f"unknown {self.train_mode!r}")
+        check(self.save_steps is None or self.save_steps >= 1, "save_steps", f"must be >= 1 or null, got {self.save_steps}")
         check(self.save_total_limit is None or self.save_total_limit >= 1, "save_total_limit", "must be >= 1 or null")
         check(self.resume in (True, False, "auto"), "resume", f"use true, false or 'auto', got {self.resume!r}")
         check(self.logging_steps >= 1, "logging_steps", f"must be >= 1, got {self.logging_steps}")
@@ -145,17 +150,24 @@ class TrainResult:
 
 def encode(tokenizer: Any, spec: Any, examples: Sequence[Example], max_length: int, doc_stride: int = 32,
            *, for_eval: bool = False) -> Any:
-    """Tokenise ``examples`` for ``spec.kind`` into a ``datasets.Dataset`` (unpadded)."""
+    """Tokenise ``examples`` for ``spec.kind`` into a ``datasets.Dataset`` (unpadded).
+
+    ``spec.kind == "mlm"`` (an :class:`adapterkit.pretraining.MLMSpec`): ``examples`` are plain texts.
+    """
     from .data import preprocess
 
     if spec.kind == "qa":
         fn = preprocess.encode_qa_eval if for_eval else preprocess.encode_qa_train
         return fn(tokenizer, examples, max_length=max_length, doc_stride=doc_stride)
+    if spec.kind == "mlm":  # examples are plain texts (adapterkit.pretraining)
+        return preprocess.encode_mlm(tokenizer, examples, max_length=max_length, packing=spec.packing)
     dtype = "float" if spec.kind == "regression" else "int"
     return preprocess.encode_classification(tokenizer, examples, max_length=max_length, label_dtype=dtype)
 
 
-def _collator(tokenizer: Any) -> Any:
+def _collator(tokenizer: Any, spec: Any = None) -> Any:
+    if spec is not None and spec.kind == "mlm":
+        return spec.collator(tokenizer)  # dynamic masking, drawn anew for every batch
     from transformers import DataCollatorWithPadding
 
     return DataCollatorWithPadding(tokenizer)
@@ -357,6 +369,9 @@ def _training_args(config: TrainConfig, has_dev: bool, spec: Any) -> Any:
     from transformers import TrainingArguments
 
     evaluating = has_dev and config.eval_each_epoch
+    if evaluating and config.save_steps:
+        raise ConfigError("save_steps: checkpoints every N steps need eval_each_epoch false (the best-epoch "
+                          "selection saves at each evaluation)")
     on_cpu = config.use_cpu or not _has_accelerator()
     if config.precision == "fp16" and (on_cpu or not torch.cuda.is_available()):
         raise ConfigError("precision: fp16 needs a CUDA GPU (it uses loss scaling); use bf16 on the CPU")
@@ -373,7 +388,8 @@ def _training_args(config: TrainConfig, has_dev: bool, spec: Any) -> Any:
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         seed=config.seed,
         eval_strategy="epoch" if evaluating else "no",
-        save_strategy="epoch",
+        save_strategy="steps" if config.save_steps else "epoch",
+        save_steps=config.save_steps or 500,
         save_total_limit=config.save_total_limit,
         save_only_model=not config.save_optimizer,
         load_best_model_at_end=evaluating,
@@ -457,7 +473,7 @@ def train(adapted: AdaptedModel, tokenizer: Any, spec: Any, train_examples: Sequ
     trainer = trainer_cls(
         model=adapted,
         args=_training_args(config, has_dev, spec),
-        data_collator=_collator(tokenizer),
+        data_collator=_collator(tokenizer, spec),
         train_dataset=train_ds,
         eval_dataset=dev_ds,
         compute_metrics=metrics_fn if has_dev and spec.kind != "qa" else None,

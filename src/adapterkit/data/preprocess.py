@@ -238,3 +238,30 @@ def postprocess_qa(
                         best_text = context[offsets[s][0] : offsets[e][1]]
         predictions[ex_id] = best_text
     return predictions
+
+
+def encode_mlm(tokenizer: Any, texts: Sequence[str], max_length: int = 128, packing: bool = True) -> Any:
+    """Tokenise unlabelled ``texts`` for masked-LM training into a ``datasets.Dataset``.
+
+    ``packing`` (the Hugging Face ``run_mlm`` recipe): every text is tokenised with its special tokens,
+    the token streams are concatenated and cut into blocks of ``max_length`` (the last block may be
+    shorter), so no position is wasted on padding. Without it, each text is one example truncated to
+    ``max_length``. Columns: ``input_ids``, ``attention_mask``, ``special_tokens_mask`` (so special
+    tokens are never masked) and ``token_type_ids`` when the tokenizer returns them.
+    """
+    import datasets
+
+    if not texts:
+        raise DataError("encode_mlm: no texts to encode")
+    if packing:
+        enc = tokenizer(list(texts), truncation=False, return_special_tokens_mask=True, verbose=False)
+    else:
+        enc = tokenizer(list(texts), truncation=True, max_length=max_length, return_special_tokens_mask=True)
+    names = [k for k in ("input_ids", "attention_mask", "special_tokens_mask", "token_type_ids") if k in enc]
+    if not packing:
+        return datasets.Dataset.from_dict({k: enc[k] for k in names})
+    flat: dict[str, list[int]] = {k: [t for row in enc[k] for t in row] for k in names}
+    total = len(flat["input_ids"])
+    return datasets.Dataset.from_dict(
+        {k: [flat[k][i : i + max_length] for i in range(0, total, max_length)] for k in names}
+    )
