@@ -148,3 +148,52 @@ def test_classification_adapter_loads_on_qa_head(tmp_path: Path):
     assert qa.active_adapters == ("task",)
     out = qa(input_ids=torch.tensor([[101, 2054, 102]]))
     assert out.start_logits.shape == (1, 3)
+
+
+def _qa_with(method: str) -> AdaptedModel:
+    """A tiny QA model with an adapter of ``method`` (fusion: over two frozen Pfeiffer adapters)."""
+    from adapterkit.methods.fusion import FusionConfig
+    from adapterkit.methods.lora import LoRAConfig
+    from adapterkit.methods.prefix import PrefixTuningConfig
+    from adapterkit.methods.prompt import PromptTuningConfig
+
+    adapted = AdaptedModel(tiny_model("bert", "qa", seed=0, vocab_size=MINILM_VOCAB))
+    configs = {
+        "pfeiffer": PfeifferConfig(reduction_factor=2),
+        "lora": LoRAConfig(r=4),
+        "prompt": PromptTuningConfig(num_tokens=4),
+        "prefix": PrefixTuningConfig(prefix_length=4, bottleneck_size=16),
+    }
+    if method == "fusion":
+        for i, name in enumerate(("a", "b")):
+            adapted.add_adapter(name, PfeifferConfig(reduction_factor=2))
+            with torch.no_grad():
+                for p in adapted.adapter_parameters(name).values():
+                    p.normal_(0, 0.1, generator=torch.Generator().manual_seed(i))
+        adapted.add_adapter("qa", FusionConfig(adapters=("a", "b")))
+    else:
+        adapted.add_adapter("qa", configs[method])
+    return adapted
+
+
+@pytest.mark.parametrize("method", ["pfeiffer", "lora", "prompt", "prefix", "fusion"])
+def test_every_method_trains_and_evaluates_on_squad_files(method: str, tmp_path: Path, tokenizer):
+    """Each method trains on SQuAD v1.1 JSON and is scored with EM/F1; its adapter parameters move."""
+    spec = task_from_file("syn", squad_json(tmp_path / "train.json", 40, 0), kind="qa",
+                          dev=squad_json(tmp_path / "dev.json", 16, 1))
+    train_ex, dev_ex = load_split(spec, "train"), load_split(spec, "dev")
+    adapted = _qa_with(method)
+    before_params = {k: v.detach().clone() for k, v in adapted.adapter_parameters("qa").items()}
+    before = evaluate(adapted, tokenizer, spec, train_ex, max_length=MAX_LENGTH, doc_stride=DOC_STRIDE)
+    cfg = TrainConfig(output_dir=str(tmp_path / "run"), epochs=3, batch_size=8, learning_rate=1e-2,
+                      max_length=MAX_LENGTH, doc_stride=DOC_STRIDE, progress="none", save_total_limit=1,
+                      save_optimizer=False, logging_steps=1)
+    result = train(adapted, tokenizer, spec, train_ex, dev_ex, cfg)
+    assert len(result.history) == 3 and {"exact_match", "f1", "score"} <= set(result.metrics)
+    losses = [e["loss"] for e in result.log_history if "loss" in e]
+    assert losses[-1] < losses[0], losses
+    after = evaluate(adapted, tokenizer, spec, train_ex, max_length=MAX_LENGTH, doc_stride=DOC_STRIDE)
+    assert all(0.0 <= m[k] <= 1.0 for m in (before, after) for k in ("exact_match", "f1"))
+    assert after["f1"] > before["f1"], (method, before, after)
+    moved = [k for k, v in adapted.adapter_parameters("qa").items() if not torch.equal(v, before_params[k])]
+    assert moved, f"{method}: no adapter parameter changed"

@@ -84,3 +84,28 @@ def test_xquad_eval_without_references_writes_predictions(tmp_path: Path, data_d
     predictions = json.loads((out / "predictions.json").read_text())
     assert set(predictions) == set(contexts)
     assert all(isinstance(a, str) and a in contexts[qid] for qid, a in predictions.items())
+
+
+def test_xquad_english_training_and_german_zero_shot(tmp_path: Path, data_dir: Path, capsys):
+    """Train on XQuAD-en train articles, test on en test articles, then evaluate zero-shot on the German test
+    articles (the same articles, translated): both scored with SQuAD EM/F1."""
+    from transformers import AutoTokenizer
+
+    from adapterkit.model import default_model_path
+    from adapterkit.testing import save_tiny_model
+
+    model = save_tiny_model(tmp_path / "tiny-qa", head="qa", tokenizer=AutoTokenizer.from_pretrained(default_model_path()))
+    out = tmp_path / "en"
+    assert main(["train", "--model", str(model), "--task", "xquad_en_split", "--data-dir", str(data_dir),
+                 "--train-size", "32", "--epochs", "1", "--max-length", "64", "--lr", "1e-3", "--progress", "none",
+                 "--output-dir", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["task"] == "xquad_en_split" and set(results["test"]) >= {"exact_match", "f1", "score"}
+    assert len(json.loads((out / "predictions.json").read_text())) == 181
+    capsys.readouterr()
+    assert main(["eval", str(out / "adapter"), "--model", str(model), "--task", "xquad_de_split", "--data-dir",
+                 str(data_dir), "--split", "test", "--max-length", "64", "--output-dir", str(tmp_path / "de")]) == 0
+    printed = capsys.readouterr().out
+    assert "on xquad_de_split [test], 181 examples" in printed and "exact_match" in printed and "f1" in printed
+    german = json.loads((tmp_path / "de" / "predictions.json").read_text())
+    assert set(german) == set(json.loads((out / "predictions.json").read_text()))  # the same (parallel) question ids

@@ -116,6 +116,14 @@ def _doc_stride(max_length: int) -> int:
 
 def _split_source(spec: Any, split: str, data_dir: Any) -> str:
     """The file a split is read from, for messages."""
+    from .data.tasks import task_file
+    from .errors import DataError
+
+    if spec.fmt != "hub":
+        try:
+            return str(task_file(spec, split, data_dir))
+        except (DataError, KeyError):
+            pass
     rel = Path(spec.files.get(split) or spec.files.get("train", "?"))
     return str(rel if rel.is_absolute() or data_dir is None else Path(data_dir) / rel)
 

@@ -102,6 +102,7 @@ def test_squad_flatten(tmp_path):
     rows = read_squad_json(path)
     assert rows[0] == {
         "id": "q1",
+        "title": "T",
         "question": "Where?",
         "context": "The cat sat on the mat.",
         "answers": {"text": ["the mat"], "answer_start": [15]},

@@ -102,3 +102,19 @@ def test_qa_needs_fast_tokenizer():
         encode_qa_train(Slow(), QA)
     with pytest.raises(ConfigError, match="fast"):
         encode_qa_eval(Slow(), QA)
+
+
+def test_qa_question_longer_than_the_window_is_cut_with_a_warning(tokenizer):
+    """A question that leaves no more than doc_stride context tokens would make the tokenizer panic."""
+    context = "Paris is the capital of France and it is a large city by the river."
+    question = "Which city, " + "according to the text and the many other words here, " * 6 + "is the capital?"
+    ex = {"id": "long", "question": question, "context": context,
+          "answers": {"text": ["Paris"], "answer_start": [0]}}
+    with pytest.warns(UserWarning, match="1 question"):
+        train = encode_qa_train(tokenizer, [ex], max_length=48, doc_stride=12)
+    assert all(len(ids) <= 48 for ids in train["input_ids"])
+    with pytest.warns(UserWarning):
+        features = encode_qa_eval(tokenizer, [ex], max_length=48, doc_stride=12)
+    assert len(features) >= 2  # the context still slides over several windows
+    with pytest.raises(ConfigError, match="leaves no room"):
+        encode_qa_train(tokenizer, [ex], max_length=14, doc_stride=12)

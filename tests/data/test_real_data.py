@@ -18,6 +18,10 @@ EXPECTED = {
     **{f"xnli_{lang}": {"dev": 2490} for lang in ("en", "de", "fr", "es", "zh", "ru")},
     "xquad_en": {"test": 1190},
     "xquad_de": {"test": 1190},
+    "xquad_en_split": {"train": 833, "dev": 176, "test": 181},
+    "xquad_de_split": {"train": 833, "dev": 176, "test": 181},
+    "xquad_en_xtreme": {"test": 1190},
+    "xquad_de_xtreme": {"test": 1190},
 }
 
 
@@ -63,3 +67,17 @@ def test_majority_baseline_metric(data_dir):
     out = compute_metrics(TASKS["cola"], [1] * len(labels), labels)
     assert out["score"] == out["matthews"] == 0.0
     assert out["accuracy"] == pytest.approx(719 / 1043)
+
+
+def test_xquad_with_answers_split_by_article(data_dir):
+    """The registered XQuAD tasks carry answers; the English and German splits hold the same 8+8+32 articles."""
+    for lang in ("en", "de"):
+        full = load_task(f"xquad_{lang}", data_dir)["test"]
+        assert all(ex["answers"]["text"] for ex in full)
+        assert not any(ex["answers"]["text"] for ex in load_task(f"xquad_{lang}_xtreme", data_dir)["test"])
+    en, de = load_task("xquad_en_split", data_dir), load_task("xquad_de_split", data_dir)
+    titles = {split: {ex["title"] for ex in rows} for split, rows in en.items()}
+    assert {k: len(v) for k, v in titles.items()} == {"train": 32, "dev": 8, "test": 8}
+    assert not (titles["train"] & titles["dev"] or titles["train"] & titles["test"] or titles["dev"] & titles["test"])
+    for split in ("train", "dev", "test"):
+        assert [ex["id"] for ex in de[split]] == [ex["id"] for ex in en[split]]  # parallel questions

@@ -76,3 +76,24 @@ def test_temperature_weights():
         temperature_sample_weights({"a": 1}, T=0)
     with pytest.raises(ConfigError):
         temperature_sample_weights({"a": 0}, T=1)
+
+
+def test_split_by_group_whole_groups_and_fractions():
+    from adapterkit.data.sampling import split_by_group
+
+    examples = [{"title": f"t{i % 10}", "i": i} for i in range(100)]
+    parts = split_by_group(examples, (0.6, 0.2, 0.2), seed=0)
+    groups = [{ex["title"] for ex in part} for part in parts]
+    assert [len(g) for g in groups] == [6, 2, 2]
+    assert not (groups[0] & groups[1]) and not (groups[0] & groups[2]) and not (groups[1] & groups[2])
+    assert sorted(ex["i"] for part in parts for ex in part) == list(range(100))
+    assert all([ex["i"] for ex in part] == sorted(ex["i"] for ex in part) for part in parts)  # file order kept
+    assert split_by_group(list(reversed(examples)), (0.6, 0.2, 0.2), seed=0)[2][0]["title"] in groups[2]
+    assert split_by_group(examples, (0.6, 0.2, 0.2), seed=1) != parts
+    assert [len({e["title"] for e in p}) for p in split_by_group(examples[:30], (0.9, 0.05, 0.05), 0)] == [8, 1, 1]
+    with pytest.raises(DataError, match="cannot fill"):
+        split_by_group(examples[:2], (0.5, 0.25, 0.25), 0)
+    with pytest.raises(ConfigError, match="fractions"):
+        split_by_group(examples, (0.5, 0.2), 0)
+    with pytest.raises(DataError, match="no 'title' field"):
+        split_by_group([{"x": 1}], (1.0,), 0)

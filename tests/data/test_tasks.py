@@ -35,7 +35,8 @@ def _no_env_data_dir(monkeypatch):
 
 def test_registry_contents():
     expected = {"sst2", "cola", "mrpc", "stsb", "rte", "qnli", "chemprot", "citation_intent", "xquad_en",
-                "xquad_de", "sample_sentiment"} | {f"xnli_{x}" for x in ("en", "de", "fr", "es", "zh", "ru")}
+                "xquad_de", "xquad_en_split", "xquad_de_split", "xquad_en_xtreme", "xquad_de_xtreme",
+                "sample_sentiment"} | {f"xnli_{x}" for x in ("en", "de", "fr", "es", "zh", "ru")}
     assert expected <= set(TASKS)
     assert get_task("chemprot").num_labels == 13
     assert get_task("citation_intent").num_labels == 6
@@ -326,3 +327,73 @@ def test_squad_json_answer_start_checked(tmp_path: Path):
         {"id": "a", "question": "Who?", "answers": [{"text": "Bob", "answer_start": 3}]}]}]}]}))
     with pytest.raises(DataError, match=r"sq\.json: row 1: column 'answers': answer_start\[0\]: the context at 3"):
         _load(path, kind="qa")
+
+
+def _squad_articles(path: Path, n_articles: int, lang: str = "en", bad_start: bool = False) -> Path:
+    """A SQuAD file of ``n_articles`` articles (titles A00, A01, ...), 2 paragraphs x 2 questions each."""
+    data = []
+    for a in range(n_articles):
+        paragraphs = []
+        for p in range(2):
+            context = f"{lang} article {a} paragraph {p}: the answer is word{a}x{p}."
+            start = context.index(f"word{a}x{p}")
+            qas = [{"id": f"{lang}-{a}-{p}-{q}", "question": f"what {q}?",
+                    "answers": [{"text": f"word{a}x{p}", "answer_start": start + (1 if bad_start and a == 3 else 0)}]}
+                   for q in range(2)]
+            paragraphs.append({"context": context, "qas": qas})
+        data.append({"title": f"A{a:02d}", "paragraphs": paragraphs})
+    path.write_text(json.dumps({"version": "1.1", "data": data}))
+    return path
+
+
+def test_article_split_puts_every_article_in_one_split(tmp_path: Path):
+    from adapterkit.data.tasks import XQUAD_ARTICLE_SPLIT
+
+    spec = TaskSpec("tmp_articles", "qa", ("question", "context"), None, None, "squad_f1",
+                    {"all": str(_squad_articles(tmp_path / "en.json", 48))}, fmt="squad",
+                    article_split=XQUAD_ARTICLE_SPLIT)
+    assert spec.splits == ("train", "dev", "test")
+    data = load_task(spec)
+    titles = {split: {ex["title"] for ex in rows} for split, rows in data.items()}
+    assert {k: len(v) for k, v in titles.items()} == {"train": 32, "dev": 8, "test": 8}
+    assert not titles["train"] & titles["dev"] and not titles["train"] & titles["test"]
+    assert not titles["dev"] & titles["test"]
+    assert sum(len(rows) for rows in data.values()) == 48 * 4
+    assert load_task(spec) == data  # fixed seed: the same split every time
+    assert titles["test"] != {f"A{a:02d}" for a in range(40, 48)}  # shuffled, not the file's last articles
+    # a parallel file (same titles, another language) splits into the same articles
+    de = TaskSpec("tmp_articles_de", "qa", ("question", "context"), None, None, "squad_f1",
+                  {"all": str(_squad_articles(tmp_path / "de.json", 48, "de"))}, fmt="squad",
+                  article_split=XQUAD_ARTICLE_SPLIT)
+    assert {ex["title"] for ex in load_split(de, "test")} == titles["test"]
+    bad = TaskSpec("tmp_articles_bad", "qa", ("question", "context"), None, None, "squad_f1",
+                   {"all": str(_squad_articles(tmp_path / "bad.json", 48, bad_start=True))}, fmt="squad",
+                   article_split=XQUAD_ARTICLE_SPLIT)
+    with pytest.raises(DataError, match=r"bad\.json: row \d+: column 'answers': answer_start\[0\]"):
+        load_split(bad, "train")
+
+
+def test_article_split_validation():
+    with pytest.raises(ConfigError, match="article_split"):
+        TaskSpec("x", "qa", ("question", "context"), None, None, "squad_f1", {"test": "a.json"},
+                 article_split=(0.5, 0.25, 0.25))
+    with pytest.raises(ConfigError, match="3 positive fractions"):
+        TaskSpec("x", "qa", ("question", "context"), None, None, "squad_f1", {"all": "a.json"},
+                 article_split=(0.5, 0.5))
+
+
+def test_xquad_with_answers_is_the_default_and_falls_back_to_xtreme(tmp_path: Path):
+    """xquad_en reads qa/xquad (with answers); where only the XTREME copy exists, it reads that."""
+    only_xtreme = tmp_path / "d1"
+    (only_xtreme / "xtreme" / "xquad").mkdir(parents=True)
+    _squad_articles(only_xtreme / "xtreme" / "xquad" / "xquad.en.json", 2)
+    assert tasks.task_file(get_task("xquad_en"), "test", only_xtreme).parts[-3:] == ("xtreme", "xquad", "xquad.en.json")
+    assert len(load_split("xquad_en", "test", only_xtreme)) == 8
+    both = tmp_path / "d2"
+    (both / "qa" / "xquad").mkdir(parents=True)
+    _squad_articles(both / "qa" / "xquad" / "xquad.en.json", 3)
+    (both / "xtreme" / "xquad").mkdir(parents=True)
+    _squad_articles(both / "xtreme" / "xquad" / "xquad.en.json", 2)
+    assert len(load_split("xquad_en", "test", both)) == 12  # the with-answers file wins
+    with pytest.raises(DataError, match=r"xquad\.de\.json: file not found .*nor its fallback"):
+        load_split("xquad_de", "test", both)

@@ -148,6 +148,7 @@ def _flatten_squad(path: Path, obj: Any) -> list[Row]:
                     rows.append(
                         {
                             "id": str(qa["id"]),
+                            "title": str(article.get("title") or f"article {a}"),
                             "question": qa["question"],
                             "context": context,
                             "answers": {
@@ -164,7 +165,8 @@ def _flatten_squad(path: Path, obj: Any) -> list[Row]:
 
 
 def read_squad_json(path: str | Path) -> list[Row]:
-    """Flatten a SQuAD v1.1 JSON file to rows ``{id, question, context, answers}``.
+    """Flatten a SQuAD v1.1 JSON file to rows ``{id, title, question, context, answers}`` (``title``: the
+    article's, or ``article N`` when it has none).
 
     ``answers`` is ``{"text": [...], "answer_start": [...]}`` (the Hugging Face layout).
     """

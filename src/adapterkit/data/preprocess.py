@@ -85,6 +85,7 @@ def _tokenize_qa(
         contexts = [ex["context"] for ex in examples]
     except KeyError as exc:
         raise DataError(f"QA example: field {exc.args[0]!r} missing") from None
+    questions = _cap_questions(tokenizer, questions, max_length, doc_stride)
     pad_right = getattr(tokenizer, "padding_side", "right") == "right"
     return tokenizer(
         questions if pad_right else contexts,
@@ -95,6 +96,28 @@ def _tokenize_qa(
         return_overflowing_tokens=True,
         return_offsets_mapping=True,
     ), (1 if pad_right else 0)
+
+
+def _cap_questions(tokenizer: Any, questions: list[str], max_length: int, doc_stride: int) -> list[str]:
+    """Cut questions so long that a window would have no more context tokens than ``doc_stride`` (the
+    tokenizer cannot slide such windows); a warning says how many were cut."""
+    room = max_length - tokenizer.num_special_tokens_to_add(pair=True) - doc_stride - 1
+    if room < 1:
+        raise ConfigError(f"max_length: {max_length} leaves no room for a question and a context window wider "
+                          f"than doc_stride {doc_stride}")
+    enc = tokenizer(questions, add_special_tokens=False, return_offsets_mapping=True)
+    out, cut = [], 0
+    for question, ids, offsets in zip(questions, enc["input_ids"], enc["offset_mapping"], strict=True):
+        if len(ids) > room:  # one token of slack: a re-tokenised cut word may split differently
+            question = question[: offsets[max(0, room - 2)][1]]
+            cut += 1
+        out.append(question)
+    if cut:
+        import warnings
+
+        warnings.warn(f"QA: {cut} question(s) longer than {room} tokens cut to {room} tokens so that a window "
+                      f"of {max_length} tokens keeps more than doc_stride={doc_stride} context tokens", stacklevel=3)
+    return out
 
 
 def _base_columns(enc: Any) -> dict[str, list[Any]]:

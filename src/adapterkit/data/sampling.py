@@ -147,6 +147,47 @@ def carve_dev(
     return train, dev
 
 
+def split_by_group(
+    examples: Sequence[Example], fractions: Sequence[float], seed: int, group_key: str = "title"
+) -> list[list[Example]]:
+    """Split ``examples`` into ``len(fractions)`` disjoint parts by whole groups (e.g. SQuAD articles).
+
+    The sorted group names are shuffled with ``random.Random(seed)`` and cut into consecutive runs of
+    ``round(fraction * groups)`` groups (largest remainder; every part gets at least one group), so no
+    group is in two parts, the same names give the same parts whatever the file order, and parallel
+    files with the same group names (XQuAD's languages) split alike. Examples keep their file order.
+    """
+    _check_seed(seed)
+    if not fractions or any(not f > 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
+        raise ConfigError(f"fractions: expected positive fractions summing to 1, got {list(fractions)}")
+    missing = [i for i, ex in enumerate(examples) if group_key not in ex]
+    if missing:
+        raise DataError(f"split_by_group: example {missing[0]} has no {group_key!r} field")
+    names = sorted({str(ex[group_key]) for ex in examples})
+    if len(names) < len(fractions):
+        raise DataError(f"split_by_group: {len(names)} {group_key} groups cannot fill {len(fractions)} parts")
+    random.Random(seed).shuffle(names)
+    exact = [f * len(names) for f in fractions]
+    counts = {i: math.floor(x) for i, x in enumerate(exact)}
+    for i in sorted(range(len(exact)), key=lambda j: (-(exact[j] - counts[j]), j))[: len(names) - sum(counts.values())]:
+        counts[i] += 1
+    short = [i for i, c in counts.items() if c == 0]
+    for i in short:  # take a group from the largest part
+        donor = max(counts, key=lambda j: counts[j])
+        counts[donor] -= 1
+        counts[i] = 1
+    part_of: dict[str, int] = {}
+    start = 0
+    for i in range(len(fractions)):
+        for name in names[start : start + counts[i]]:
+            part_of[name] = i
+        start += counts[i]
+    parts: list[list[Example]] = [[] for _ in fractions]
+    for ex in examples:
+        parts[part_of[str(ex[group_key])]].append(ex)
+    return parts
+
+
 def temperature_sample_weights(sizes: dict[str, int], T: float) -> dict[str, float]:
     """Multi-task sampling probabilities ``p_i ∝ n_i ** (1 / T)`` (T=1 proportional, T→∞ uniform)."""
     if not sizes:

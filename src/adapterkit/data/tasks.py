@@ -4,7 +4,8 @@ A loaded example is a dict:
 
 - classification: ``{"text": str, "text_pair": str | None, "label": int}`` (label id)
 - regression: ``{"text": str, "text_pair": str | None, "label": float}``
-- qa: ``{"id", "question", "context", "answers": {"text": [...], "answer_start": [...]}}``
+- qa: ``{"id", "question", "context", "answers": {"text": [...], "answer_start": [...]}}`` (plus
+  ``"title"``, the article, when the file has one)
 
 Registered task files are relative to a data directory laid out like ``../shared/data`` (see its
 README); pass ``data_dir`` or set ``ADAPTERKIT_DATA_DIR``. The ``sample_sentiment`` task ships with
@@ -32,6 +33,11 @@ KINDS = ("classification", "regression", "qa")
 DATA_DIR_ENV = "ADAPTERKIT_DATA_DIR"
 #: Seed used when a task's dev split is carved out of its train file (``dev_from_train``).
 CARVE_SEED = 0
+#: Seed of the article shuffle of tasks split by article (``article_split``).
+ARTICLE_SPLIT_SEED = 0
+ARTICLE_SPLITS = ("train", "dev", "test")
+#: XQuAD's 48 articles: 32 train, 8 dev, 8 test.
+XQUAD_ARTICLE_SPLIT = (2 / 3, 1 / 6, 1 / 6)
 _DEFAULT_METRIC = {"classification": "accuracy", "regression": "spearman", "qa": "squad_f1"}
 
 
@@ -53,6 +59,12 @@ class TaskSpec:
     #: When set, split "dev" is carved (stratified, seed CARVE_SEED) out of the "train" file and
     #: "train" is the remainder; a count or a fraction in (0, 1).
     dev_from_train: int | float | None = field(default=None)
+    #: When set (train, dev, test fractions), the single file ``files["all"]`` (SQuAD JSON) is split by
+    #: article title (seed ARTICLE_SPLIT_SEED, :func:`~adapterkit.data.sampling.split_by_group`): no
+    #: article is in two splits.
+    article_split: tuple[float, float, float] | None = field(default=None)
+    #: split -> file read when the split's own file is absent (e.g. an older release of the data).
+    fallback_files: dict[str, str] | None = field(default=None)
 
     def __post_init__(self) -> None:
         where = f"task {self.name!r}"
@@ -86,10 +98,20 @@ class TaskSpec:
             object.__setattr__(self, "fieldnames", tuple(self.fieldnames))
         if self.dev_from_train is not None and "train" not in self.files:
             raise ConfigError(f"{where}: dev_from_train needs a 'train' file")
+        if self.article_split is not None:
+            fractions = tuple(float(f) for f in self.article_split)
+            if set(self.files) != {"all"} or self.kind != "qa":
+                raise ConfigError(f"{where}: article_split needs a QA task with one file under 'all'")
+            if len(fractions) != 3 or min(fractions) <= 0 or abs(sum(fractions) - 1) > 1e-6:
+                raise ConfigError(f"{where}: article_split: expected 3 positive fractions summing to 1, "
+                                  f"got {self.article_split!r}")
+            object.__setattr__(self, "article_split", fractions)
 
     @property
     def splits(self) -> tuple[str, ...]:
         """Split names this task provides."""
+        if self.article_split is not None:
+            return ARTICLE_SPLITS
         names = list(self.files)
         if self.dev_from_train is not None and "dev" not in names:
             names.insert(names.index("train") + 1, "dev")
@@ -340,12 +362,15 @@ def _rows_to_examples(spec: TaskSpec, rows: Sequence[Mapping[str, Any]], source:
         qa_out = []
         for i, row in enumerate(rows, start=1):
             context = _text(source, i, row, c_col)
-            qa_out.append({
+            example = {
                 "id": _text(source, i, row, "id"),
                 "question": _text(source, i, row, q_col),
                 "context": context,
                 "answers": _answers(source, i, row.get("answers"), context),
-            })
+            }
+            if row.get("title") is not None:
+                example["title"] = str(row["title"])  # the SQuAD article, for splits by article
+            qa_out.append(example)
         return qa_out
     assert spec.label_column is not None
     lab_col = spec.label_column
@@ -396,8 +421,30 @@ def _rows_to_examples(spec: TaskSpec, rows: Sequence[Mapping[str, Any]], source:
 # --- loading ------------------------------------------------------------------------------------
 
 
-def _file_path(spec: TaskSpec, split: str, data_dir: str | Path | None) -> Path:
-    rel = Path(spec.files[split]).expanduser()
+def task_file(spec: TaskSpec, split: str, data_dir: str | Path | None = None) -> Path:
+    """The file that split ``split`` of ``spec`` is read from (DataError when it does not exist)."""
+    key = "all" if spec.article_split is not None else split
+    try:
+        return _file_path(spec, key, data_dir)
+    except DataError:
+        fallback = (spec.fallback_files or {}).get(key)
+        if fallback is None:
+            raise
+        try:
+            return _file_path(spec, key, data_dir, fallback)
+        except DataError:
+            raise DataError(f"{_file_path_text(spec, key, data_dir)}: file not found (task {spec.name!r}, split "
+                            f"{split!r}; nor its fallback {fallback})") from None
+
+
+def _file_path_text(spec: TaskSpec, key: str, data_dir: str | Path | None) -> str:
+    base = resolve_data_dir(data_dir)
+    rel = Path(spec.files[key]).expanduser()
+    return str(rel if rel.is_absolute() or base is None else base / rel)
+
+
+def _file_path(spec: TaskSpec, split: str, data_dir: str | Path | None, file: str | None = None) -> Path:
+    rel = Path(file or spec.files[split]).expanduser()
     if rel.is_absolute():
         path = rel
     else:
@@ -416,9 +463,15 @@ def _file_path(spec: TaskSpec, split: str, data_dir: str | Path | None) -> Path:
 
 
 def _read_split_file(spec: TaskSpec, split: str, data_dir: str | Path | None) -> list[Example]:
-    path = _file_path(spec, split, data_dir)
+    path = task_file(spec, split, data_dir)
     rows = read_table(path, fmt=spec.fmt, fieldnames=spec.fieldnames)
-    return rows_to_examples(spec, rows, path)
+    examples = rows_to_examples(spec, rows, path)
+    if spec.article_split is not None:
+        from adapterkit.data.sampling import split_by_group
+
+        parts = split_by_group(examples, spec.article_split, ARTICLE_SPLIT_SEED, "title")
+        examples = parts[ARTICLE_SPLITS.index(split)]
+    return examples
 
 
 def load_split(spec: TaskSpec | str, split: str, data_dir: str | Path | None = None) -> list[Example]:
@@ -709,14 +762,26 @@ def _builtin_tasks() -> list[TaskSpec]:
             )
         )
     for lang in ("en", "de"):
-        specs.append(
+        with_answers, xtreme = f"qa/xquad/xquad.{lang}.json", f"xtreme/xquad/xquad.{lang}.json"
+        specs += [
             TaskSpec(
-                f"xquad_{lang}", "qa", ("question", "context"), None, None, "squad_f1",
-                {"test": f"xtreme/xquad/xquad.{lang}.json"}, fmt="squad", hub=("google/xquad", f"xquad.{lang}"),
-                description=f"XQuAD ({lang}), SQuAD v1.1 JSON; this copy's answer texts are blank, "
-                "so its examples carry empty answers and cannot be scored",
-            )
-        )
+                f"xquad_{lang}", "qa", ("question", "context"), None, None, "squad_f1", {"test": with_answers},
+                fmt="squad", hub=("google/xquad", f"xquad.{lang}"), fallback_files={"test": xtreme},
+                description=f"XQuAD ({lang}) with answers, 1190 questions (all 48 articles) as test; where "
+                f"{with_answers} is absent, the blank-answer XTREME copy {xtreme} (predictions only)",
+            ),
+            TaskSpec(
+                f"xquad_{lang}_split", "qa", ("question", "context"), None, None, "squad_f1", {"all": with_answers},
+                fmt="squad", article_split=XQUAD_ARTICLE_SPLIT,
+                description=f"XQuAD ({lang}) with answers split by article 32/8/8 (seed {ARTICLE_SPLIT_SEED}) into "
+                "train/dev/test; the same articles in every language",
+            ),
+            TaskSpec(
+                f"xquad_{lang}_xtreme", "qa", ("question", "context"), None, None, "squad_f1", {"test": xtreme},
+                fmt="squad", description=f"XQuAD ({lang}), the XTREME release: answer texts blank, so it can be "
+                "predicted on but not scored",
+            ),
+        ]
     specs.append(
         TaskSpec(
             "sample_sentiment", "classification", ("sentence",), "label", ("0", "1"), "accuracy",
