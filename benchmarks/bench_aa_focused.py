@@ -49,9 +49,9 @@ def median_ms(values: list[float]) -> float:
 
 
 def main() -> None:
-    from adapterkit.cli import _quiet_transformers
+    from adapterkit.console import quiet_transformers
 
-    _quiet_transformers()
+    quiet_transformers()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", default="3,4,5")
     parser.add_argument("--repeats", type=int, default=10)

@@ -34,9 +34,9 @@ def randomise(adapted: AdaptedModel, name: str, seed: int) -> None:
 
 
 def main() -> None:
-    from adapterkit.cli import _quiet_transformers
+    from adapterkit.console import quiet_transformers
 
-    _quiet_transformers()
+    quiet_transformers()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)

@@ -35,7 +35,7 @@ def test_yaml_and_flags_merge(tmp_path: Path):
     assert opts["epochs"] == 2.0 and opts["batch_size"] == 8 and opts["method"] == "lora"
     assert opts["text_columns"] == ["a", "b"] and opts["adapter_config"] == {"r": 4}
     assert opts["task"] == "sst2" and opts["seed"] == 42 and opts["output_dir"] == "runs/train"
-    assert opts["lr"] == 1e-3  # YAML reads 1e-3 as a string without a dot; still a number here
+    assert opts["learning_rate"] == 1e-3  # YAML key `lr` is an alias; YAML reads 1e-3 as a string, still a number
     flag_only = merge_options(build_parser().parse_args(["train", "--epochs", "5"]))
     assert flag_only["epochs"] == 5.0 and flag_only["batch_size"] == 16
     assert flag_only["precision"] == "fp32"

@@ -17,11 +17,15 @@ from typing import Any, ClassVar
 from .errors import ConfigError, where
 
 
-def opt(default: Any, help: str, **kwargs: Any) -> Any:
-    """A dataclass field with help text (mutable defaults are copied per instance)."""
+def opt(default: Any, help: str, *, aliases: tuple[str, ...] = (), **kwargs: Any) -> Any:
+    """A dataclass field with help text (mutable defaults are copied per instance).
+
+    ``aliases`` are other names of the option on the command line and in YAML files (``("lr",)``).
+    """
+    metadata = {"help": help, **({"aliases": tuple(aliases)} if aliases else {})}
     if isinstance(default, (list, dict, set)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help}, **kwargs)
-    return field(default=default, metadata={"help": help}, **kwargs)
+        return field(default_factory=lambda: type(default)(default), metadata=metadata, **kwargs)
+    return field(default=default, metadata=metadata, **kwargs)
 
 
 def _coerce(value: Any, annotation: Any, source: object | None, name: str) -> Any:

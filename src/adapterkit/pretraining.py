@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import check
+from .config import check, opt
 from .errors import ConfigError, DataError
 
 #: Masking recipe of BERT / RoBERTa / DAPT-TAPT.
@@ -327,14 +327,24 @@ def _steps_per_epoch(n_blocks: int, config: Any) -> int:
 
 # --- the command ---------------------------------------------------------------------------------------
 
-PRETRAIN_DEFAULTS: dict[str, Any] = {
-    "model": None, "data_dir": None, "max_length": 128, "eval_batch_size": 64, "precision": "fp32", "corpus": None,
-    "text_field": "text", "task": None, "split": "train", "method": "full", "adapter_config": None,
-    "adapter_name": None, "mlm_probability": MLM_PROBABILITY, "packing": True, "seed": 42, "epochs": 1.0, "lr": None,
-    "batch_size": 16, "weight_decay": 0.0, "warmup_ratio": 0.06, "output_dir": "runs/pretrain", "resume": False,
-    "save_steps": None, "logging_steps": 10, "progress": "bar",
-}
-"""Defaults of ``adapterkit pretrain`` (flag names with underscores)."""
+@dataclass
+class PretrainOptions:
+    """What ``adapterkit pretrain`` reads and how it masks (model, method and training options are the usual ones)."""
+
+    corpus: list[str] | None = opt(
+        None, "unlabelled text: a text file (one document per line) or JSON lines (see --text-field); "
+        "comma-separated for several files (DAPT)")
+    text_field: str = opt("text", "JSON lines: the field holding the text")
+    split: str = opt("train", "--task: the split whose text is used")
+    mlm_probability: float = opt(
+        MLM_PROBABILITY, "fraction of tokens masked (of those 80% become the mask token, 10% a random token, 10% stay)")
+    packing: bool = opt(True, "true: concatenate texts and cut blocks of --max-length tokens; false: one truncated "
+                        "example per text")
+
+
+PRETRAIN_TRAINING = ("seed", "epochs", "learning_rate", "batch_size", "weight_decay", "warmup_ratio", "output_dir",
+                     "resume", "save_steps", "logging_steps", "progress", "max_length", "eval_batch_size", "precision")
+"""The TrainConfig options ``adapterkit pretrain`` offers."""
 
 
 def corpus_texts(opts: dict[str, Any]) -> tuple[list[str], str]:
@@ -358,21 +368,13 @@ def corpus_texts(opts: dict[str, Any]) -> tuple[list[str], str]:
 
 def run_pretraining(opts: dict[str, Any], say: Any = print) -> PretrainResult:
     """``adapterkit pretrain``: read the corpus, pretrain, save, print a summary."""
+    from .options import build
     from .runner import adapter_overrides
     from .training import TrainConfig
 
     texts, source = corpus_texts(opts)
     method = opts.get("method") or "full"
-    full = method == "full"
-    lr = opts.get("lr") or 1e-4
-    config = TrainConfig(
-        output_dir=str(opts["output_dir"]), epochs=float(opts["epochs"]), batch_size=opts["batch_size"],
-        eval_batch_size=opts["eval_batch_size"], learning_rate=lr, weight_decay=opts.get("weight_decay", 0.0),
-        warmup_ratio=opts.get("warmup_ratio", 0.06), max_length=opts["max_length"], seed=opts["seed"],
-        train_mode="full" if full else "adapters", eval_each_epoch=False, resume=opts.get("resume", False),
-        save_steps=opts.get("save_steps"), logging_steps=opts.get("logging_steps", 10),
-        progress=opts.get("progress", "bar"), precision=opts.get("precision", "fp32"),
-    )
+    config = build(TrainConfig, opts, train_mode="full" if method == "full" else "adapters", eval_each_epoch=False)
     spec = MLMSpec(mlm_probability=float(opts.get("mlm_probability") or MLM_PROBABILITY),
                    packing=bool(opts.get("packing", True)))
     say(f"pretrain: {len(texts)} texts from {source}")

@@ -76,7 +76,8 @@ def format_mean_std(values: Sequence[float], digits: int = 2, scale: float = 1.0
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the Agg backend (files only, no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -89,7 +90,7 @@ def bar_plot(path: str | Path, labels: Sequence[str], values: Sequence[float], *
              ylabel: str = "", errors: Sequence[float] | None = None, annotations: Sequence[str] | None = None,
              ylim: tuple[float, float] | None = None) -> Path:
     """A bar chart written as PNG; ``annotations`` are printed above the bars."""
-    plt = _pyplot()
+    plt = pyplot()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(labels) + 2), 3.6))
@@ -112,7 +113,7 @@ def bar_plot(path: str | Path, labels: Sequence[str], values: Sequence[float], *
 def line_plot(path: str | Path, series: Mapping[str, tuple[Sequence[float], Sequence[float]]], *, title: str = "",
               xlabel: str = "", ylabel: str = "", logx: bool = False) -> Path:
     """One line per ``{name: (xs, ys)}`` written as PNG."""
-    plt = _pyplot()
+    plt = pyplot()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
@@ -136,7 +137,7 @@ def results_figure(path: str | Path, rows: Sequence[Mapping[str, Any]], *, name_
                    params_key: str, histories: Mapping[str, tuple[Sequence[float], Sequence[float]]],
                    title: str = "") -> Path:
     """Two panels: score per system (bars, annotated with trainable parameters) and dev score per epoch."""
-    plt = _pyplot()
+    plt = pyplot()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
@@ -176,7 +177,7 @@ def _short(n: Any) -> str:
 def grouped_bar_plot(path: str | Path, groups: Sequence[str], series: Mapping[str, tuple[Sequence[float], Sequence[float]]],
                      *, title: str = "", ylabel: str = "", ylim: tuple[float, float] | None = None) -> Path:
     """Bars per group (x axis) and series (colours), ``{series: (means, stds)}`` with one value per group."""
-    plt = _pyplot()
+    plt = pyplot()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     n = max(1, len(series))

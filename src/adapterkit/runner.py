@@ -1,55 +1,57 @@
-"""Run one training system end to end: task data split, model, adapter, training, test score, saved outputs.
+"""Run one training system end to end: task data, model, adapter, training, test score, saved outputs.
 
-Shared by the ``adapterkit`` commands (``train``, ``demo``) and the experiments.
+:func:`run_system` trains an already built model and scores its test set; the ``adapterkit train``
+and ``demo`` commands (through :func:`run_training`), the zoo and every experiment use it.
+:func:`evaluate_split` is the one test-set evaluation, QA predictions included.
 """
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .console import say
 from .errors import ConfigError
+from .options import DataOptions, ModelOptions
 
-METHOD_CHOICES_EXTRA = ("full", "head")
 RESULT_DIGITS = {"test_score": 4, "dev_score": 4, "best_epoch": 0, "trainable_pct": 2, "train_seconds": 1}
 RESULT_COLUMNS = {"system": "System", "test_score": "Test score", "dev_score": "Dev score (best)",
                   "best_epoch": "Best epoch", "trainable": "Trainable params", "trainable_pct": "% of model",
                   "train_seconds": "Train time (s)"}
+NO_CHECKPOINTS = {"save_total_limit": 1, "save_optimizer": False, "cleanup_checkpoints": True, "resume": False}
+"""TrainConfig options of runs whose checkpoints are not kept (demo, zoo, experiments)."""
 
 
+# --- data -----------------------------------------------------------------------------------------
 
-# --- shared helpers -------------------------------------------------------------------------------
 
-
-def resolve_task(opts: dict[str, Any]) -> Any:
-    """The TaskSpec named by ``--task`` or described by ``--train-file`` and friends."""
+def resolve_task(data: DataOptions) -> Any:
+    """The TaskSpec named by ``data.task`` or described by ``data.train_file`` / ``data.hub_dataset`` and friends."""
     from .data.tasks import get_task, task_from_file
 
-    sources = [flag for flag, key in (("--task", "task"), ("--train-file", "train_file"), ("--hub-dataset", "hub_dataset"))
-               if opts.get(key)]
+    sources = [flag for flag, value in (("--task", data.task), ("--train-file", data.train_file),
+                                        ("--hub-dataset", data.hub_dataset)) if value]
     if len(sources) > 1:
         raise ConfigError(f"task: give one of --task, --train-file or --hub-dataset, not {' and '.join(sources)}")
-    if opts.get("task"):
-        return get_task(opts["task"])
-    if opts.get("hub_dataset"):
+    if data.task:
+        return get_task(data.task)
+    if data.hub_dataset:
         from .data.tasks import task_from_hub
 
-        dataset, _, config = str(opts["hub_dataset"]).partition(":")
-        kind = opts.get("kind") or "classification"
-        if kind == "classification" and not opts.get("labels"):
+        dataset, _, config = str(data.hub_dataset).partition(":")
+        if data.kind == "classification" and not data.labels:
             raise ConfigError("labels: --hub-dataset needs --labels (the label values in id order) for classification")
-        return task_from_hub(dataset, config or None, opts.get("text_columns"), opts.get("label_column") or "label",
-                             kind=kind, labels=opts.get("labels"))
-    if not opts.get("train_file") and not opts.get("test_file") and not opts.get("dev_file"):
+        return task_from_hub(dataset, config or None, data.text_columns, data.label_column, kind=data.kind,
+                             labels=data.labels)
+    first = data.train_file or data.dev_file or data.test_file
+    if not first:
         raise ConfigError("task: give --task NAME, --train-file FILE or --hub-dataset NAME")
-    first = opts.get("train_file") or opts.get("dev_file") or opts.get("test_file")
-    return task_from_file(
-        Path(first).stem, train=first, dev=opts.get("dev_file") if opts.get("train_file") else None,
-        test=opts.get("test_file"), text_columns=opts.get("text_columns"),
-        label_column=opts.get("label_column") or "label", labels=opts.get("labels"),
-        kind=opts.get("kind") or "classification",
-    )
+    return task_from_file(Path(first).stem, train=first, dev=data.dev_file if data.train_file else None,
+                          test=data.test_file, text_columns=data.text_columns, label_column=data.label_column,
+                          labels=data.labels, kind=data.kind)
 
 
 def adapter_overrides(value: Any) -> dict[str, Any]:
@@ -105,16 +107,7 @@ def split_data(spec: Any, data_dir: Any, *, k_shot: int | None, train_size: int 
     return train, dev, test, notes
 
 
-def _say(line: str) -> None:
-    print(line, flush=True)
-
-
-def _doc_stride(max_length: int) -> int:
-    """QA: token overlap between windows of a long context (a quarter of max_length, at most 128)."""
-    return max(1, min(128, max_length // 4))
-
-
-def _split_source(spec: Any, split: str, data_dir: Any) -> str:
+def split_source(spec: Any, split: str, data_dir: Any) -> str:
     """The file a split is read from, for messages."""
     from .data.tasks import task_file
     from .errors import DataError
@@ -128,138 +121,168 @@ def _split_source(spec: Any, split: str, data_dir: Any) -> str:
     return str(rel if rel.is_absolute() or data_dir is None else Path(data_dir) / rel)
 
 
-def qa_predict_and_score(adapted: Any, tokenizer: Any, spec: Any, examples: list, opts: dict[str, Any],
-                         path: Path, source: str) -> dict[str, float] | None:
-    """QA: write ``path`` (id -> answer text); SQuAD metrics, or None when ``source`` has no reference answers."""
-    from .io import atomic_write_json
-    from .metrics import compute_metrics
-    from .training import has_qa_references, predict_qa, qa_references
-
-    answers = predict_qa(adapted, tokenizer, examples, opts["eval_batch_size"], opts["max_length"],
-                         _doc_stride(opts["max_length"]), opts.get("precision", "fp32"))
-    atomic_write_json(path, answers)
-    _say(f"wrote {path} ({len(answers)} predictions)")
-    if not has_qa_references(examples):
-        _say(f"no reference answers in {source}: wrote predictions only")
-        return None
-    return compute_metrics(spec, answers, qa_references(examples))
+# --- model ----------------------------------------------------------------------------------------
 
 
-# --- train ----------------------------------------------------------------------------------------
+def load_model(spec: Any, model: str | None) -> tuple[Any, Any]:
+    """(AdaptedModel, tokenizer) of base model ``model`` (None: the bundled MiniLM) with ``spec``'s head."""
+    from .model import AdaptedModel, load_base_model
+
+    hf_model, tokenizer = load_base_model(model, spec.kind, spec.num_labels if spec.kind == "classification" else 1,
+                                          spec.id2label or None)
+    return AdaptedModel(hf_model), tokenizer
 
 
-def run_training(opts: dict[str, Any], *, spec: Any = None, data: tuple | None = None, label: str | None = None,
-                 cleanup: bool = False) -> dict[str, Any]:
-    """Train one system from merged options; returns a result row (scores, parameters, time, history)."""
+def system_method(model: ModelOptions) -> str:
+    """The method ``model`` trains: ``model.method``, else the method of ``model.init_adapter``, else pfeiffer."""
+    if not model.init_adapter:
+        return model.method or "pfeiffer"
+    from .io import read_adapter_config
+
+    saved = read_adapter_config(model.init_adapter)["config"].get("method")
+    if model.method and model.method != saved:
+        raise ConfigError(f"method: --init-adapter {model.init_adapter} holds a {saved!r} adapter, not {model.method!r}")
+    if model.adapter_config:
+        raise ConfigError("adapter_config: --init-adapter takes the method fields from the saved adapter")
+    return saved
+
+
+def build_system(spec: Any, model: ModelOptions) -> tuple[Any, Any, str | None]:
+    """(AdaptedModel, tokenizer, adapter name or None) for ``model``: a new adapter of its method, the saved
+    adapter ``model.init_adapter``, or none ("full" and "head")."""
+    from .registry import get_method
+
+    method = system_method(model)
+    config = None
+    if model.init_adapter:
+        pass  # method and fields from the saved adapter
+    elif method in ("full", "head"):
+        if model.adapter_config:
+            raise ConfigError(f"adapter_config: method {method!r} has no adapter fields")
+    else:
+        config = get_method(method).from_dict(adapter_overrides(model.adapter_config), "adapter_config")
+    adapted, tokenizer = load_model(spec, model.model)
+    name = None
+    if model.init_adapter:
+        from .io import load_adapter
+
+        name = load_adapter(adapted, model.init_adapter, model.adapter_name, load_head=False)
+        say(f"initialised adapter {name!r} from {model.init_adapter}")
+    elif config is not None:
+        name = model.adapter_name or method
+        adapted.add_adapter(name, config)
+    return adapted, tokenizer, name
+
+
+# --- evaluation and training ----------------------------------------------------------------------
+
+
+def evaluate_split(adapted: Any, tokenizer: Any, spec: Any, examples: list, config: Any, *,
+                   predictions: Path | None = None, source: str = "the examples") -> dict[str, float] | None:
+    """Metrics of ``adapted`` on ``examples`` under ``config``'s evaluation options.
+
+    QA writes ``predictions`` (id -> answer text) and returns None when ``source`` has no reference answers.
+    """
+    from .training import evaluate, predict_qa, score_qa
+
+    if spec.kind != "qa":
+        return evaluate(adapted, tokenizer, spec, examples, config.eval_batch_size, config.max_length,
+                        precision=config.precision)
+    answers = predict_qa(adapted, tokenizer, examples, config.eval_batch_size, config.max_length, config.doc_stride,
+                         config.precision)
+    metrics = score_qa(spec, examples, answers)
+    if predictions is not None:
+        from .io import atomic_write_json
+
+        atomic_write_json(predictions, answers)
+        say(f"wrote {predictions} ({len(answers)} predictions)")
+    if metrics is None:
+        say(f"no reference answers in {source}: wrote predictions only")
+    return metrics
+
+
+@dataclass
+class SystemRun:
+    """What :func:`run_system` produced: the training result, test metrics and parameter counts."""
+
+    result: Any
+    test: dict[str, float] | None
+    total_parameters: int
+
+    def row(self) -> dict[str, Any]:
+        """A result row: test and best dev score, best epoch, trainable parameters, train time, dev history."""
+        trainable = self.result.trainable_parameters
+        return {"test_score": self.test["score"] if self.test else None, "dev_score": self.result.metrics.get("score"),
+                "best_epoch": self.result.best_epoch, "trainable": trainable,
+                "trainable_pct": 100.0 * trainable / self.total_parameters,
+                "train_seconds": round(self.result.train_seconds, 2), "history": self.result.history}
+
+
+def run_system(adapted: Any, tokenizer: Any, spec: Any, data: tuple[list, list | None, list | None], config: Any, *,
+               label: str, callbacks: Sequence[Any] = (), extra_loss: Callable | None = None,
+               predictions: Path | None = None, test_source: str = "the test examples") -> SystemRun:
+    """Train ``adapted`` (its active adapters, or as ``config.train_mode`` says) on ``data[0]``, select the best
+    evaluation on ``data[1]`` and score ``data[2]`` (QA: answers written to ``predictions``)."""
+    from .training import has_qa_references, train
+
+    train_ex, dev_ex, test_ex = data
+    if spec.kind == "qa" and dev_ex and not has_qa_references(dev_ex):
+        say("data: no reference answers in the dev examples: training without dev-based selection")
+        dev_ex = None
+    trainable = adapted.count_parameters()["trainable"] if config.train_mode != "full" else "all"
+    say(f"[{label}] {len(train_ex)} train / {len(dev_ex or [])} dev / {len(test_ex or [])} test examples; "
+        f"trainable parameters {trainable}")
+    result = train(adapted, tokenizer, spec, train_ex, dev_ex, config, callbacks=callbacks, extra_loss=extra_loss,
+                   name=label)
+    test = None
+    if test_ex:
+        start = time.perf_counter()
+        test = evaluate_split(adapted, tokenizer, spec, test_ex, config, predictions=predictions, source=test_source)
+        if test is not None:
+            say(f"[{label}] test score {test['score']:.4f} ({spec.metric}, {len(test_ex)} examples, "
+                f"{time.perf_counter() - start:.0f}s); dev {result.score}; train {result.train_seconds:.0f}s")
+    return SystemRun(result, test, adapted.count_parameters()["total"])
+
+
+def run_training(data: DataOptions, model: ModelOptions, config: Any, *, spec: Any = None,
+                 examples: tuple | None = None, label: str | None = None) -> dict[str, Any]:
+    """``adapterkit train``: split the data, build the system, :func:`run_system`, save the adapter (or model)
+    and ``results.json`` to ``config.output_dir``; returns the result row."""
     from transformers import set_seed
 
     from .data.tasks import resolve_data_dir
-    from .io import save_adapter
-    from .model import AdaptedModel, load_base_model
-    from .registry import get_method
-    from .training import TrainConfig, evaluate, train
+    from .io import atomic_write_json, save_adapter
 
-    spec = spec or resolve_task(opts)
-    data_dir = resolve_data_dir(opts.get("data_dir"))
-    if spec.kind == "qa" and opts.get("k_shot"):
+    spec = spec or resolve_task(data)
+    data_dir = resolve_data_dir(data.data_dir)
+    if spec.kind == "qa" and data.k_shot:
         raise ConfigError("k_shot: QA examples have no classes; use --train-size N")
-    if data is None:
-        train_ex, dev_ex, test_ex, notes = split_data(
-            spec, data_dir, k_shot=opts.get("k_shot"), train_size=opts.get("train_size"),
-            dev_size=opts.get("dev_size"), seed=opts["seed"])
+    if examples is None:
+        train_ex, dev_ex, test_ex, notes = split_data(spec, data_dir, k_shot=data.k_shot, train_size=data.train_size,
+                                                      dev_size=data.dev_size, seed=config.seed)
         for note in notes:
-            _say(f"data: {note}")
-    else:
-        train_ex, dev_ex, test_ex = data
-    init = opts.get("init_adapter")
-    if init:
-        from .io import read_adapter_config
-
-        saved_method = read_adapter_config(init)["config"].get("method")
-        if opts.get("method") and opts["method"] != saved_method:
-            raise ConfigError(f"method: --init-adapter {init} holds a {saved_method!r} adapter, not {opts['method']!r}")
-        if opts.get("adapter_config"):
-            raise ConfigError("adapter_config: --init-adapter takes the method fields from the saved adapter")
-    method = opts.get("method") or (saved_method if init else "pfeiffer")
+            say(f"data: {note}")
+        examples = (train_ex, dev_ex, test_ex)
+    method = system_method(model)
     label = label or method
-    if spec.kind == "qa" and dev_ex:
-        from .training import has_qa_references
-
-        if not has_qa_references(dev_ex):
-            _say("data: no reference answers in the dev examples: training without dev-based epoch selection")
-            dev_ex = None
-    config = None
-    if init:
-        pass  # config from the saved adapter
-    elif method in METHOD_CHOICES_EXTRA:
-        if opts.get("adapter_config"):
-            raise ConfigError(f"adapter_config: method {method!r} has no adapter fields")
-    else:
-        config = get_method(method).from_dict(adapter_overrides(opts.get("adapter_config")), "adapter_config")
-    set_seed(opts["seed"])
-    hf_model, tokenizer = load_base_model(opts.get("model"), spec.kind, spec.num_labels if spec.kind ==
-                                          "classification" else 1, spec.id2label or None)
-    adapted = AdaptedModel(hf_model)
-    adapter_name = None
-    mode = "adapters" if init or config is not None else method
-    if init:
-        from .io import load_adapter
-
-        adapter_name = load_adapter(adapted, init, opts.get("adapter_name"), load_head=False)
-        _say(f"[{label}] initialised adapter {adapter_name!r} from {init}")
-    elif config is not None:
-        adapter_name = opts.get("adapter_name") or method
-        adapted.add_adapter(adapter_name, config)
-    lr = opts.get("lr") or (2e-5 if method == "full" else 1e-3 if method == "head" else 1e-4)
-    out = Path(opts["output_dir"])
-    tcfg = TrainConfig(
-        output_dir=str(out), epochs=float(opts["epochs"]), batch_size=opts["batch_size"],
-        eval_batch_size=opts["eval_batch_size"], learning_rate=lr, weight_decay=opts.get("weight_decay", 0.0),
-        warmup_ratio=opts.get("warmup_ratio", 0.06), max_length=opts["max_length"], seed=opts["seed"],
-        train_mode=mode, resume=opts.get("resume", False), logging_steps=opts.get("logging_steps", 10),
-        progress=opts.get("progress", "log"), save_total_limit=1 if cleanup else 2, cleanup_checkpoints=cleanup,
-        save_optimizer=not cleanup, doc_stride=_doc_stride(opts["max_length"]),
-        backbone_dropout=opts.get("backbone_dropout", True),
-        cache_frozen_layers=opts.get("cache_frozen_layers", False),
-        precision=opts.get("precision", "fp32"),
-    )
-    _say(f"[{label}] {len(train_ex)} train / {len(dev_ex or [])} dev / {len(test_ex or [])} test examples; "
-         f"trainable parameters {adapted.count_parameters()['trainable'] if mode != 'full' else 'all'}")
-    result = train(adapted, tokenizer, spec, train_ex, dev_ex, tcfg, name=label)
-    test_metrics = None
-    predictions = None
-    if test_ex and spec.kind == "qa":
-        predictions = out / "predictions.json"
-        test_split = "dev" if opts.get("dev_size") and "dev" in spec.splits else "test"
-        test_metrics = qa_predict_and_score(adapted, tokenizer, spec, test_ex, opts, predictions,
-                                            _split_source(spec, test_split, data_dir))
-        if test_metrics:
-            _say(f"[{label}] test score {test_metrics['score']:.4f} ({spec.metric}, {len(test_ex)} examples)")
-    elif test_ex:
-        start = time.perf_counter()
-        test_metrics = evaluate(adapted, tokenizer, spec, test_ex, opts["eval_batch_size"], opts["max_length"],
-                                precision=opts.get("precision", "fp32"))
-        _say(f"[{label}] test score {test_metrics['score']:.4f} ({spec.metric}, {len(test_ex)} examples, "
-             f"{time.perf_counter() - start:.0f}s)")
-    counts = adapted.count_parameters()
-    summary = {"task": spec.name, "method": method, "dev": result.metrics, "test": test_metrics,
+    set_seed(config.seed)
+    adapted, tokenizer, adapter_name = build_system(spec, model)
+    out = Path(config.output_dir)
+    test_split = "dev" if data.dev_size and "dev" in spec.splits else "test"
+    run = run_system(adapted, tokenizer, spec, examples, config, label=label,
+                     predictions=out / "predictions.json" if spec.kind == "qa" else None,
+                     test_source=split_source(spec, test_split, data_dir))
+    result = run.result
+    summary = {"task": spec.name, "method": method, "dev": result.metrics, "test": run.test,
                "best_epoch": result.best_epoch, "train_seconds": result.train_seconds,
-               "trainable_parameters": result.trainable_parameters, "total_parameters": counts["total"]}
-    if predictions is not None:
-        summary["predictions"] = str(predictions)
+               "trainable_parameters": result.trainable_parameters, "total_parameters": run.total_parameters}
+    if spec.kind == "qa" and examples[2]:
+        summary["predictions"] = str(out / "predictions.json")
     if adapter_name:
         save_adapter(adapted, adapter_name, out / "adapter", include_head=True,
-                     extra={"task": spec.name, "metric": spec.metric, "dev": result.metrics, "test": test_metrics})
-    elif not cleanup:
-        hf_model.save_pretrained(out / "model")
+                     extra={"task": spec.name, "metric": spec.metric, "dev": result.metrics, "test": run.test})
+    elif not config.cleanup_checkpoints:
+        adapted.model.save_pretrained(out / "model")
         tokenizer.save_pretrained(out / "model")
-    from .io import atomic_write_json
-
     atomic_write_json(out / "results.json", {**summary, "history": result.history})
-    return {
-        "system": label, "test_score": test_metrics["score"] if test_metrics else None,
-        "dev_score": result.metrics.get("score"), "best_epoch": result.best_epoch,
-        "trainable": result.trainable_parameters, "trainable_pct": 100.0 * result.trainable_parameters / counts["total"],
-        "train_seconds": round(result.train_seconds, 1), "history": result.history,
-    }
-
+    return {"system": label, **run.row()}

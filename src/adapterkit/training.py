@@ -36,23 +36,36 @@ FULL_NAME = "model.safetensors"
 CHECKPOINT_INFO_NAME = "adapterkit_checkpoint.json"
 QA_EVAL_COLUMNS = ("example_id", "offset_mapping")
 PRECISIONS = ("fp32", "bf16", "fp16")
+DEFAULT_LEARNING_RATES = {"adapters": 1e-4, "full": 2e-5, "head": 1e-3}
+"""The learning rate of each train_mode when none is given."""
+
+
+def default_doc_stride(max_length: int) -> int:
+    """QA: the token overlap between windows of a long context when none is given (a quarter of max_length, <= 128)."""
+    return max(1, min(128, max_length // 4))
 
 
 @dataclass
 class TrainConfig:
     """How to train: epochs, batch sizes, optimizer, schedule, evaluation, checkpoints, progress."""
 
-    output_dir: str = opt("runs/train", "directory for checkpoints (checkpoint-STEP/) and logs")
+    output_dir: str = opt(
+        "runs/train", "directory for checkpoints (checkpoint-STEP/) and logs; `adapterkit train` also saves the adapter "
+        "(or model) and results.json there")
     epochs: float = opt(3.0, "number of training epochs")
     batch_size: int = opt(16, "training batch size per device")
     eval_batch_size: int = opt(64, "evaluation batch size per device")
-    learning_rate: float = opt(1e-4, "base learning rate (adapters may set their own)")
+    learning_rate: float | None = opt(
+        None, "base learning rate (adapters may set their own); default by train_mode: 1e-4 adapters, 2e-5 full, "
+        "1e-3 head", aliases=("lr",))
     weight_decay: float = opt(0.0, "AdamW weight decay")
     warmup_ratio: float = opt(0.06, "fraction of the training steps with a linear warm-up, in [0, 1)")
     max_grad_norm: float = opt(1.0, "gradient clipping norm (0 disables)")
     gradient_accumulation_steps: int = opt(1, "batches per optimizer step")
     max_length: int = opt(128, "maximum tokens per example (longer inputs are truncated)")
-    doc_stride: int = opt(32, "QA only: token overlap between windows of a long context (< max_length)")
+    doc_stride: int | None = opt(
+        None, "QA only: token overlap between windows of a long context (< max_length); default: a quarter of "
+        "max_length, at most 128")
     seed: int = opt(42, "seed for transformers.set_seed and the data order")
     train_mode: Literal["adapters", "full", "head"] = opt(
         "adapters", "adapters: active adapters + head; full: every parameter; head: the head only"
@@ -71,7 +84,7 @@ class TrainConfig:
         "needs no per-epoch evaluation (eval_each_epoch false or no dev set)"
     )
     save_total_limit: int | None = opt(2, "checkpoints kept in output_dir (the best one is always kept)")
-    resume: bool | str = opt(False, "true: resume from the last checkpoint in output_dir; 'auto': only when one exists")
+    resume: bool | Literal["auto"] = opt(False, "true: resume from the last checkpoint in output_dir; 'auto': only when one exists")
     save_optimizer: bool = opt(True, "save optimizer/scheduler/RNG state in checkpoints (needed to resume)")
     cleanup_checkpoints: bool = opt(False, "delete the checkpoint-* directories after a successful run")
     logging_steps: int = opt(10, "log the training loss every N optimizer steps")
@@ -87,6 +100,10 @@ class TrainConfig:
     )
 
     def __post_init__(self) -> None:
+        if self.learning_rate is None:
+            self.learning_rate = DEFAULT_LEARNING_RATES.get(self.train_mode, DEFAULT_LEARNING_RATES["adapters"])
+        if self.doc_stride is None:
+            self.doc_stride = default_doc_stride(self.max_length)
         self.validate()
 
     def validate(self) -> None:
@@ -602,19 +619,28 @@ def has_qa_references(examples: Sequence[Example]) -> bool:
 
 
 def predict_qa(adapted: nn.Module, tokenizer: Any, examples: Sequence[Example], batch_size: int = 64,
-               max_length: int = 128, doc_stride: int = 32, precision: str = "fp32") -> dict[str, str]:
+               max_length: int = 128, doc_stride: int | None = None, precision: str = "fp32") -> dict[str, str]:
     """Extractive QA: example id -> predicted answer text (the best span over all windows of the context)."""
     from .data.preprocess import encode_qa_eval, postprocess_qa
 
     if not examples:
         raise ConfigError("examples: nothing to predict")
-    features = encode_qa_eval(tokenizer, examples, max_length=max_length, doc_stride=doc_stride)
+    features = encode_qa_eval(tokenizer, examples, max_length=max_length,
+                              doc_stride=doc_stride or default_doc_stride(max_length))
     start, end = predict_logits(adapted, tokenizer, features, batch_size, precision)
     return postprocess_qa(examples, features, start, end)
 
 
+def score_qa(spec: Any, examples: Sequence[Example], answers: dict[str, str]) -> dict[str, float] | None:
+    """SQuAD metrics of ``answers`` (id -> text) against ``examples``; None when no example has a reference answer."""
+    from .metrics import compute_metrics
+
+    references = qa_references(examples)
+    return compute_metrics(spec, answers, references) if any(references.values()) else None
+
+
 def evaluate(adapted: nn.Module, tokenizer: Any, spec: Any, examples: Sequence[Example], batch_size: int = 64,
-             max_length: int = 128, doc_stride: int = 32, precision: str = "fp32") -> dict[str, float]:
+             max_length: int = 128, doc_stride: int | None = None, precision: str = "fp32") -> dict[str, float]:
     """Metrics of ``adapted`` on ``examples`` (primary metric under ``"score"``); QA uses SQuAD EM/F1.
 
     QA examples without any reference answer cannot be scored (DataError); use :func:`predict_qa`.
@@ -624,10 +650,11 @@ def evaluate(adapted: nn.Module, tokenizer: Any, spec: Any, examples: Sequence[E
     if not examples:
         raise ConfigError("examples: nothing to evaluate")
     if spec.kind == "qa":
-        if not has_qa_references(examples):
-            raise DataError("examples: no QA example has a reference answer; use predict_qa for predictions only")
         answers = predict_qa(adapted, tokenizer, examples, batch_size, max_length, doc_stride, precision)
-        return compute_metrics(spec, answers, qa_references(examples))
+        metrics = score_qa(spec, examples, answers)
+        if metrics is None:
+            raise DataError("examples: no QA example has a reference answer; use predict_qa for predictions only")
+        return metrics
     dataset = encode(tokenizer, spec, examples, max_length)
     (logits,) = predict_logits(adapted, tokenizer, dataset, batch_size, precision)
     return compute_metrics(spec, logits, np.asarray([ex["label"] for ex in examples]))

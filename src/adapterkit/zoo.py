@@ -8,7 +8,6 @@ the missing entries (a zoo is resumable: finished adapters are kept), ``read_zoo
 from __future__ import annotations
 
 import shutil
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -180,15 +179,27 @@ def source_data(source: ZooSource, data_dir: Any, max_train: int, max_dev: int) 
     return pool, dev
 
 
+ZOO_TRAINING: dict[str, Any] = {"epochs": 2.0, "learning_rate": 1e-3, "batch_size": 32, "logging_steps": 20}
+"""Training options of a zoo's source adapters unless given (besides TrainConfig's defaults)."""
+
+
 def build_zoo(zoo_dir: str | Path, sources: tuple[ZooSource, ...] | list[ZooSource] = DEFAULT_SOURCES, *,
               data_dir: Any = None, model: str | None = None, method: str = "pfeiffer",
-              adapter_config: dict[str, Any] | None = None, max_train: int = 2000, max_dev: int = 500,
-              epochs: float = 2.0, lr: float = 1e-3, batch_size: int = 32, max_length: int = 128,
-              force: bool = False, progress: str = "log") -> list[ZooEntry]:
-    """Train every source adapter not yet in the zoo and index it; returns all entries."""
+              adapter_config: Any = None, max_train: int = 2000, max_dev: int = 500, force: bool = False,
+              **training: Any) -> list[ZooEntry]:
+    """Train every source adapter not yet in the zoo and index it; returns all entries.
+
+    ``training`` are :class:`~adapterkit.training.TrainConfig` options (``epochs``, ``learning_rate``,
+    ``batch_size``, ``max_length``, ``progress``, ...) over :data:`ZOO_TRAINING`.
+    """
+    from transformers import set_seed
+
+    from .console import Progress, say
     from .data.tasks import get_task, resolve_data_dir
-    from .io import read_adapter_config
-    from .runner import _say, run_training
+    from .io import read_adapter_config, save_adapter
+    from .options import ModelOptions
+    from .runner import NO_CHECKPOINTS, build_system, run_system
+    from .training import TrainConfig
 
     zoo_dir = Path(zoo_dir)
     data_dir = resolve_data_dir(data_dir)
@@ -196,23 +207,22 @@ def build_zoo(zoo_dir: str | Path, sources: tuple[ZooSource, ...] | list[ZooSour
     if len(set(names)) != len(names):
         raise ConfigError(f"sources: duplicate adapter names in {names}")
     entries = {e.name: e for e in read_zoo(zoo_dir)}
-    start = time.perf_counter()
     todo = [s for s in sources if force or s.name not in entries or not entries[s.name].directory(zoo_dir).is_dir()]
-    _say(f"zoo {zoo_dir}: {len(sources) - len(todo)} adapters present, {len(todo)} to train")
-    for k, source in enumerate(todo):
-        elapsed = time.perf_counter() - start
-        eta = f", ETA {elapsed / k * (len(todo) - k):.0f}s" if k else ""
-        _say(f"=== zoo [{k + 1}/{len(todo)}] {source.name}: task {source.task}, track {source.track} "
-             f"(elapsed {elapsed:.0f}s{eta})")
+    say(f"zoo {zoo_dir}: {len(sources) - len(todo)} adapters present, {len(todo)} to train")
+    progress = Progress(len(todo))
+    for source in todo:
+        progress.step(f"zoo {source.name}: task {source.task}, track {source.track}")
         spec = get_task(source.task)
         train, dev = source_data(source, data_dir, max_train, max_dev)
         work = zoo_dir / "_work" / source.name
-        opts = {"model": model, "seed": source.seed, "epochs": epochs, "batch_size": batch_size, "eval_batch_size": 64,
-                "max_length": max_length, "output_dir": str(work), "method": method,
-                "adapter_config": adapter_config, "adapter_name": source.name, "lr": lr, "logging_steps": 20,
-                "progress": progress, "resume": False, "dev_size": None}
-        row = run_training(opts, spec=spec, data=(train, dev, None), label=f"zoo:{source.name}", cleanup=True)
+        config = TrainConfig(**{**ZOO_TRAINING, **training, **NO_CHECKPOINTS, "output_dir": str(work),
+                                "seed": source.seed})
+        set_seed(source.seed)
+        adapted, tokenizer, name = build_system(spec, ModelOptions(model, method, adapter_config, source.name))
+        run = run_system(adapted, tokenizer, spec, (train, dev, None), config, label=f"zoo:{source.name}")
         final = zoo_dir / source.name
+        save_adapter(adapted, name, work / "adapter", include_head=True,
+                     extra={"task": spec.name, "metric": spec.metric, "dev": run.result.metrics, "test": None})
         if final.exists():
             shutil.rmtree(final)
         (work / "adapter").rename(final)  # the adapter directory was written atomically; moving it is atomic too
@@ -220,12 +230,13 @@ def build_zoo(zoo_dir: str | Path, sources: tuple[ZooSource, ...] | list[ZooSour
         entries[source.name] = ZooEntry(
             name=source.name, task=source.task, track=source.track, path=source.name,
             method=meta["config"]["method"], base_model=meta["base_model"], train_size=len(train), dev_size=len(dev),
-            dev_score=row["dev_score"], metric=spec.metric, train_seconds=row["train_seconds"],
-            extra={"seed": source.seed, "part": list(source.part), "epochs": epochs, "lr": lr},
+            dev_score=run.result.score, metric=spec.metric, train_seconds=round(run.result.train_seconds, 1),
+            extra={"seed": source.seed, "part": list(source.part), "epochs": config.epochs, "lr": config.learning_rate},
         )
         write_zoo(zoo_dir, [entries[n] for n in names if n in entries]
                   + [e for n, e in entries.items() if n not in names])
         shutil.rmtree(work, ignore_errors=True)
+        progress.finish()
     shutil.rmtree(zoo_dir / "_work", ignore_errors=True)
     return read_zoo(zoo_dir)
 

@@ -46,7 +46,7 @@ def test_adaptable_runs_every_system_and_resumes(tmp_path, data_dir, capsys: pyt
 
 
 def test_aa_focused_config_follows_the_selection(tmp_path) -> None:
-    opts = {"lr": 1e-3}
+    opts = {"learning_rate": 1e-3}
     path = tmp_path / "sel.json"
     with pytest.raises(ConfigError, match="run the 'aa' system first"):
         adaptable.adapter_config("aa-focused", opts, path)

@@ -1,7 +1,8 @@
 """Experiments: one module per research system's comparison, run by ``adapterkit experiment NAME``.
 
-Each module defines ``DESCRIPTION``, ``DEFAULTS`` (option -> default), ``add_arguments(parser)`` and
-``run(opts) -> int``; it writes a Markdown table, a JSON file and PNG plots to its output directory.
+Each module defines ``DESCRIPTION``, ``OPTIONS`` (its option groups, see :mod:`adapterkit.options`; the
+command line and YAML files take them) and ``run(opts) -> int``; it writes a Markdown table, a JSON file
+and PNG plots to its output directory.
 """
 from __future__ import annotations
 

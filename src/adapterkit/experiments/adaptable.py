@@ -12,36 +12,40 @@ into train and dev (dev selects the epoch), and the official dev set is the test
 """
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..config import opt
 from ..errors import ConfigError
+from .common import option_groups
 
 DESCRIPTION = "Adaptable adapters: rational activations + layer switch vs standard adapters and AdapterDrop"
 SYSTEMS = ("pfeiffer", "adapterdrop", "aa", "aa-focused")
-DEFAULTS: dict[str, Any] = {
-    "output_dir": "runs/adaptable", "tasks": ["rte", "mrpc", "stsb", "sst2", "cola"], "sizes": [100, 300, 1000],
-    "seeds": [42, 92, 111, 245, 651], "systems": list(SYSTEMS), "epochs": 20.0, "lr": 1e-3, "batch_size": 32,
-    "test_size": None, "backbone_dropout": False, "cache_frozen_layers": True, "progress": "log",
-    "report_only": False,
-}
-SETTINGS = ("model", "epochs", "lr", "batch_size", "max_length", "test_size", "backbone_dropout", "precision")
+
+
+@dataclass
+class Options:
+    """Adaptable-adapters options besides the common ones."""
+
+    sizes: list[int] = opt([100, 300, 1000], "comma-separated training sizes N, split 75/25 into train/dev")
+    test_size: int | None = opt(None, "cap on test examples (default: the whole official dev set)")
+
+
+OPTIONS = option_groups(
+    {"output_dir": "runs/adaptable", "tasks": ["rte", "mrpc", "stsb", "sst2", "cola"],
+     "seeds": [42, 92, 111, 245, 651], "systems": list(SYSTEMS)},
+    Options,
+    {"epochs": 20.0, "learning_rate": 1e-3, "batch_size": 32, "backbone_dropout": False, "cache_frozen_layers": True},
+    {"backbone_dropout": "dropout in the frozen backbone (for all systems)",
+     "cache_frozen_layers": "AA-focused: compute the frozen layers below its lowest layer once per input (needs "
+     "--backbone-dropout false)"},
+    ("cache_frozen_layers",),
+)
+SETTINGS = ("model", "epochs", "learning_rate", "batch_size", "max_length", "test_size", "backbone_dropout",
+            "precision")
 """Options that change results: a log is never extended under other values (see ResultLog)."""
 KEYS = ("task", "size", "seed", "system")
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..cli import _bool
-    from .common import add_common_arguments, int_list
-
-    add_common_arguments(p, DEFAULTS, SYSTEMS)
-    p.add_argument("--sizes", type=int_list, help="training sizes N, split 75/25 into train/dev (default 100,300,1000)")
-    p.add_argument("--test-size", type=int, help="cap on test examples (default: the whole official dev set)")
-    p.add_argument("--backbone-dropout", type=_bool, help="dropout in the frozen backbone (default false, for all systems)")
-    p.add_argument("--cache-frozen-layers", type=_bool,
-                   help="AA-focused: compute the frozen layers below its lowest layer once per input (default true; "
-                   "needs --backbone-dropout false)")
 
 
 def split(spec: Any, data_dir: Any, size: int, seed: int, test_size: int | None) -> tuple[list, list, list]:
@@ -64,7 +68,7 @@ def adapter_config(system: str, opts: dict[str, Any], selection_path: Path) -> A
     from ..methods.adapterdrop import AdapterDropConfig
     from ..methods.bottleneck import PfeifferConfig
 
-    lr = opts["lr"]
+    lr = opts["learning_rate"]
     if system == "pfeiffer":
         return PfeifferConfig(learning_rate=lr)
     if system == "adapterdrop":
@@ -86,11 +90,11 @@ def run(opts: dict[str, Any]) -> int:
     """Run the comparison (resumable), then write results.md, results.json and the plots."""
     from transformers import set_seed
 
+    from ..console import Progress, say
     from ..data.tasks import get_task, resolve_data_dir
     from ..methods.adaptable import selection_record, switched_modules, write_selection
-    from ..model import AdaptedModel, load_base_model
-    from ..runner import _say
-    from .common import Progress, ResultLog, fit_and_test
+    from ..runner import load_model
+    from .common import ResultLog, logged_settings, run_cell
 
     unknown = [s for s in opts["systems"] if s not in SYSTEMS]
     if unknown:
@@ -99,7 +103,7 @@ def run(opts: dict[str, Any]) -> int:
         raise ConfigError("cache_frozen_layers: needs --backbone-dropout false (cached layers must be deterministic)")
     data_dir = resolve_data_dir(opts.get("data_dir"))
     out = Path(opts["output_dir"])
-    log = ResultLog(out / "runs.jsonl", {k: opts.get(k) for k in SETTINGS})
+    log = ResultLog(out / "runs.jsonl", logged_settings(opts, SETTINGS))
     order = [s for s in SYSTEMS if s in opts["systems"]]  # AA before AA-focused
     # seeds outermost: an experiment stopped early (or extended with more seeds later) has whole seeds
     plan = [(t, n, s, sys) for s in opts["seeds"] for t in opts["tasks"] for n in opts["sizes"] for sys in order]
@@ -107,7 +111,7 @@ def run(opts: dict[str, Any]) -> int:
     if opts["report_only"]:
         todo = []
     progress = Progress(len(plan), len(plan) - len(todo))
-    _say(f"adaptable: {len(plan)} runs, {len(plan) - len(todo)} already in {log.path}")
+    say(f"adaptable: {len(plan)} runs, {len(plan) - len(todo)} already in {log.path}")
     data_cache: dict[tuple, tuple] = {}
     for task, size, seed, system in todo:
         spec = get_task(task)
@@ -122,9 +126,7 @@ def run(opts: dict[str, Any]) -> int:
         selection_path = out / "selections" / f"{task}_{size}_{seed}.json"
         config = adapter_config(system, opts, selection_path)
         set_seed(seed)
-        hf, tokenizer = load_base_model(opts.get("model"), spec.kind, spec.num_labels if spec.kind == "classification"
-                                        else 1, spec.id2label or None)
-        adapted = AdaptedModel(hf)
+        adapted, tokenizer = load_model(spec, opts.get("model"))
         mode, extra = "adapters", {}
         if config is None:
             mode, extra = "head", {"note": "AA selected no layer: head only"}
@@ -133,11 +135,8 @@ def run(opts: dict[str, Any]) -> int:
             extra["adapter_params"] = adapted.count_parameters()[f"adapter:{system}"]
         cache = system == "aa-focused" and config is not None and opts["cache_frozen_layers"]
         set_seed(seed)
-        row = fit_and_test(adapted, tokenizer, spec, data, label=label, seed=seed, lr=opts["lr"],
-                           epochs=opts["epochs"], batch_size=opts["batch_size"], max_length=opts["max_length"],
-                           eval_batch_size=opts["eval_batch_size"], precision=opts["precision"], output_dir=out / "work" / label.replace(" ", "_"),
-                           train_mode=mode, backbone_dropout=opts["backbone_dropout"], progress=opts["progress"],
-                           cache_frozen_layers=cache)
+        row = run_cell(adapted, tokenizer, spec, data, opts, label=label, seed=seed,
+                       output_dir=out / "work" / label.replace(" ", "_"), train_mode=mode, cache_frozen_layers=cache)
         if system == "aa":
             record = selection_record(adapted, system)
             write_selection(selection_path, record)
@@ -146,7 +145,7 @@ def run(opts: dict[str, Any]) -> int:
             extra["rational"] = {str(i): {"numerator": m.bottleneck.act.numerator.detach().tolist(),
                                           "denominator": m.bottleneck.act.denominator.detach().tolist()}
                                  for i, m in switched_modules(adapted, system)}
-            _say(f"[{label}] selected layers {record['layers']} -> {selection_path}")
+            say(f"[{label}] selected layers {record['layers']} -> {selection_path}")
         if system == "aa-focused" and config is not None:
             extra["layers"] = list(config.layers or [])
         log.add({"task": task, "size": size, "seed": seed, "system": system, **row, **extra,
@@ -160,9 +159,9 @@ def report(rows: list[dict[str, Any]], opts: dict[str, Any]) -> None:
     """Markdown table, JSON, and PNGs: scores, selected layers per task, learned activation shapes."""
     import json
 
+    from ..console import say
     from ..data.tasks import get_task
     from ..reporting import grouped_bar_plot, markdown_table
-    from ..runner import _say
     from .common import series_for_plot, summarize
 
     out = Path(opts["output_dir"])
@@ -179,7 +178,7 @@ def report(rows: list[dict[str, Any]], opts: dict[str, Any]) -> None:
     by_size = size_summary(rows, opts["tasks"], opts["sizes"], systems)
     text = ["# Adaptable adapters: low-data comparison\n",
             f"Model: {opts.get('model') or 'bundled all-MiniLM-L6-v2'}. N examples split 75/25 into train/dev; test = "
-            f"official dev set. {opts['epochs']:g} epochs, batch {opts['batch_size']}, adapter lr {opts['lr']:g} "
+            f"official dev set. {opts['epochs']:g} epochs, batch {opts['batch_size']}, adapter lr {opts['learning_rate']:g} "
             f"(AA switch 0.05, rational 0.01), backbone dropout {opts['backbone_dropout']}, precision "
             f"{opts.get('precision', 'fp32')}, test cap {opts.get('test_size') or 'none'}; seeds "
             f"{', '.join(map(str, opts['seeds']))}. Scores x100 (mean ± std over seeds); metrics: "
@@ -203,8 +202,8 @@ def report(rows: list[dict[str, Any]], opts: dict[str, Any]) -> None:
     if aa_rows:
         plots.append(selection_plot(out / "selected_layers.png", aa_rows, settings))
         plots.append(activation_plot(out / "activations.png", aa_rows))
-    _say(markdown_table(table, columns))
-    _say(f"wrote {out / 'results.md'}, {out / 'results.json'}, " + ", ".join(map(str, plots)))
+    say(markdown_table(table, columns))
+    say(f"wrote {out / 'results.md'}, {out / 'results.json'}, " + ", ".join(map(str, plots)))
 
 
 def size_summary(rows: list[dict[str, Any]], tasks: list[str], sizes: list[int], systems: list[str],
@@ -250,9 +249,9 @@ def selection_table(rows: list[dict[str, Any]], settings: list[tuple]) -> list[d
 
 def selection_plot(path: Path, aa_rows: list[dict[str, Any]], settings: list[tuple]) -> Path:
     """Heat map: rows = task/size, columns = layers, colour = fraction of seeds that selected the layer."""
-    from ..reporting import _pyplot
+    from ..reporting import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     labels, grid = [], []
     for task, size in settings:
         runs = [r for r in aa_rows if r["task"] == task and r["size"] == size]
@@ -282,9 +281,9 @@ def activation_plot(path: Path, aa_rows: list[dict[str, Any]]) -> Path:
     import torch
 
     from ..methods.rational import rational
-    from ..reporting import _pyplot
+    from ..reporting import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     tasks = list(dict.fromkeys(r["task"] for r in aa_rows))
     fig, axes = plt.subplots(1, len(tasks), figsize=(3.2 * len(tasks), 3.0), squeeze=False)
     x = torch.linspace(-3, 3, 121)

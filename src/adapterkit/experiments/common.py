@@ -1,45 +1,64 @@
-"""What every experiment shares: resumable result logs, one training run per system, probes and summaries."""
+"""What every experiment shares: options, resumable result logs, one training run per system, probes, summaries."""
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..config import opt
 from ..errors import ConfigError
+from ..options import Group
 from ..reporting import format_mean_std, mean_std
-from ..runner import _say
 
 
-def int_list(value: str) -> list[int]:
-    """``"1,2,3"`` -> ``[1, 2, 3]`` (argparse type)."""
-    from ..cli import _csv
+@dataclass
+class ExperimentOptions:
+    """What every experiment has: where results go, which tasks, seeds and systems, and report-only reruns."""
 
-    return [int(v) for v in _csv(value)]
+    output_dir: str = opt("runs/experiment", "results directory; a rerun resumes")
+    tasks: list[str] = opt([], "comma-separated tasks")
+    seeds: list[int] = opt([42], "comma-separated seeds")
+    systems: list[str] = opt([], "comma-separated systems (default: all)")
+    report_only: bool = opt(False, "true: train nothing, write the report from the runs logged so far (cells show how "
+                            "many seeds they have)")
 
 
-def add_common_arguments(p: Any, defaults: dict[str, Any], systems: Sequence[str]) -> None:
-    """The options every experiment has (output directory, tasks, seeds, systems, epochs, lr, batch, progress)."""
-    from ..cli import _bool, _csv
+TRAINING_OPTIONS = ("epochs", "learning_rate", "batch_size", "backbone_dropout", "progress")
+"""The TrainConfig options every experiment offers (besides max_length, eval_batch_size and precision)."""
 
-    def default(key: str) -> str:
-        value = defaults[key]
-        return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else f"{value:g}" if isinstance(
-            value, float) else str(value)
 
-    p.add_argument("--output-dir", help=f"results directory (default {default('output_dir')}); a rerun resumes")
-    p.add_argument("--tasks", type=_csv, help=f"tasks (default {default('tasks')})")
-    p.add_argument("--seeds", type=int_list, help=f"seeds (default {default('seeds')})")
-    p.add_argument("--systems", type=_csv, help=f"systems (default all: {','.join(systems)})")
-    p.add_argument("--epochs", type=float, help=f"epochs per run (default {default('epochs')})")
-    p.add_argument("--lr", type=float, help=f"adapter learning rate (default {default('lr')})")
-    p.add_argument("--batch-size", type=int, help=f"batch size (default {default('batch_size')})")
-    p.add_argument("--progress", choices=("log", "bar", "none"), help="progress display (default log)")
-    p.add_argument("--report-only", type=_bool, help="true: train nothing, write the report from the runs logged so "
-                   "far (cells show how many seeds they have)")
+def option_groups(defaults: dict[str, Any], options: type, training: dict[str, Any],
+                  training_help: dict[str, str] | None = None, more_training: tuple[str, ...] = ()) -> tuple[Group, ...]:
+    """An experiment's option groups: :class:`ExperimentOptions` with its ``defaults``, its own ``options``
+    dataclass, and TrainConfig's :data:`TRAINING_OPTIONS` (+ ``more_training``) with its ``training`` defaults."""
+    from ..training import TrainConfig
+
+    return (Group(ExperimentOptions, defaults=defaults), Group(options),
+            Group(TrainConfig, only=(*TRAINING_OPTIONS, *more_training), defaults=training,
+                  help={"learning_rate": "adapter learning rate", **(training_help or {})}))
+
+
+def logged_settings(opts: dict[str, Any], names: Sequence[str]) -> dict[str, Any]:
+    """The options ``names`` as a result log records them (``learning_rate`` under its earlier name ``lr``,
+    so that logs written before keep resuming)."""
+    return {("lr" if k == "learning_rate" else k): opts.get(k) for k in names}
+
+
+def run_cell(adapted: Any, tokenizer: Any, spec: Any, data: tuple[list, list, list], opts: dict[str, Any], *,
+             label: str, seed: int, output_dir: str | Path, **changes: Any) -> dict[str, Any]:
+    """Train and test one system of an experiment with the run options ``opts`` (checkpoints are deleted after
+    the run; ``changes`` are other TrainConfig values); returns its result row."""
+    from ..options import build
+    from ..runner import NO_CHECKPOINTS, run_system
+    from ..training import TrainConfig
+
+    config = build(TrainConfig, opts, output_dir=str(output_dir), seed=seed,
+                   logging_steps=max(1, len(data[0]) // opts["batch_size"]), **{**NO_CHECKPOINTS, **changes})
+    return run_system(adapted, tokenizer, spec, data, config, label=label).row()
 
 
 class ResultLog:
@@ -111,51 +130,6 @@ class ResultLog:
             fh.write(json.dumps(row) + "\n")
             fh.flush()
         self.rows.append(row)
-
-
-class Progress:
-    """Log lines with elapsed time and ETA over a known number of runs."""
-
-    def __init__(self, total: int, done: int = 0) -> None:
-        self.total, self.done, self.start, self.ran = total, done, time.perf_counter(), 0
-
-    def step(self, label: str) -> None:
-        elapsed = time.perf_counter() - self.start
-        eta = f", ETA {elapsed / self.ran * (self.total - self.done):.0f}s" if self.ran else ""
-        _say(f"=== [{self.done + 1}/{self.total}] {label} (elapsed {elapsed:.0f}s{eta})")
-
-    def finish(self) -> None:
-        self.done += 1
-        self.ran += 1
-
-
-def fit_and_test(adapted: Any, tokenizer: Any, spec: Any, data: tuple[list, list, list], *, label: str, seed: int,
-                 lr: float, epochs: float, batch_size: int, max_length: int, output_dir: str | Path,
-                 train_mode: str = "adapters", eval_batch_size: int = 64, backbone_dropout: bool = True,
-                 progress: str = "log", callbacks: Sequence[Any] = (), extra_loss: Callable | None = None,
-                 precision: str = "fp32", **train_fields: Any) -> dict[str, Any]:
-    """Train the active adapters (or the full model) on ``data[0]``, select the best epoch on ``data[1]``,
-    score ``data[2]``; returns a result row. Checkpoints are deleted after the run."""
-    from ..training import TrainConfig, evaluate, train
-
-    train_ex, dev_ex, test_ex = data
-    config = TrainConfig(
-        output_dir=str(output_dir), epochs=float(epochs), batch_size=batch_size, eval_batch_size=eval_batch_size,
-        learning_rate=lr, max_length=max_length, seed=seed, train_mode=train_mode, backbone_dropout=backbone_dropout,
-        save_total_limit=1, save_optimizer=False, cleanup_checkpoints=True, progress=progress,
-        logging_steps=max(1, len(train_ex) // batch_size), precision=precision, **train_fields,
-    )
-    result = train(adapted, tokenizer, spec, train_ex, dev_ex, config, callbacks=callbacks, extra_loss=extra_loss,
-                   name=label)
-    start = time.perf_counter()
-    test = evaluate(adapted, tokenizer, spec, test_ex, eval_batch_size, max_length, precision=precision) if test_ex else {}
-    counts = adapted.count_parameters()
-    trainable = counts["total"] if train_mode == "full" else result.trainable_parameters
-    _say(f"[{label}] test {test.get('score', float('nan')):.4f} ({spec.metric}, {len(test_ex or [])} examples, "
-         f"{time.perf_counter() - start:.0f}s); dev {result.score}; train {result.train_seconds:.0f}s")
-    return {"test_score": test.get("score"), "dev_score": result.score, "best_epoch": result.best_epoch,
-            "trainable": trainable, "train_seconds": round(result.train_seconds, 2),
-            "history": result.history}
 
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")

@@ -14,39 +14,40 @@ the official dev set is the test set. Systems:
 """
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..config import opt
 from ..errors import ConfigError
+from .common import option_groups
 
 DESCRIPTION = "MerA: merged pretrained adapters vs single adapters, AdapterFusion and full fine-tuning (few-shot)"
 MERGE_SYSTEMS = {"mera-avg": "average", "mera-ot-w": "ot_weights", "mera-ot-act": "ot_activations"}
 SYSTEMS = ("full", "scratch", "single", "fusion", "mera-avg", "mera-ot-w", "mera-ot-act", "fusion-st", "mera-avg-st",
            "mera-ot-w-st", "mera-ot-act-st")
-DEFAULTS: dict[str, Any] = {
-    "zoo_dir": "runs/zoo", "output_dir": "runs/mera", "tasks": ["mrpc", "rte"], "k_shots": [16, 32],
-    "seeds": [42, 92, 111, 245, 651], "systems": list(SYSTEMS), "epochs": 10.0, "lr": 1e-3, "full_lr": 1e-4,
-    "batch_size": 8, "backbone_dropout": False, "calibration_size": 64, "progress": "log",
-    "report_only": False,
-}
-SETTINGS = ("model", "zoo_dir", "epochs", "lr", "full_lr", "batch_size", "max_length", "backbone_dropout",
+
+
+@dataclass
+class Options:
+    """MerA options besides the common ones."""
+
+    zoo_dir: str = opt("runs/zoo", "the adapter zoo (build it with `adapterkit zoo build`)")
+    k_shots: list[int] = opt([16, 32], "comma-separated training examples per class")
+    full_lr: float = opt(1e-4, "learning rate of full fine-tuning")
+    calibration_size: int = opt(64, "target examples for activation-based alignment")
+
+
+OPTIONS = option_groups(
+    {"output_dir": "runs/mera", "tasks": ["mrpc", "rte"], "seeds": [42, 92, 111, 245, 651], "systems": list(SYSTEMS)},
+    Options,
+    {"epochs": 10.0, "learning_rate": 1e-3, "batch_size": 8, "backbone_dropout": False},
+    {"backbone_dropout": "adapter systems: dropout in the frozen backbone (full fine-tuning keeps the model's dropout)"},
+)
+SETTINGS = ("model", "zoo_dir", "epochs", "learning_rate", "full_lr", "batch_size", "max_length", "backbone_dropout",
             "calibration_size", "precision")
 """Options that change results: a log is never extended under other values (see ResultLog)."""
 KEYS = ("task", "k", "seed", "system")
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..cli import _bool
-    from .common import add_common_arguments, int_list
-
-    add_common_arguments(p, DEFAULTS, SYSTEMS)
-    p.add_argument("--zoo-dir", help="the adapter zoo (default runs/zoo; build it with `adapterkit zoo build`)")
-    p.add_argument("--k-shots", type=int_list, help="training examples per class (default 16,32)")
-    p.add_argument("--full-lr", type=float, help="learning rate of full fine-tuning (default 1e-4)")
-    p.add_argument("--backbone-dropout", type=_bool, help="adapter systems: dropout in the frozen backbone (default false; "
-                   "full fine-tuning keeps the model's dropout)")
-    p.add_argument("--calibration-size", type=int, help="target examples for activation-based alignment (default 64)")
 
 
 def _site_of(state: dict[str, Any], source: object) -> str:
@@ -90,9 +91,9 @@ class Cell:
             self.activations[entry.name] = collect_bottleneck_activations(adapted, entry.name, calib)
             adapted.delete_adapter(entry.name)
         ranked = ", ".join(f"{n} {s:.3f}" for n, s in sorted(self.ranking.items(), key=lambda t: -t[1]))
-        from ..runner import _say
+        from ..console import say
 
-        _say(f"probe ranking (dev accuracy of a logistic probe on frozen features): {ranked}")
+        say(f"probe ranking (dev accuracy of a logistic probe on frozen features): {ranked}")
 
     def best(self, entries: list) -> Any:
         self.prepare()
@@ -118,11 +119,11 @@ def _build_system(system: str, cell: Cell, pool: list, same: list) -> tuple[Any,
     if system == "scratch":
         meta = read_adapter_config(pool[0].directory(opts["zoo_dir"]))
         adapted.add_adapter("scratch", config_from_dict(meta["config"], "zoo adapter config"))
-        return adapted, "adapters", opts["lr"], {}
+        return adapted, "adapters", opts["learning_rate"], {}
     if system == "single":
         best = cell.best(entries)
         load_adapter(adapted, best.directory(opts["zoo_dir"]), "single", load_head=False)
-        return adapted, "adapters", opts["lr"], {"adapters": [best.name]}
+        return adapted, "adapters", opts["learning_rate"], {"adapters": [best.name]}
     if base == "fusion":
         names = []
         for entry in entries:
@@ -130,7 +131,7 @@ def _build_system(system: str, cell: Cell, pool: list, same: list) -> tuple[Any,
                                       activate=False))
         site = _site_of(adapted.adapter_state_dict(names[0]), entries[0].directory(opts["zoo_dir"]))
         adapted.add_adapter("fusion", FusionConfig(adapters=tuple(names), site=site))
-        return adapted, "adapters", opts["lr"], {"adapters": names}
+        return adapted, "adapters", opts["learning_rate"], {"adapters": names}
     if base in MERGE_SYSTEMS:
         anchor = cell.best(entries)
         ordered = [anchor] + [e for e in entries if e.name != anchor.name]
@@ -144,7 +145,7 @@ def _build_system(system: str, cell: Cell, pool: list, same: list) -> tuple[Any,
         meta = read_adapter_config(anchor.directory(opts["zoo_dir"]))
         adapted.add_adapter("mera", config_from_dict(meta["config"], "zoo adapter config"))
         adapted.load_adapter_state_dict("mera", merged, f"merged {[e.name for e in ordered]}")
-        return adapted, "adapters", opts["lr"], {"adapters": [e.name for e in ordered], "anchor": anchor.name}
+        return adapted, "adapters", opts["learning_rate"], {"adapters": [e.name for e in ordered], "anchor": anchor.name}
     raise ConfigError(f"systems: unknown system {system!r}; known: {list(SYSTEMS)}")
 
 
@@ -152,11 +153,11 @@ def run(opts: dict[str, Any]) -> int:
     """Run the comparison (resumable), then write results.md, results.json and mera.png."""
     from transformers import set_seed
 
+    from ..console import Progress, say
     from ..data.tasks import get_task, resolve_data_dir
-    from ..model import AdaptedModel, load_base_model
-    from ..runner import _say, split_data
+    from ..runner import load_model, split_data
     from ..zoo import TASK_TRACKS, read_zoo, select
-    from .common import Progress, ResultLog, fit_and_test
+    from .common import ResultLog, logged_settings, run_cell
 
     unknown = [s for s in opts["systems"] if s not in SYSTEMS]
     if unknown:
@@ -166,19 +167,18 @@ def run(opts: dict[str, Any]) -> int:
         raise ConfigError(f"{opts['zoo_dir']}: zoo_dir: no zoo.json; build the zoo first with `adapterkit zoo build`")
     data_dir = resolve_data_dir(opts.get("data_dir"))
     out = Path(opts["output_dir"])
-    log = ResultLog(out / "runs.jsonl", {k: opts.get(k) for k in SETTINGS})
+    log = ResultLog(out / "runs.jsonl", logged_settings(opts, SETTINGS))
     # seeds outermost: an experiment stopped early (or extended with more seeds later) has whole seeds
     plan = [(t, k, s, sys) for s in opts["seeds"] for t in opts["tasks"] for k in opts["k_shots"] for sys in opts["systems"]]
     todo = [p for p in plan if not log.has(KEYS, **dict(zip(KEYS, p, strict=True)))]
     if opts["report_only"]:
         todo = []
     progress = Progress(len(plan), len(plan) - len(todo))
-    _say(f"mera: {len(plan)} runs, {len(plan) - len(todo)} already in {log.path}; zoo {opts['zoo_dir']} "
+    say(f"mera: {len(plan)} runs, {len(plan) - len(todo)} already in {log.path}; zoo {opts['zoo_dir']} "
          f"({len(entries)} adapters)")
 
     def new_model(spec: Any) -> tuple[Any, Any]:
-        hf, tok = load_base_model(opts.get("model"), spec.kind, spec.num_labels, spec.id2label or None)
-        return AdaptedModel(hf), tok
+        return load_model(spec, opts.get("model"))
 
     opts = {**opts, "_new_model": new_model}
     cells: dict[tuple, Cell] = {}
@@ -197,18 +197,15 @@ def run(opts: dict[str, Any]) -> int:
             _, tokenizer = new_model(spec)
             cells[key] = Cell(opts, spec, (train, dev, test), pool, tokenizer)
             for note in notes:
-                _say(f"data [{task} k={k} seed={seed}]: {note}")
+                say(f"data [{task} k={k} seed={seed}]: {note}")
         cell = cells[key]
         label = f"{task} k={k} seed={seed} {system}"
         progress.step(label)
         set_seed(seed)
         adapted, mode, lr, notes = _build_system(system, cell, pool, same)
         set_seed(seed)
-        row = fit_and_test(adapted, cell.tokenizer, spec, cell.data, label=label, seed=seed, lr=lr,
-                           epochs=opts["epochs"], batch_size=opts["batch_size"], max_length=opts["max_length"],
-                           eval_batch_size=opts["eval_batch_size"], precision=opts["precision"],
-                           output_dir=out / "work" / label.replace(" ", "_"),
-                           train_mode=mode, backbone_dropout=opts["backbone_dropout"], progress=opts["progress"])
+        row = run_cell(adapted, cell.tokenizer, spec, cell.data, opts, label=label, seed=seed,
+                       output_dir=out / "work" / label.replace(" ", "_"), train_mode=mode, learning_rate=lr)
         log.add({"task": task, "k": k, "seed": seed, "system": system, **row, **notes,
                  "same_track": [e.name for e in same], "pool": [e.name for e in pool]})
         progress.finish()
@@ -220,8 +217,8 @@ def report(rows: list[dict[str, Any]], opts: dict[str, Any], entries: list) -> N
     """Markdown table (mean ± std over seeds), JSON and a grouped bar plot."""
     import json
 
+    from ..console import say
     from ..reporting import grouped_bar_plot, markdown_table
-    from ..runner import _say
     from ..zoo import zoo_table
     from .common import series_for_plot, summarize
 
@@ -236,7 +233,7 @@ def report(rows: list[dict[str, Any]], opts: dict[str, Any], entries: list) -> N
     text = [
         "# MerA few-shot comparison\n",
         f"Model: {opts.get('model') or 'bundled all-MiniLM-L6-v2'}. Test = official dev set; dev = k per class carved "
-        f"from train; {opts['epochs']:g} epochs, batch {opts['batch_size']}, lr {opts['lr']:g} (full FT "
+        f"from train; {opts['epochs']:g} epochs, batch {opts['batch_size']}, lr {opts['learning_rate']:g} (full FT "
         f"{opts['full_lr']:g}), backbone dropout {opts['backbone_dropout']} for adapter systems, precision "
         f"{opts.get('precision', 'fp32')}; seeds {', '.join(map(str, opts['seeds']))}. Scores x100, mean ± std over seeds; "
         f"metrics: {', '.join(f'{t} {m}' for t, m in metrics.items())}.\n",
@@ -252,8 +249,8 @@ def report(rows: list[dict[str, Any]], opts: dict[str, Any], entries: list) -> N
     plot = grouped_bar_plot(out / "mera.png", [f"{t.upper()} k={k}" for t, k in settings],
                             series_for_plot(rows, settings, ("task", "k"), systems),
                             title="MerA few-shot: test score (x100), mean ± std over seeds", ylabel="test score x100")
-    _say(markdown_table(table, columns))
-    _say(f"wrote {out / 'results.md'}, {out / 'results.json'}, {plot}")
+    say(markdown_table(table, columns))
+    say(f"wrote {out / 'results.md'}, {out / 'results.json'}, {plot}")
 
 
 def get_metric(task: str) -> str:
