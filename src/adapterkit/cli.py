@@ -1,4 +1,5 @@
-"""The ``adapterkit`` command: ``train``, ``eval``, ``pretrain``, ``info``, ``demo``, ``zoo`` and ``experiment``.
+"""The ``adapterkit`` command: ``train``, ``eval``, ``pretrain``, ``info``, ``demo``, ``zoo``, ``experiment``,
+``push`` and ``convert``.
 
 The flags of every command are generated from options dataclasses (:mod:`adapterkit.options`):
 ``TrainConfig`` for training, ``DataOptions`` and ``ModelOptions`` for data and model, and one small
@@ -126,13 +127,18 @@ def build_parser() -> argparse.ArgumentParser:
              "pretrain": "continue masked-LM pretraining (DAPT on a corpus, TAPT on a task's text)",
              "info": "show an adapter directory, or list methods/tasks/architectures",
              "demo": "few-shot comparison: Pfeiffer adapter vs full fine-tuning (vs LoRA)",
-             "zoo": "build or list an adapter zoo (source adapters with task, track and scores)"}
+             "zoo": "build or list an adapter zoo (source adapters with task, track and scores)",
+             "push": "upload a saved adapter directory to a Hugging Face Hub repository",
+             "convert": "convert an adapter between adapterkit, peft and AdapterHub formats"}
     for command, text in helps.items():
         if command == "info":
             info = sub.add_parser("info", help=text)
             info.add_argument("adapter", nargs="?", help="adapter directory")
             info.add_argument("--list", nargs="?", const="all", choices=("all", "methods", "tasks", "architectures"),
                               help="list what is registered")
+            continue
+        if command in ("push", "convert"):
+            _add_interop_arguments(command, sub.add_parser(command, help=text))
             continue
         p = sub.add_parser(command, help=text, argument_default=argparse.SUPPRESS)
         _add_config_flag(p)
@@ -147,6 +153,26 @@ def build_parser() -> argparse.ArgumentParser:
         _add_config_flag(ep)
         options.add_arguments(ep, command_groups("experiment", name))
     return parser
+
+
+def _add_interop_arguments(command: str, p: argparse.ArgumentParser) -> None:
+    """``push`` and ``convert`` (positional paths and a few flags; no run options, no YAML file)."""
+    if command == "push":
+        p.add_argument("adapter", help="adapter directory (as saved by train or save_adapter, with its README.md card)")
+        p.add_argument("repo_id", help="Hub model repository owner/name (created if missing)")
+        p.add_argument("--private", choices=("true", "false"), help="true: create the repository private")
+        p.add_argument("--revision", help="branch to commit to (default main)")
+        p.add_argument("--message", help="commit message")
+        return
+    p.add_argument("source", help="adapter directory, or a Hub repo id owner/name")
+    p.add_argument("target", help="output directory")
+    p.add_argument("--from", dest="source_format", required=True, choices=("peft", "adapterhub", "adapterkit"),
+                   help="format of SOURCE")
+    p.add_argument("--to", dest="target_format", required=True, choices=("adapterkit", "peft"),
+                   help="format to write (peft: LoRA adapters only)")
+    p.add_argument("--model", help="the base model the adapter was trained on: Hub id or local path "
+                   "(default: the bundled all-MiniLM-L6-v2)")
+    p.add_argument("--name", help="adapter name (default: the one saved in SOURCE)")
 
 
 def _add_config_flag(p: argparse.ArgumentParser) -> None:
@@ -195,12 +221,14 @@ def cmd_train(opts: dict[str, Any]) -> int:
 
 def cmd_eval(opts: dict[str, Any]) -> int:
     from .data.tasks import load_split, resolve_data_dir
+    from .interop.hub import resolve_adapter_dir
     from .io import load_adapter, read_adapter_config
     from .reporting import text_table
     from .runner import load_model, split_source
 
     if not opts.get("adapter"):
-        raise ConfigError("adapter: give the adapter directory to evaluate")
+        raise ConfigError("adapter: give the adapter directory (or Hub repo id) to evaluate")
+    opts = {**opts, "adapter": str(resolve_adapter_dir(opts["adapter"]))}
     meta = read_adapter_config(opts["adapter"])
     data = options.build(DataOptions, opts)
     if not data.task and not any((data.train_file, data.dev_file, data.test_file, data.hub_dataset)):
@@ -385,6 +413,32 @@ def cmd_zoo(opts: dict[str, Any]) -> int:
     return 0
 
 
+# --- push and convert -----------------------------------------------------------------------------
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    from .interop.hub import push_adapter_dir
+    from .io import read_adapter_config
+
+    read_adapter_config(args.adapter)  # only adapterkit directories
+    private = None if args.private is None else args.private == "true"
+    url = push_adapter_dir(args.adapter, args.repo_id, private=private, revision=args.revision,
+                           commit_message=args.message)
+    say(f"pushed {args.adapter} to {args.repo_id}: {url}")
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from .interop.convert import convert_adapter
+
+    summary = convert_adapter(args.source_format, args.target_format, args.source, args.target, model=args.model,
+                              name=args.name)
+    head = f"with its {summary['head']}-label head" if summary["head"] else "without a head"
+    say(f"converted {args.source_format} {args.source} -> {args.target_format} {args.target}: adapter "
+        f"{summary['name']!r} ({summary['method']}) {head}; files: {', '.join(summary['files'])}")
+    return 0
+
+
 # --- entry point ----------------------------------------------------------------------------------
 
 
@@ -396,6 +450,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "info":
             return cmd_info(args)
+        if args.command == "push":
+            return cmd_push(args)
+        if args.command == "convert":
+            return cmd_convert(args)
         opts = merge_options(args)
         if args.command == "train":
             return cmd_train(opts)

@@ -119,8 +119,11 @@ def safe_torch_load(path: Path) -> Any:
 
 
 def save_adapter(model: AdaptedModel, name: str, directory: str | Path, *, include_head: bool = False,
-                 extra: dict[str, Any] | None = None) -> Path:
-    """Save adapter ``name`` (and optionally the task head) to ``directory``."""
+                 extra: dict[str, Any] | None = None, push_to_hub: str | None = None,
+                 private: bool | None = None) -> Path:
+    """Save adapter ``name`` (and optionally the task head) to ``directory``, with an adapter card
+    (``README.md``, see :mod:`adapterkit.interop.card`); ``push_to_hub="owner/name"`` then uploads the
+    directory to that Hub repository (created if missing, ``private`` if asked)."""
     directory = Path(directory)
     config = model.adapter_configs[name]
     meta: dict[str, Any] = {
@@ -151,6 +154,16 @@ def save_adapter(model: AdaptedModel, name: str, directory: str | Path, *, inclu
     if extra:
         meta["extra"] = extra
     atomic_write_json(directory / CONFIG_NAME, meta)
+    from .interop.card import CARD_NAME, adapter_card
+
+    counts = model.count_parameters()
+    card = adapter_card(meta, adapter_parameters=counts.get(f"adapter:{name}"),
+                        head_parameters=counts["head"] if include_head else None)
+    atomic_write_bytes(directory / CARD_NAME, card.encode("utf-8"))
+    if push_to_hub:
+        from .interop.hub import push_adapter_dir
+
+        push_adapter_dir(directory, push_to_hub, private=private)
     return directory
 
 
@@ -203,8 +216,11 @@ def check_compatible(model: AdaptedModel, meta: dict[str, Any], source: Path) ->
 
 def load_adapter(model: AdaptedModel, directory: str | Path, name: str | None = None, *,
                  load_head: bool = True, activate: bool = True) -> str:
-    """Load an adapter directory onto ``model``; returns the adapter's name."""
-    directory = Path(directory)
+    """Load an adapter directory (or Hub repo ``owner/name``, see :mod:`adapterkit.interop.hub`) onto
+    ``model``; returns the adapter's name."""
+    from .interop.hub import resolve_adapter_dir
+
+    directory = resolve_adapter_dir(directory)
     meta = read_adapter_config(directory)
     source = directory / CONFIG_NAME
     check_compatible(model, meta, source)

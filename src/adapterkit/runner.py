@@ -279,8 +279,14 @@ def run_training(data: DataOptions, model: ModelOptions, config: Any, *, spec: A
     if spec.kind == "qa" and examples[2]:
         summary["predictions"] = str(out / "predictions.json")
     if adapter_name:
+        training = {"method": method, "epochs": config.epochs, "learning_rate": config.learning_rate,
+                    "batch_size": config.batch_size, "max_length": config.max_length, "seed": config.seed,
+                    "train_examples": len(examples[0]), "dev_examples": len(examples[1] or []), "k_shot": data.k_shot,
+                    "precision": config.precision, "best_epoch": result.best_epoch}
         save_adapter(adapted, adapter_name, out / "adapter", include_head=True,
-                     extra={"task": spec.name, "metric": spec.metric, "dev": result.metrics, "test": run.test})
+                     extra={"task": spec.name, "metric": spec.metric, "dev": result.metrics, "test": run.test,
+                            "training": {k: v for k, v in training.items() if v is not None},
+                            "trainable_parameters": result.trainable_parameters})
     elif not config.cleanup_checkpoints:
         adapted.model.save_pretrained(out / "model")
         tokenizer.save_pretrained(out / "model")

@@ -23,6 +23,7 @@ from ..errors import AdapterLoadError, ConfigError
 from ..io import (
     add_with_weights,
     atomic_save_tensors,
+    atomic_write_bytes,
     atomic_write_json,
     check_weights,
     read_tensors,
@@ -317,4 +318,13 @@ def save_peft_adapter(model: AdaptedModel, name: str, directory: str | Path, *, 
         tensors.update({f"{KEY_PREFIX}{k}": v for k, v in model.head_state_dict().items()})
     atomic_save_tensors(directory / WEIGHTS_NAME, tensors, {"format": "pt"})
     atomic_write_json(directory / CONFIG_NAME, meta)
+    from .card import CARD_NAME, adapter_card
+
+    cls = type(model.model).__name__
+    card_meta = {"name": name, "config": model.adapter_configs[name].to_dict(), "base_model": model.base_model_info(),
+                 "head": {"model_class": cls} if include_head else {}}
+    counts = model.count_parameters()
+    card = adapter_card(card_meta, adapter_parameters=counts[f"adapter:{name}"],
+                        head_parameters=counts["head"] if include_head else None, library="peft")
+    atomic_write_bytes(directory / CARD_NAME, card.encode("utf-8"))
     return directory
