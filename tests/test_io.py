@@ -62,7 +62,7 @@ def test_round_trip_every_method(method: str, tmp_path: Path) -> None:
     trained(source, "x", METHODS[method]())
     expected = logits(source)
     directory = akio.save_adapter(source, "x", tmp_path / "x")
-    assert {p.name for p in directory.iterdir()} == {akio.CONFIG_NAME, akio.WEIGHTS_NAME}
+    assert {p.name for p in directory.iterdir()} == {akio.CONFIG_NAME, akio.WEIGHTS_NAME, "README.md"}  # + the card
     target = tiny(seed=0)  # same base weights, fresh adapter-free model
     assert akio.load_adapter(target, directory) == "x"
     assert target.active_adapters == ("x",)
@@ -253,7 +253,7 @@ def test_atomic_write_leaves_no_temporary_files(tmp_path: Path) -> None:
     model = trained(tiny(), "lo", LoRAConfig())
     directory = akio.save_adapter(model, "lo", tmp_path / "out", include_head=True)
     akio.save_adapter(model, "lo", directory, include_head=True)  # overwrite in place
-    assert {p.name for p in directory.iterdir()} == {akio.CONFIG_NAME, akio.WEIGHTS_NAME, akio.HEAD_NAME}
+    assert {p.name for p in directory.iterdir()} == {akio.CONFIG_NAME, akio.WEIGHTS_NAME, akio.HEAD_NAME, "README.md"}
 
 
 def test_failure_mid_write_keeps_the_old_files(saved: tuple[AdaptedModel, Path], monkeypatch) -> None:
