@@ -23,7 +23,7 @@ import time
 
 import torch
 
-from adapterkit import layer_cache
+from adapterkit import frozen_cache
 from adapterkit.data.tasks import get_task, load_split
 from adapterkit.methods.adaptable import aa_focused_config
 from adapterkit.methods.bottleneck import PfeifferConfig
@@ -67,7 +67,7 @@ def main() -> None:
     # 1 + 2: step and inference, round-robin
     models = {k: build(k, layers) for k in ("standard", "aa-focused", "aa-focused+cache")}
     bare = build("bare", layers)
-    cache = layer_cache.enable(models["aa-focused+cache"])
+    cache = frozen_cache.enable(models["aa-focused+cache"])
     optims = {k: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-4) for k, m in models.items()}
     steps: dict[str, list[float]] = {k: [] for k in models}
     infer: dict[str, list[float]] = {k: [] for k in ("bare", "standard", "aa-focused")}

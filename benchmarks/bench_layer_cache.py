@@ -8,7 +8,7 @@ timed from ``on_epoch_begin`` to ``on_epoch_end`` (checkpoint saving excluded). 
 
 Usage::
 
-    python benchmarks/bench_layer_cache.py [--examples 64] [--join 1] [--epochs 3] [--repeats 2] [--threads 2]
+    python benchmarks/bench_frozen_cache.py [--examples 64] [--join 1] [--epochs 3] [--repeats 2] [--threads 2]
 
 ``--join N`` makes each example N sample sentences (longer inputs); the sample has 80 sentences, so
 up to 80 examples are distinct.
@@ -24,7 +24,7 @@ import torch
 import transformers
 from transformers import TrainerCallback
 
-from adapterkit import layer_cache
+from adapterkit import frozen_cache
 from adapterkit.data.tasks import get_task, load_split
 from adapterkit.methods.bottleneck import PfeifferConfig
 from adapterkit.model import AdaptedModel, load_base_model
@@ -60,14 +60,14 @@ def run_once(cached: bool, data: list[dict], epochs: int, batch_size: int) -> tu
     adapted.add_adapter("aa", PfeifferConfig(layers=(3, 4, 5)))
     timer = EpochTimer()
     stats: dict = {}
-    real_enable = layer_cache.enable
+    real_enable = frozen_cache.enable
 
-    def spy(a: AdaptedModel) -> layer_cache.FrozenPrefixCache:
+    def spy(a: AdaptedModel) -> frozen_cache.FrozenLayerCache:
         cache = real_enable(a)
         stats["cache"] = cache
         return cache
 
-    layer_cache.enable = spy
+    frozen_cache.enable = spy
     try:
         with tempfile.TemporaryDirectory() as out:
             config = TrainConfig(output_dir=out, epochs=epochs, batch_size=batch_size, progress="none",
@@ -75,7 +75,7 @@ def run_once(cached: bool, data: list[dict], epochs: int, batch_size: int) -> tu
                                  save_optimizer=False)
             train(adapted, tokenizer, get_task("sample_sentiment"), data, None, config, callbacks=[timer])
     finally:
-        layer_cache.enable = real_enable
+        frozen_cache.enable = real_enable
     return timer.seconds, stats
 
 

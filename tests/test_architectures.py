@@ -230,11 +230,13 @@ def test_houlsby_attaches_two_per_layer(model_type: str) -> None:
         assert list(wrapper.adapters) == ["h"], path
 
 
-LAYERED_METHODS = sorted(m for m in METHODS if "layers" in METHODS[m].help())  # prompt is model-level
+LAYERED_METHODS = sorted(m for m in METHODS if m != "prompt")  # prompt is model-level
 
 
-def test_every_method_but_prompt_selects_layers() -> None:
-    assert set(METHODS) - set(LAYERED_METHODS) == {"prompt"}
+def test_every_method_has_the_shared_layers_field_and_prompt_refuses_it() -> None:
+    assert all("layers" in METHODS[m].help() for m in METHODS)
+    with pytest.raises(ConfigError, match="layers"):
+        METHODS["prompt"](layers=(1,))
 
 
 @pytest.mark.parametrize("method", LAYERED_METHODS)

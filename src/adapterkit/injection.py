@@ -11,15 +11,38 @@ An adapter attached at a site is an :class:`AdapterModule` with up to three hook
 - ``post(args, kwargs, output) -> output``: change its output (sequential adapters, LoRA);
 - ``replace(args, kwargs) -> output or None``: run after the pre hooks; a non-None value is used as the
   output *instead of* calling the wrapped module (post hooks still run). None falls through to the next
-  replacing module, then to the wrapped module (used by ``layer_cache`` to skip frozen layers).
+  replacing module, then to the wrapped module (used by ``frozen_cache`` to skip frozen layers).
 Hooks a module does not override cost nothing: :meth:`AdaptedModule.refresh` lists only the overriding ones.
 Several active adapters at one site run in activation order (a stack).
+
+``attach`` is also the one place that (1) puts a module on the wrapped layer's device and in its
+floating-point dtype (adapters follow the layer: a bf16 model gets bf16 adapters, see :func:`place`),
+and (2) binds the module to its site (:class:`SiteBinding`): ``module.wrapper``, ``module.wrapped_layer``,
+``module.shared_module`` (the adapter's model-level shared module, if any), ``module.layer_index`` and
+``module.adapter_name`` are how a site module reaches its surroundings. Per-call state goes in the
+forward context (:mod:`adapterkit.context`), never on the module.
 """
 from __future__ import annotations
 
+import weakref
+from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import nn
+
+from .context import _CURRENT, forward_context
+
+
+@dataclass(frozen=True)
+class SiteBinding:
+    """Where an attached module sits: its wrapper (weakly held), adapter name, layer, site and shared module."""
+
+    wrapper_ref: weakref.ReferenceType[AdaptedModule]
+    adapter_name: str
+    layer: int | None = None
+    site: str | None = None
+    shared_ref: weakref.ReferenceType[nn.Module] | None = None
 
 
 class AdapterModule(nn.Module):
@@ -31,6 +54,46 @@ class AdapterModule(nn.Module):
 
     order: int = 10
 
+    # -- where the module sits (set by ``attach``) ----------------------------------------------------
+    @property
+    def binding(self) -> SiteBinding | None:
+        return self.__dict__.get("_binding")
+
+    def _bound(self) -> SiteBinding:
+        binding = self.__dict__.get("_binding")
+        if binding is None:
+            raise RuntimeError(f"{type(self).__name__} is not attached to a model (injection.attach binds it)")
+        return binding
+
+    @property
+    def wrapper(self) -> AdaptedModule:
+        """The :class:`AdaptedModule` this module is attached to (RuntimeError when detached)."""
+        wrapper = self._bound().wrapper_ref()
+        if wrapper is None:
+            raise RuntimeError(f"{type(self).__name__}: its wrapper no longer exists")
+        return wrapper
+
+    @property
+    def wrapped_layer(self) -> nn.Module:
+        """The original module this one adapts (the wrapper's ``base_layer``)."""
+        return self.wrapper.base_layer
+
+    @property
+    def shared_module(self) -> nn.Module | None:
+        """The adapter's model-level shared module (``Attachment(None, "shared", ...)``), or None."""
+        ref = self._bound().shared_ref
+        return ref() if ref is not None else None
+
+    @property
+    def layer_index(self) -> int | None:
+        """Index of the layer this module sits in (None at a model-level site)."""
+        return self._bound().layer
+
+    @property
+    def adapter_name(self) -> str:
+        return self._bound().adapter_name
+
+    # -- hooks ----------------------------------------------------------------------------------------
     def pre(self, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
         return args, kwargs
 
@@ -42,10 +105,22 @@ class AdapterModule(nn.Module):
         return None
 
     def bind(self, wrapper: AdaptedModule) -> None:
-        """Called once when attached; modules that need the wrapped layer (e.g. LoRA) keep a reference."""
+        """Called once when attached, after :attr:`binding` is set: set up what lives outside the module
+        (forward hooks on the wrapped layer, a switched attention implementation); nothing to keep."""
 
     def unbind(self, wrapper: AdaptedModule) -> None:
         """Called once when detached (after removal from ``wrapper``): undo what ``bind`` set up outside the module."""
+
+    # -- AdapterFusion contract -------------------------------------------------------------------------
+    def fusion_refusal(self) -> str | None:
+        """None when :meth:`fusion_output` works at this site; otherwise why this module cannot be fused."""
+        return (f"{type(self).__name__} does not define fusion_output (how its output at this site is formed "
+                "from the wrapped module's output), so it cannot be fused")
+
+    def fusion_output(self, args: tuple, kwargs: dict[str, Any], output: Any) -> torch.Tensor:
+        """This adapter's version of the site's output, computed from the wrapped module's inputs and its
+        output *without* this adapter; AdapterFusion mixes these over the fused adapters."""
+        raise NotImplementedError(self.fusion_refusal())
 
 
 class AdaptedModule(nn.Module):
@@ -78,6 +153,12 @@ class AdaptedModule(nn.Module):
         self._replace = [m for m in modules if type(m).replace is not AdapterModule.replace]
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
+        if _CURRENT.get() is None:  # called outside AdaptedModel.forward: this call gets its own context
+            with forward_context():
+                return self._run(args, kwargs)
+        return self._run(args, kwargs)
+
+    def _run(self, args: tuple, kwargs: dict[str, Any]) -> Any:
         pre, post = self._plan
         for module in pre:
             args, kwargs = module.pre(args, kwargs)
@@ -133,14 +214,50 @@ def unwrap(model: nn.Module, path: str) -> nn.Module:
     return module
 
 
-def attach(model: nn.Module, path: str, name: str, adapter: AdapterModule) -> AdaptedModule:
-    """Attach ``adapter`` under ``name`` at the module ``path`` (wrapping it if needed)."""
+def reference_tensor(module: nn.Module) -> torch.Tensor | None:
+    """The first floating-point parameter (else buffer) of ``module``: its device and dtype are the module's."""
+    for tensors in (module.parameters(), module.buffers()):
+        for t in tensors:
+            if t.is_floating_point():
+                return t
+    return None
+
+
+def place(module: nn.Module, like: nn.Module) -> nn.Module:
+    """Move ``module`` to the device and floating-point dtype of ``like`` (unchanged when ``like`` has no
+    floating-point tensor). Adapters follow the layer they adapt, so a bf16 model gets bf16 adapters."""
+    ref = reference_tensor(like)
+    if ref is not None:
+        module.to(device=ref.device, dtype=ref.dtype)
+    return module
+
+
+def attach(model: nn.Module, path: str, name: str, adapter: AdapterModule, *, layer: int | None = None,
+           site: str | None = None, shared: nn.Module | None = None) -> AdaptedModule:
+    """Attach ``adapter`` under ``name`` at the module ``path`` (wrapping it if needed).
+
+    The module is placed on the wrapped layer's device and dtype and bound to its site (``layer``,
+    ``site`` and the adapter's ``shared`` module are what it can read back), then its ``bind`` runs.
+    """
     wrapper = wrap(model, path)
     if name in wrapper.adapters:
         raise ValueError(f"{path}: an adapter named {name!r} is already attached")
+    place(adapter, wrapper.base_layer)
+    adapter.__dict__["_binding"] = SiteBinding(
+        weakref.ref(wrapper), name, layer, site, weakref.ref(shared) if shared is not None else None
+    )
     wrapper.adapters[name] = adapter
     wrapper.refresh()
-    adapter.bind(wrapper)
+    try:
+        adapter.bind(wrapper)
+    except Exception:
+        del wrapper.adapters[name]
+        adapter.__dict__.pop("_binding", None)
+        if len(wrapper.adapters) == 0:
+            unwrap(model, path)
+        else:
+            wrapper.refresh()
+        raise
     return wrapper
 
 
@@ -157,6 +274,7 @@ def detach(model: nn.Module, path: str, name: str) -> None:
         unwrap(model, path)
     if adapter is not None:
         adapter.unbind(wrapper)
+        adapter.__dict__.pop("_binding", None)
 
 
 def wrappers(model: nn.Module) -> dict[str, AdaptedModule]:

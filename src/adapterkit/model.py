@@ -8,16 +8,17 @@ every model family.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import torch
 from torch import nn
 
 from . import injection
 from .architectures import ArchitectureSpec, find_layers, get_architecture
-from .config import MethodConfig
+from .config import MethodConfig, ParamGroup
+from .context import forward_context
 from .errors import ConfigError
-from .methods.base import Attachment, BuildContext
+from .methods.base import Attachment, BuildContext, NeuronGroup
 
 TrainMode = Literal["adapters", "full", "head"]
 
@@ -35,8 +36,25 @@ def _attr(config: Any, *names: str) -> Any:
     return None
 
 
+class SystemAttachment(Protocol):
+    """Modules that are not an adapter but stay attached while adapters change (the frozen-layer cache).
+
+    ``name`` is the reserved adapter name its modules are attached under; they always run after the
+    active adapters. ``check(adapted, active)`` raises ConfigError when the adapters ``active`` would
+    break its preconditions (then the activation is refused and nothing changes).
+    """
+
+    name: str
+
+    def check(self, adapted: AdaptedModel, active: tuple[str, ...]) -> None: ...
+
+
 class AdaptedModel(nn.Module):
-    """Wraps a ``PreTrainedModel``; ``forward`` is the model's own forward."""
+    """Wraps a ``PreTrainedModel``; ``forward`` runs the model's own forward inside a forward context."""
+
+    context_keys: frozenset[str] = frozenset({"task_ids"})
+    """Batch keys that are taken out of ``forward``'s arguments into the forward context (extend per
+    instance, or declare them on a method config as ``context_inputs``)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -51,6 +69,8 @@ class AdaptedModel(nn.Module):
         self.backbone_dropout = True
         """False: in training, the frozen backbone runs as in evaluation (no dropout) while adapters and
         the head still train with theirs; saves the dropout cost and makes the backbone deterministic."""
+        self.system_attachments: dict[str, SystemAttachment] = {}
+        """Reserved name -> system attachment (e.g. the frozen-layer cache), kept active across activations."""
 
     # -- construction -------------------------------------------------------------------------
     def build_context(self) -> BuildContext:
@@ -80,21 +100,25 @@ class AdaptedModel(nn.Module):
         """Build ``config``'s modules and attach them under ``name``."""
         if not name or "." in name:
             raise ConfigError(f"adapter name {name!r}: must be non-empty and contain no '.'")
-        if name in self.adapter_configs:
+        if name in self.adapter_configs or name in self.system_attachments:
             raise ConfigError(f"adapter name {name!r}: already exists; delete it first")
-        build = getattr(config, "build", None)
-        if build is None:
-            raise ConfigError(f"method {config.method!r}: has no modules to attach")
-        attachments: list[Attachment] = build(self.build_context())
+        if not isinstance(config, MethodConfig):
+            raise ConfigError(f"adapter {name!r}: expected a MethodConfig, got {type(config).__name__}")
+        attachments: list[Attachment] = config.build(self.build_context())
+        shared = [att for att in attachments if att.site == "shared"]
+        if len(shared) > 1:
+            raise ConfigError(f"method {config.method!r}: build returned {len(shared)} shared modules; wrap them in one")
         placed: list[tuple[str, Attachment]] = []
         try:
+            for att in shared:
+                self.shared[name] = injection.place(att.module, self.model)
+                placed.append(("", att))
+            shared_module = shared[0].module if shared else None
             for att in attachments:
                 if att.site == "shared":
-                    self.shared[name] = att.module
-                    placed.append(("", att))
                     continue
                 path = self.site_path(att.layer, att.site)
-                injection.attach(self.model, path, name, att.module)
+                injection.attach(self.model, path, name, att.module, layer=att.layer, site=att.site, shared=shared_module)
                 placed.append((path, att))
         except Exception:  # leave the model as it was
             for path, _ in placed:
@@ -106,9 +130,13 @@ class AdaptedModel(nn.Module):
         self.adapter_configs[name] = config
         self._attachments[name] = placed
         if activate:
-            self.set_active_adapters(name)
+            try:
+                self.set_active_adapters(name)
+            except ConfigError:
+                self.delete_adapter(name)
+                raise
         else:
-            injection.set_active(self.model, self.active_adapters)
+            self._apply_active(self.active_adapters)
             self.set_train_mode(self.train_mode)
 
     def delete_adapter(self, name: str) -> None:
@@ -124,12 +152,47 @@ class AdaptedModel(nn.Module):
         self.set_active_adapters(*[n for n in self.active_adapters if n != name])
 
     def set_active_adapters(self, *names: str) -> None:
-        """Activate ``names`` (stacked in this order at shared sites); no names deactivates all."""
+        """Activate ``names`` (stacked in this order at shared sites); no names deactivates all.
+
+        System attachments (the frozen-layer cache) stay active after the adapters; one whose
+        preconditions the new adapters break refuses the change (ConfigError) and nothing changes.
+        """
         for name in names:
             self._require(name)
+        for system in self.system_attachments.values():
+            system.check(self, tuple(names))
         self.active_adapters = tuple(names)
-        injection.set_active(self.model, self.active_adapters)
+        self._apply_active(self.active_adapters)
         self.set_train_mode(self.train_mode)
+
+    def _apply_active(self, names: tuple[str, ...]) -> None:
+        injection.set_active(self.model, (*names, *self.system_attachments))
+
+    def add_system_attachment(self, system: SystemAttachment, sites: list[tuple[str, injection.AdapterModule]]) -> None:
+        """Attach ``system``'s modules (module path, module) under its reserved name and keep them active."""
+        if system.name in self.system_attachments or system.name in self.adapter_configs:
+            raise ConfigError(f"{system.name!r}: already attached; remove it first")
+        system.check(self, self.active_adapters)
+        done: list[str] = []
+        try:
+            for path, module in sites:
+                injection.attach(self.model, path, system.name, module)
+                module.train(self.training)
+                done.append(path)
+        except Exception:
+            for path in reversed(done):
+                injection.detach(self.model, path, system.name)
+            raise
+        self.system_attachments[system.name] = system
+        self._apply_active(self.active_adapters)
+
+    def remove_system_attachment(self, name: str) -> SystemAttachment | None:
+        """Detach the system attachment ``name`` (the original modules are back); returns it, or None."""
+        system = self.system_attachments.pop(name, None)
+        paths = [p for p, w in injection.wrappers(self.model).items() if name in w.adapters]
+        for path in sorted(paths, key=len, reverse=True):  # inner wrappers first
+            injection.detach(self.model, path, name)
+        return system
 
     def deactivate_adapters(self) -> None:
         self.set_active_adapters()
@@ -224,25 +287,29 @@ class AdaptedModel(nn.Module):
                     p.requires_grad_(True)
 
     def parameter_groups(self, base_lr: float, weight_decay: float = 0.0) -> list[dict[str, Any]]:
-        """Optimizer groups: per active adapter, its config's rates; everything else trainable at ``base_lr``.
+        """Optimizer groups: per active adapter, the groups its config returns (``MethodConfig.parameter_groups``:
+        by default one group at its ``learning_rate``); everything else trainable at ``base_lr``.
 
-        A config may define ``param_group_lrs() -> {key substring: lr}`` for parameters that need their
-        own rate (e.g. switch logits); otherwise its ``learning_rate`` (or ``base_lr``) applies.
+        A group with no rate of its own gets ``base_lr``; adapter parameters no group claims fall back to
+        the config's ``learning_rate``. Names: ``adapter@lr`` for the default group, ``adapter.group@lr`` otherwise.
         """
         seen: set[int] = set()
         groups: list[dict[str, Any]] = []
         for name in self.active_adapters if self.train_mode == "adapters" else ():
             cfg = self.adapter_configs[name]
-            lr_map = cfg.param_group_lrs() if hasattr(cfg, "param_group_lrs") else {}
-            default_lr = getattr(cfg, "learning_rate", None) or base_lr
-            by_lr: dict[float, list[nn.Parameter]] = {}
-            for key, p in self.adapter_parameters(name).items():
-                if p.requires_grad and id(p) not in seen:
-                    lr = next((v for k, v in lr_map.items() if k in key), default_lr)
-                    by_lr.setdefault(lr, []).append(p)
-                    seen.add(id(p))
-            for lr, params in by_lr.items():
-                groups.append({"params": params, "lr": lr, "weight_decay": weight_decay, "name": f"{name}@{lr:g}"})
+            declared = list(cfg.parameter_groups(list(self.adapter_modules(name))))
+            claimed = {id(p) for g in declared for p in g.params}
+            rest = [p for p in self.adapter_parameters(name).values() if id(p) not in claimed]
+            if rest:
+                declared.append(ParamGroup("adapter", rest, cfg.learning_rate))
+            for group in declared:
+                params = [p for p in group.params if p.requires_grad and id(p) not in seen]
+                seen.update(id(p) for p in params)
+                if not params:
+                    continue
+                lr = group.lr or base_lr
+                label = name if group.name == "adapter" else f"{name}.{group.name}"
+                groups.append({"params": params, "lr": lr, "weight_decay": weight_decay, "name": f"{label}@{lr:g}"})
         rest = [p for p in self.parameters() if p.requires_grad and id(p) not in seen]
         if rest:
             groups.append({"params": rest, "lr": base_lr, "weight_decay": weight_decay, "name": "base"})
@@ -259,18 +326,62 @@ class AdaptedModel(nn.Module):
             counts[f"adapter:{name}"] = sum(p.numel() for p in self.adapter_parameters(name).values())
         return counts
 
+    def neuron_groups(self, name: str) -> list[NeuronGroup]:
+        """Adapter ``name``'s neuron groups (modules with ``neuron_groups()``, e.g. bottlenecks) under its stable
+        keys: what optimal-transport merging aligns and where it reads activations."""
+        out: list[NeuronGroup] = []
+        for prefix, module in self.adapter_modules(name):
+            for sub_name, sub in module.named_modules():
+                groups = getattr(sub, "neuron_groups", None)
+                if callable(groups):
+                    base = f"{prefix}.{sub_name}." if sub_name else f"{prefix}."
+                    out.extend(g.prefixed(base) for g in groups())
+        return out
+
     # -- LoRA-style merging into base weights -------------------------------------------------
-    def merge_adapter(self, name: str) -> None:
-        """Fold ``name``'s mergeable modules (LoRA) into the base weights."""
-        for _, module in self.adapter_modules(name):
-            if not hasattr(module, "merge"):
-                raise ConfigError(f"adapter {name!r}: method {self.adapter_configs[name].method!r} cannot be merged into weights")
-            module.merge()
+    def _mergeable(self, name: str) -> list[nn.Module]:
+        modules = [module for _, module in self.adapter_modules(name)]
+        if not modules or not all(callable(getattr(m, "merge", None)) for m in modules):
+            raise ConfigError(f"adapter {name!r}: method {self.adapter_configs[name].method!r} cannot be merged into weights")
+        return modules
+
+    def merge_adapter(self, name: str, exact: bool = False) -> None:
+        """Fold ``name``'s mergeable modules (LoRA) into the base weights. ``unmerge_adapter`` subtracts them
+        again; with ``exact`` the original weights are kept so that unmerging restores them bit for bit."""
+        for module in self._mergeable(name):
+            module.merge(exact=exact)
 
     def unmerge_adapter(self, name: str) -> None:
         for _, module in self.adapter_modules(name):
-            if hasattr(module, "unmerge"):
+            if callable(getattr(module, "unmerge", None)):
                 module.unmerge()
+
+    def merge_and_unload(self) -> nn.Module:
+        """Fold every active adapter into the base weights, remove all adapters and wrappers, and return the
+        plain Hugging Face model (its module tree as before any adapter was added).
+
+        Every active adapter must be mergeable (LoRA); inactive adapters are dropped. ConfigError, with
+        nothing changed, when an active adapter cannot be merged.
+        """
+        for name in self.active_adapters:
+            self._mergeable(name)
+        for name in self.active_adapters:
+            self.merge_adapter(name)
+        for name in list(self.system_attachments):
+            self.remove_system_attachment(name)
+        for name in list(self.adapter_configs):
+            for module in [m for _, m in self.adapter_modules(name)]:
+                if getattr(module, "merged", False):  # folded in for good: forget it without subtracting
+                    module.merged = False
+                    module.__dict__["_saved_weight"] = None
+            for path, _ in self._attachments.pop(name):
+                if path:
+                    injection.detach(self.model, path, name)
+            if name in self.shared:
+                del self.shared[name]
+            del self.adapter_configs[name]
+        self.active_adapters = ()
+        return self.model
 
     def train(self, mode: bool = True) -> AdaptedModel:
         """Like ``nn.Module.train``; with ``backbone_dropout`` off (adapters mode), the backbone stays in eval."""
@@ -287,8 +398,22 @@ class AdaptedModel(nn.Module):
     def config(self) -> Any:
         return self.model.config
 
+    def forward_context_keys(self) -> set[str]:
+        """Batch keys ``forward`` moves into the forward context: :attr:`context_keys` plus the active
+        configs' ``context_inputs``."""
+        keys = set(self.context_keys)
+        for name in self.active_adapters:
+            keys.update(self.adapter_configs[name].context_inputs)
+        return keys
+
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return self.model(*args, **kwargs)
+        """The model's forward, inside a :class:`~adapterkit.context.ForwardContext` carrying the per-call
+        inputs: batch keys in :meth:`forward_context_keys` (e.g. ``task_ids``) are taken out of ``kwargs``
+        and put in the context; the attention mask is in it too."""
+        keys = self.forward_context_keys()
+        extras = {k: kwargs.pop(k) for k in [k for k in kwargs if k in keys]}
+        with forward_context(attention_mask=kwargs.get("attention_mask"), **extras):
+            return self.model(*args, **kwargs)
 
     def base_model_info(self) -> dict[str, Any]:
         cfg = self.model.config

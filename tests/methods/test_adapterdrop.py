@@ -29,7 +29,7 @@ def test_default_drop_range_is_num_layers_minus_two() -> None:
     modules = [m for _, m in adapted(AdapterDropConfig()).adapter_modules("d")]
     assert all(isinstance(m, DroppableAdapter) for m in modules)
     assert len({id(m.sampler) for m in modules}) == 1 and modules[0].sampler.max_layers == LAYERS - 2
-    assert [m.draws for m in modules] == [True, False, False, False]
+    assert [m.layer for m in modules] == [0, 1, 2, 3]  # from the binding attach sets
     assert AdapterDropConfig(drop_max_layers=3).max_layers(12) == 3
 
 

@@ -5,9 +5,11 @@ import pytest
 import torch
 from torch import nn
 
+from adapterkit import injection
 from adapterkit import io as akio
 from adapterkit.errors import ConfigError
-from adapterkit.methods.bottleneck import PfeifferConfig
+from adapterkit.injection import AdapterModule
+from adapterkit.methods.bottleneck import BottleneckConfig, PfeifferConfig
 from adapterkit.methods.fusion import FusionConfig, FusionLayer
 from adapterkit.model import AdaptedModel
 from adapterkit.testing import tiny_batch, tiny_model
@@ -43,18 +45,21 @@ def test_fusion_of_one_adapter_equals_that_adapter() -> None:
 def test_fusion_is_a_convex_mix_of_the_adapter_outputs() -> None:
     layer = FusionLayer(4, ("x", "y"), temperature=1.0, dropout=0.0)
 
-    class Fixed(nn.Module):
+    class Fixed(AdapterModule):
         def __init__(self, delta: float) -> None:
             super().__init__()
             self.delta = delta
 
-        def post(self, args, kwargs, output):
+        def fusion_refusal(self):
+            return None
+
+        def fusion_output(self, args, kwargs, output):
             return output + self.delta
 
-    class Wrapper:
-        adapters = {"x": Fixed(1.0), "y": Fixed(3.0)}
-
-    layer.bind(Wrapper())  # type: ignore[arg-type]
+    host = nn.Sequential(nn.Linear(4, 4))
+    injection.attach(host, "0", "x", Fixed(1.0))
+    injection.attach(host, "0", "y", Fixed(3.0))
+    injection.attach(host, "0", "f", layer)
     h = torch.randn(2, 5, 4)
     out = layer.post((h,), {}, h)
     diff = out - h  # V = identity: out = h + sum_n w_n delta_n, with weights in the simplex
@@ -135,3 +140,57 @@ def test_fusion_on_other_architectures(model_type: str) -> None:
     model.train()
     model(**batch).loss.backward()
     assert all(p.grad is not None for p in model.adapter_parameters("fusion").values())
+
+
+# -- the fusion contract, per bottleneck placement ----------------------------------------------------
+FUSABLE = [  # (model type, bottleneck config fields, sites of its modules)
+    ("bert", dict(placement="pfeiffer"), ("ffn_output",)),
+    ("bert", dict(placement="houlsby"), ("attn_output", "ffn_output")),
+    ("bert", dict(placement="pfeiffer", original_ln=True), ("ffn_block",)),
+    ("bert", dict(placement="houlsby", original_ln=True), ("attn_block", "ffn_block")),
+    ("llama", dict(placement="parallel"), ("ffn_block",)),
+    ("t5", dict(placement="parallel"), ("ffn_block",)),
+]
+
+
+@pytest.mark.parametrize(("model_type", "fields", "sites"), FUSABLE, ids=lambda v: str(v))
+def test_fusing_one_adapter_equals_the_adapter_alone(model_type: str, fields: dict, sites: tuple[str, ...]) -> None:
+    """A fresh fusion layer over one adapter (softmax over one = 1, V = identity) must give exactly that
+    adapter's output at every site: the adapter's fusion_output is its real output."""
+    model = AdaptedModel(tiny_model(model_type))
+    model.add_adapter("a", BottleneckConfig(init="near_identity", reduction_factor=4, **fields))
+    with torch.no_grad():
+        for p in model.adapter_parameters("a").values():
+            p.normal_(0, 0.3, generator=torch.Generator().manual_seed(p.numel()))
+    model.eval()
+    batch = tiny_batch(eos_token_id=2 if model_type == "llama" else 1 if model_type == "t5" else None)
+    with torch.no_grad():
+        alone = model(**batch).logits
+        for i, site in enumerate(sites):
+            model.add_adapter(f"f{i}", FusionConfig(adapters=("a",), site=site), activate=False)
+        model.set_active_adapters(*[f"f{i}" for i in range(len(sites))])
+        fused = model(**batch).logits
+        model.deactivate_adapters()
+        bare = model(**batch).logits
+    assert not torch.allclose(alone, bare, atol=1e-4)  # the adapter does something
+    assert torch.allclose(fused, alone, atol=1e-5)
+
+
+def test_fusing_parallel_adapters_inside_a_bert_block_is_refused() -> None:
+    model = AdaptedModel(tiny_model("bert"))
+    model.add_adapter("p", BottleneckConfig(placement="parallel"))
+    with pytest.raises(ConfigError, match="'p' .*cannot be fused: a parallel adapter at a BERT-style block"):
+        model.add_adapter("f", FusionConfig(adapters=("p",), site="ffn_block"))
+    assert "f" not in model.adapter_configs and list(model.adapter_configs) == ["p"]
+
+
+def test_a_module_without_fusion_output_is_refused() -> None:
+    class Opaque(AdapterModule):
+        def post(self, args, kwargs, output):
+            return output * 2
+
+    host = nn.Sequential(nn.Linear(4, 4))
+    injection.attach(host, "0", "o", Opaque())
+    with pytest.raises(ConfigError, match="'o' \\(Opaque\\) cannot be fused: Opaque does not define fusion_output"):
+        injection.attach(host, "0", "f", FusionLayer(4, ("o",), 1.0, 0.0))
+    assert list(host[0].adapters) == ["o"]

@@ -58,8 +58,8 @@ def test_two_loras_on_one_weight_merge_and_unmerge_exactly_in_reverse_order() ->
     randomize(model, "b", 2)
     model.set_active_adapters("a", "b")
     unmerged = logits(model, batch)
-    model.merge_adapter("a")
-    model.merge_adapter("b")
+    model.merge_adapter("a", exact=True)
+    model.merge_adapter("b", exact=True)
     assert torch.allclose(logits(model, batch), unmerged, atol=1e-5)
     with pytest.raises(RuntimeError, match="after this one first"):
         model.unmerge_adapter("a")
@@ -77,8 +77,8 @@ def test_deleting_a_merged_lora_restores_the_base_weight() -> None:
     randomize(model, "a", 3)
     model.merge_adapter("a")
     assert not torch.equal(weight, original)
-    model.delete_adapter("a")
-    assert torch.equal(model.model.bert.encoder.layer[1].attention.self.value.weight, original)
+    model.delete_adapter("a")  # the delta is subtracted again: equal up to rounding
+    assert torch.allclose(model.model.bert.encoder.layer[1].attention.self.value.weight, original, atol=1e-6)
 
 
 def test_bad_fields() -> None:

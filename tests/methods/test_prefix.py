@@ -191,11 +191,11 @@ def test_shared_encoder_is_not_duplicated_in_state_dicts() -> None:
     model = AdaptedModel(hf)
     model.add_adapter("x", PrefixTuningConfig(prefix_length=P, bottleneck_size=16))
     layer = hf.get_submodule(model.site_path(0, "attention")).adapters["x"]
-    assert isinstance(layer, PrefixAttention) and isinstance(layer.shared, PrefixEncoder)
+    assert isinstance(layer, PrefixAttention) and isinstance(layer.shared_module, PrefixEncoder)
     assert list(layer.state_dict()) == []
     assert not any("adapters.x.shared" in n for n in hf.state_dict())
     assert sorted(model.adapter_state_dict("x")) == sorted(model.adapter_parameters("x"))
-    assert layer.shared is model.shared["x"]
+    assert layer.shared_module is model.shared["x"]
     k, v = layer.prefix_kv(4)
     assert k.shape == v.shape == (4, 4, P, 8)
     assert model.count_parameters()["adapter:x"] == P * 32 + 32 * 16 + 16 + 16 * (2 * 2 * 4 * 8) + 2 * 2 * 4 * 8

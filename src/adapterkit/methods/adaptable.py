@@ -22,6 +22,7 @@ tau * exp(-anneal_rate * step))`` before every optimizer step.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -31,12 +32,12 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import torch
 from torch import nn
 
-from ..config import check, opt, read_json
+from ..config import ParamGroup, check, opt, read_json
 from ..errors import ConfigError
 from ..injection import AdapterModule
 from ..registry import register_method
 from .base import Attachment, BuildContext
-from .bottleneck import Bottleneck, BottleneckConfig, PfeifferConfig
+from .bottleneck import Bottleneck, BottleneckConfig, PfeifferConfig, SequentialAdapter
 from .rational import RATIONAL_INITS
 
 if TYPE_CHECKING:
@@ -70,6 +71,12 @@ class SwitchedAdapter(AdapterModule):
             return soft
         hard = torch.nn.functional.one_hot(soft.argmax(dim=-1), 2).to(soft.dtype)
         return hard - soft.detach() + soft
+
+    def fusion_refusal(self) -> str | None:
+        return None
+
+    def fusion_output(self, args: tuple, kwargs: dict[str, Any], output: torch.Tensor) -> torch.Tensor:
+        return self.post(args, kwargs, output)
 
     def post(self, args: tuple, kwargs: dict[str, Any], output: torch.Tensor) -> torch.Tensor:
         if not self.training:
@@ -127,17 +134,20 @@ class AdaptableConfig(BottleneckConfig):
             return self.tau
         return max(self.tau_min, self.tau * math.exp(-self.anneal_rate * step))
 
-    def param_group_lrs(self) -> dict[str, float]:
-        """Own rates for the switch logits and the rational coefficients (key substrings)."""
-        return {".switch": self.switch_lr, ".act.": self.rational_lr}
+    def parameter_groups(self, modules: Sequence[tuple[str, nn.Module]]) -> list[ParamGroup]:
+        """Three groups: the switch logits (``switch_lr``), the rational coefficients (``rational_lr``) and the
+        bottleneck weights (``learning_rate``)."""
+        switched = [m for _, m in modules if isinstance(m, SwitchedAdapter)]
+        switch = [m.switch for m in switched]
+        act = [p for m in switched for p in m.bottleneck.act.parameters()]
+        taken = {id(p) for p in (*switch, *act)}
+        rest = [p for _, m in modules for p in m.parameters() if id(p) not in taken]
+        return [ParamGroup("adapter", rest, self.learning_rate), ParamGroup("switch", switch, self.switch_lr),
+                ParamGroup("rational", act, self.rational_lr)]
 
     def build(self, ctx: BuildContext) -> list[Attachment]:
-        size = self.size(ctx.hidden_size)
-        out = []
-        for i in ctx.layer_indices(self.layers):
-            neck = Bottleneck(ctx.hidden_size, size, self.activation_name(), self.init, self.dropout, self.scaling)
-            out.append(Attachment(i, "ffn_output", SwitchedAdapter(neck, self.switch_init, self.tau, self.hard_train)))
-        return out
+        switched = functools.partial(SwitchedAdapter, switch_init=self.switch_init, tau=self.tau, hard_train=self.hard_train)
+        return super().build(ctx.with_factories({SequentialAdapter: switched}))
 
 
 # -- working with a trained adaptable adapter ---------------------------------------------------------

@@ -4,19 +4,21 @@ At every training forward pass, ``n`` is drawn uniformly from ``{0, ..., drop_ma
 torch's global RNG (so ``torch.manual_seed`` makes it reproducible) and the adapters of layers
 ``0 .. n-1`` are skipped. Evaluation uses every adapter, exactly like a Pfeiffer adapter with the same
 weights; the saved tensors are a Pfeiffer adapter's. The adapter's modules share one plain
-:class:`DropSampler` (not a module, not saved): the lowest layer's module draws ``n`` (layers run
-bottom-up), the others read it.
+:class:`DropSampler` (not a module, not saved); ``n`` lives in the forward context: the first module
+to run in a pass (the lowest layer: layers run bottom-up) draws it, the others read it.
 
 Under DDP the skipped adapters get no gradient in that step, so it needs ``find_unused_parameters``.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import torch
 
 from ..config import check, opt
+from ..context import current
 from ..errors import ConfigError
 from ..registry import register_method
 from .base import Attachment, BuildContext
@@ -24,32 +26,39 @@ from .bottleneck import Bottleneck, PfeifferConfig, SequentialAdapter
 
 
 class DropSampler:
-    """How many of the lowest layers skip their adapter in the current training forward pass."""
+    """Draws, once per training forward pass, how many of the lowest layers skip their adapter."""
 
     def __init__(self, max_layers: int) -> None:
         self.max_layers = max_layers
         self.n = 0
+        """The last value drawn (for inspection only; the modules read the forward context's)."""
 
     def sample(self) -> int:
         self.n = int(torch.randint(0, self.max_layers + 1, (1,)).item())
         return self.n
 
+    def current_n(self) -> int:
+        """``n`` of the running forward pass, drawn on first use in it."""
+        ctx = current()
+        if ctx is None:
+            return self.sample()
+        return ctx.state(self, "n", self.sample)
+
 
 class DroppableAdapter(SequentialAdapter):
-    """A sequential adapter in layer ``layer`` that is skipped in training when ``layer < sampler.n``."""
+    """A sequential adapter that is skipped in training when its layer is below the pass's ``n``."""
 
-    def __init__(self, bottleneck: Bottleneck, layer: int, sampler: DropSampler, draws: bool) -> None:
+    def __init__(self, bottleneck: Bottleneck, sampler: DropSampler) -> None:
         super().__init__(bottleneck)
-        self.layer = layer
         self.sampler = sampler
-        self.draws = draws
+
+    @property
+    def layer(self) -> int:
+        return self.layer_index
 
     def post(self, args: tuple, kwargs: dict[str, Any], output: torch.Tensor) -> torch.Tensor:
-        if self.training:
-            if self.draws:
-                self.sampler.sample()
-            if self.layer < self.sampler.n:
-                return output
+        if self.training and self.layer_index < self.sampler.current_n():
+            return output
         return output + self.bottleneck(output)
 
 
@@ -79,10 +88,6 @@ class AdapterDropConfig(PfeifferConfig):
 
     def build(self, ctx: BuildContext) -> list[Attachment]:
         sampler = DropSampler(self.max_layers(len(ctx.layers)))
-        layers = ctx.layer_indices(self.layers)
-        size = self.size(ctx.hidden_size)
-        out = []
-        for i in layers:
-            neck = Bottleneck(ctx.hidden_size, size, self.activation, self.init, self.dropout, self.scaling)
-            out.append(Attachment(i, "ffn_output", DroppableAdapter(neck, i, sampler, draws=i == layers[0])))
-        return out
+        # a Pfeiffer adapter whose sequential modules are droppable (the factory hook)
+        droppable = functools.partial(DroppableAdapter, sampler=sampler)
+        return super().build(ctx.with_factories({SequentialAdapter: droppable}))

@@ -1,8 +1,11 @@
-"""What every method shares: where a module attaches, the build context, and activation functions."""
+"""What every method shares: where a module attaches, the build context (with its factory hook), neuron
+groups for merging, and activation functions."""
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from torch import nn
 
@@ -20,9 +23,18 @@ class Attachment:
     module: AdapterModule
 
 
+M = TypeVar("M", bound=nn.Module)
+
+
 @dataclass
 class BuildContext:
-    """What a method needs to know about the model it adapts."""
+    """What a method needs to know about the model it adapts, and the factory hook.
+
+    ``factories`` maps a module class to a callable that is used instead of it when a method builds
+    its modules through :meth:`create`: a composed method (a gated UniPELT, a hypernetwork-generated
+    bottleneck) calls another method's ``build`` with ``ctx.with_factories({SequentialAdapter:
+    GatedAdapter})`` and gets its own subclass everywhere that method would have made the original.
+    """
 
     model: nn.Module
     spec: ArchitectureSpec
@@ -31,6 +43,16 @@ class BuildContext:
     num_attention_heads: int
     head_dim: int
     num_key_value_heads: int
+    factories: Mapping[type, Callable[..., nn.Module]] = field(default_factory=dict)
+
+    def create(self, cls: type[M], *args: Any, **kwargs: Any) -> M:
+        """``cls(*args, **kwargs)``, or the factory registered for ``cls`` called with the same arguments."""
+        factory = self.factories.get(cls)
+        return cls(*args, **kwargs) if factory is None else factory(*args, **kwargs)
+
+    def with_factories(self, factories: Mapping[type, Callable[..., nn.Module]]) -> BuildContext:
+        """A copy of this context whose :meth:`create` uses ``factories`` (on top of the current ones)."""
+        return dataclasses.replace(self, factories={**self.factories, **factories})
 
     def layer_indices(self, selected: tuple[int, ...] | None, source: str = "layers") -> list[int]:
         """Selected layer indices (all when None), validated against the model's layer count."""
@@ -40,6 +62,30 @@ class BuildContext:
         if bad:
             raise ConfigError(f"{source}: layer indices {bad} out of range; the model has {len(self.layers)} layers")
         return sorted(set(selected))
+
+
+@dataclass(frozen=True)
+class NeuronGroup:
+    """Hidden units of one module that can be permuted without changing its function (a bottleneck's
+    width): what optimal-transport merging aligns.
+
+    ``incoming``: (key, dim) of the tensors whose slices along ``dim`` are the units' input weights
+    (e.g. ``("down.weight", 0), ("down.bias", 0)``); ``outgoing``: (key, dim) of the tensors that read
+    the units (``("up.weight", 1)``). Keys are relative to ``prefix``. ``activation`` is the module whose
+    output is the units' activations (for activation-based alignment), when a model is at hand.
+    """
+
+    prefix: str
+    incoming: tuple[tuple[str, int], ...]
+    outgoing: tuple[tuple[str, int], ...]
+    activation: nn.Module | None = field(default=None, compare=False, repr=False)
+
+    def prefixed(self, base: str) -> NeuronGroup:
+        """The same group under key prefix ``base + prefix``."""
+        return dataclasses.replace(self, prefix=base + self.prefix)
+
+    def key(self, name: str) -> str:
+        return self.prefix + name
 
 
 class Identity(nn.Module):

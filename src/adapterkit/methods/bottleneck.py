@@ -7,11 +7,16 @@ output, before the layer's residual and normalisation.
 ``original_ln=True`` reproduces AdapterHub's ``original_ln_before`` placement (BERT-like models): the
 adapter sits at the block ``Output(h, x)`` whose own LayerNorm it reuses twice (see
 :class:`OriginalLNAdapter`).
+
+Every bottleneck method (this file's, ``adaptable``, ``adapterdrop``) makes its bottlenecks with
+:meth:`BottleneckConfig.make_bottleneck` and its site modules with :meth:`BottleneckConfig.make_module`,
+through ``ctx.create`` so that a composed method can swap in subclasses (the factory hook).
+AdapterFusion: sequential, ``original_ln`` and parallel adapters beside a whole FFN (``ffn_block_arg``
+0) can be fused; parallel adapters that add into a BERT-style block's residual cannot (ConfigError).
 """
 from __future__ import annotations
 
 import math
-import weakref
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -20,10 +25,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import MethodConfig, check, opt
+from ..context import current
 from ..errors import ConfigError
 from ..injection import AdaptedModule, AdapterModule, get_module
 from ..registry import register_method
-from .base import ACTIVATIONS, Attachment, BuildContext, make_activation
+from . import rational  # noqa: F401  (registers the learnable rational activations)
+from .base import ACTIVATIONS, Attachment, BuildContext, NeuronGroup, make_activation
 
 
 class Bottleneck(nn.Module):
@@ -46,6 +53,10 @@ class Bottleneck(nn.Module):
                 nn.init.normal_(lin.weight, std=1e-2)
                 nn.init.zeros_(lin.bias)
 
+    def neuron_groups(self) -> list[NeuronGroup]:
+        """The bottleneck units: Down rows (and bias) in, Up columns out; activations at ``act``."""
+        return [NeuronGroup("", (("down.weight", 0), ("down.bias", 0)), (("up.weight", 1),), self.act)]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.act(self.down(self.dropout(x)))
         if self.scaling == 1.0:
@@ -61,6 +72,12 @@ class SequentialAdapter(AdapterModule):
         self.bottleneck = bottleneck
 
     def post(self, args: tuple, kwargs: dict[str, Any], output: torch.Tensor) -> torch.Tensor:
+        return output + self.bottleneck(output)
+
+    def fusion_refusal(self) -> str | None:
+        return None
+
+    def fusion_output(self, args: tuple, kwargs: dict[str, Any], output: torch.Tensor) -> torch.Tensor:
         return output + self.bottleneck(output)
 
 
@@ -84,49 +101,72 @@ class ParallelAdapter(AdapterModule):
             return output + self.bottleneck(args[0])
         return output
 
+    def fusion_refusal(self) -> str | None:
+        if self.input_arg == 0:
+            return None
+        return ("a parallel adapter at a BERT-style block adds its output to the block's residual input, inside the "
+                "block's residual + LayerNorm, so its output cannot be formed from the block's output; fuse "
+                "sequential (pfeiffer, houlsby) or original_ln adapters instead")
+
+    def fusion_output(self, args: tuple, kwargs: dict[str, Any], output: torch.Tensor) -> torch.Tensor:
+        if self.input_arg != 0:
+            raise ConfigError(f"fusion: {self.fusion_refusal()}")
+        return output + self.bottleneck(args[0])
+
 
 class OriginalLNAdapter(AdapterModule):
     """AdapterHub's placement with ``original_ln_before`` (and ``residual_before_ln``) at a BERT-style block.
 
     The block computes ``y = LN(y0 + x)`` with ``y0 = dropout(dense(h))`` and ``x`` its residual argument
     (positional 1 or ``input_tensor``). This module returns ``LN(y0 + s * Up(act(Down(y))) + x)`` with the
-    block's own ``LayerNorm``; ``y0`` is taken from the block's ``dropout`` by a forward hook while the
-    adapter is active, so nothing of the block's forward is copied.
+    block's own ``LayerNorm``; ``y0`` is taken from the block's ``dropout`` by a forward hook that puts
+    it in the forward context (per call, so nothing of the block's forward is copied and nothing stays
+    on the module). Fusable: each fused adapter's output is its ``LN(y0 + A(y) + x)``.
     """
 
     def __init__(self, bottleneck: Bottleneck) -> None:
         super().__init__()
         self.bottleneck = bottleneck
-        self._block: weakref.ReferenceType[nn.Module] | None = None
         self._hook: Any = None
-        self._capture = False
-        self._y0: torch.Tensor | None = None
-
-    def _keep(self, module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
-        if self._capture:
-            self._y0 = output
 
     def bind(self, wrapper: AdaptedModule) -> None:
         block = wrapper.base_layer
-        self._block = weakref.ref(block)
-        self._hook = block.dropout.register_forward_hook(self._keep)
+        if getattr(block, "_adapterkit_y0_hook", None) is None:  # one hook per block, shared by its adapters
+            block.__dict__["_adapterkit_y0_hook"] = block.dropout.register_forward_hook(_keep_y0(block))
+            block.__dict__["_adapterkit_y0_users"] = 0
+        block.__dict__["_adapterkit_y0_users"] += 1
 
     def unbind(self, wrapper: AdaptedModule) -> None:
-        if self._hook is not None:
-            self._hook.remove()
-            self._hook = None
-
-    def pre(self, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
-        self._capture, self._y0 = True, None
-        return args, kwargs
+        block = wrapper.base_layer
+        block.__dict__["_adapterkit_y0_users"] = block.__dict__.get("_adapterkit_y0_users", 1) - 1
+        if block.__dict__["_adapterkit_y0_users"] <= 0 and block.__dict__.get("_adapterkit_y0_hook") is not None:
+            block.__dict__.pop("_adapterkit_y0_hook").remove()
+            block.__dict__.pop("_adapterkit_y0_users", None)
 
     def post(self, args: tuple, kwargs: dict[str, Any], output: torch.Tensor) -> torch.Tensor:
-        y0, self._y0, self._capture = self._y0, None, False
-        block = self._block() if self._block else None
-        if y0 is None or block is None:
+        return self.fusion_output(args, kwargs, output)
+
+    def fusion_refusal(self) -> str | None:
+        return None
+
+    def fusion_output(self, args: tuple, kwargs: dict[str, Any], output: torch.Tensor) -> torch.Tensor:
+        block = self.wrapped_layer
+        ctx = current()
+        y0 = ctx.state(block, "y0") if ctx is not None else None
+        if y0 is None:
             raise RuntimeError("original_ln adapter: the wrapped block did not run its dropout module")
         residual = args[1] if len(args) > 1 else kwargs["input_tensor"]
         return block.LayerNorm(y0 + self.bottleneck(output) + residual)
+
+
+def _keep_y0(block: nn.Module) -> Any:
+    """A forward hook for ``block.dropout`` that stores its output (y0) in the forward context, keyed by ``block``."""
+    def keep(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
+        ctx = current()
+        if ctx is not None:
+            ctx.set_state(block, "y0", output)
+
+    return keep
 
 
 def check_original_ln_block(ctx: BuildContext, layer: int, site: str) -> None:
@@ -181,6 +221,24 @@ class BottleneckConfig(MethodConfig):
     def size(self, hidden: int) -> int:
         return self.bottleneck_size or max(1, int(hidden // self.reduction_factor))
 
+    def activation_name(self) -> str:
+        """The registered activation the bottlenecks use (a subclass may resolve an alias)."""
+        return self.activation
+
+    def make_bottleneck(self, ctx: BuildContext) -> Bottleneck:
+        """One bottleneck of this config (the single constructor every bottleneck method uses)."""
+        return ctx.create(Bottleneck, ctx.hidden_size, self.size(ctx.hidden_size), self.activation_name(), self.init,
+                          self.dropout, self.scaling)
+
+    def make_module(self, ctx: BuildContext, layer: int, site: str) -> AdapterModule:
+        """The site module for ``site`` of ``layer``, made through ``ctx.create`` (so it can be swapped)."""
+        neck = self.make_bottleneck(ctx)
+        if self.original_ln:
+            return ctx.create(OriginalLNAdapter, neck)
+        if site == "ffn_block":
+            return ctx.create(ParallelAdapter, neck, ctx.layers[layer].group.ffn_block_arg)
+        return ctx.create(SequentialAdapter, neck)
+
     def sites(self) -> tuple[str, ...]:
         if self.original_ln:
             return {"houlsby": ("attn_block", "ffn_block"), "pfeiffer": ("ffn_block",)}[self.placement]
@@ -197,14 +255,7 @@ class BottleneckConfig(MethodConfig):
                     check_original_ln_block(ctx, i, site)
         for i in indices:
             for site in self.sites():
-                neck = Bottleneck(ctx.hidden_size, self.size(ctx.hidden_size), self.activation, self.init, self.dropout, self.scaling)
-                if self.original_ln:
-                    module: AdapterModule = OriginalLNAdapter(neck)
-                elif site == "ffn_block":
-                    module = ParallelAdapter(neck, ctx.layers[i].group.ffn_block_arg)
-                else:
-                    module = SequentialAdapter(neck)
-                out.append(Attachment(i, site, module))
+                out.append(Attachment(i, site, self.make_module(ctx, i, site)))
         return out
 
 

@@ -5,6 +5,12 @@ output, e.g. h + Up(act(Down(h)))). The fusion layer computes q = Q h, k_n = K o
 returns sum_n softmax_n(q . k_n / T) v_n. Q and K start small (N(0, 0.02)) so the weights start near
 uniform, and V starts as the identity, so a fresh fusion layer averages the adapters' outputs. Only the
 fusion layers (and the task head) train; the fused adapters stay frozen and inactive on their own.
+
+The contract with the fused adapters is explicit: a site module says whether it can be fused
+(``AdapterModule.fusion_refusal()`` is None) and how (``fusion_output(args, kwargs, output)``: its
+version of the site's output). Adding a fusion layer over a module that cannot be fused raises a
+ConfigError saying why (e.g. a parallel adapter inside a BERT block's residual), instead of silently
+mixing the base output.
 """
 from __future__ import annotations
 
@@ -38,22 +44,22 @@ class FusionLayer(AdapterModule):
         with torch.no_grad():
             self.value.weight.copy_(torch.eye(hidden))
             self.value.bias.zero_()
-        self._wrapper: list[AdaptedModule] = []  # a list, so the wrapper is not registered as a submodule
 
     def bind(self, wrapper: AdaptedModule) -> None:
         missing = [n for n in self.fused if n not in wrapper.adapters]
         if missing:
             raise ConfigError(f"fusion: adapters: {missing[0]!r} has no module at this site; add the adapters to "
                               f"fuse before the fusion layer (present here: {sorted(wrapper.adapters)})")
-        self._wrapper = [wrapper]
-
-    def unbind(self, wrapper: AdaptedModule) -> None:
-        self._wrapper = []
+        for n in self.fused:
+            module = wrapper.adapters[n]
+            refusal = module.fusion_refusal() if isinstance(module, AdapterModule) else "not an adapter module"
+            if refusal is not None:
+                raise ConfigError(f"fusion: adapters: {n!r} ({type(module).__name__}) cannot be fused: {refusal}")
 
     def post(self, args: tuple, kwargs: dict[str, Any], output: torch.Tensor) -> torch.Tensor:
-        adapters = self._wrapper[0].adapters
+        adapters = self.wrapper.adapters
         try:
-            outs = torch.stack([adapters[n].post(args, kwargs, output) for n in self.fused], dim=-2)  # [..., N, H]
+            outs = torch.stack([adapters[n].fusion_output(args, kwargs, output) for n in self.fused], dim=-2)  # [..., N, H]
         except KeyError as exc:
             raise ConfigError(f"fusion: adapter {exc.args[0]!r} was deleted while a fusion layer uses it") from None
         q = self.query(self.dropout(output)).unsqueeze(-2)  # [..., 1, H]

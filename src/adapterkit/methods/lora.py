@@ -1,12 +1,13 @@
 """LoRA (Hu et al. 2022): W x + (alpha / r) * B A x on chosen linear projections.
 
-``merge`` folds B A into the base weight for inference (no extra cost at all); ``unmerge`` restores
-the exact original weight, which was kept aside when merging.
+``merge`` folds B A into the base weight for inference (no extra cost at all). ``unmerge`` subtracts
+the same update again (no copy of the weight is kept, so merging a 7B model costs no extra memory;
+the restored weight equals the original up to floating-point rounding). ``merge(exact=True)`` keeps a
+copy of the original weight instead, and unmerging it restores it bit for bit.
 """
 from __future__ import annotations
 
 import math
-import weakref
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -36,13 +37,10 @@ class LoRALinear(AdapterModule):
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.merged = False
         self._saved_weight: torch.Tensor | None = None
-        self._wrapper: weakref.ReferenceType[AdaptedModule] | None = None
-
-    def bind(self, wrapper: AdaptedModule) -> None:
-        self._wrapper = weakref.ref(wrapper)
 
     def delta_weight(self) -> torch.Tensor:
-        return (self.lora_B @ self.lora_A) * self.scaling
+        """``(alpha / r) B A``, computed in float32 (then the caller casts it to the weight's dtype)."""
+        return (self.lora_B.float() @ self.lora_A.float()) * self.scaling
 
     def post(self, args: tuple, kwargs: dict[str, Any], output: torch.Tensor) -> torch.Tensor:
         if self.merged:
@@ -53,12 +51,6 @@ class LoRALinear(AdapterModule):
         flat = torch.addmm(output.reshape(-1, output.shape[-1]), h.reshape(-1, h.shape[-1]), (self.lora_B * self.scaling).t())
         return flat.view(output.shape)
 
-    def _wrapped(self) -> AdaptedModule:
-        wrapper = self._wrapper() if self._wrapper else None
-        if wrapper is None:
-            raise RuntimeError("LoRA module is not attached to a layer")
-        return wrapper
-
     @staticmethod
     def _merge_stack(wrapper: AdaptedModule) -> list[LoRALinear]:
         """The LoRA modules merged into this wrapper's weight, in merge order (kept on the wrapper)."""
@@ -67,29 +59,36 @@ class LoRALinear(AdapterModule):
         return wrapper.__dict__["_lora_merged"]
 
     @torch.no_grad()
-    def merge(self) -> None:
-        """Fold the update into the base weight; the original is kept so ``unmerge`` is exact."""
+    def merge(self, exact: bool = False) -> None:
+        """Fold the update into the base weight. ``exact``: keep a copy of the original weight so that
+        ``unmerge`` restores it bit for bit (costs one weight's memory); otherwise ``unmerge`` subtracts."""
         if self.merged:
             return
-        wrapper = self._wrapped()
+        wrapper = self.wrapper
         base = wrapper.base_layer
-        self._saved_weight = base.weight.detach().clone()
+        self._saved_weight = base.weight.detach().clone() if exact else None
         base.weight.add_(self.delta_weight().to(base.weight.dtype))
         self._merge_stack(wrapper).append(self)
         self.merged = True
 
     @torch.no_grad()
     def unmerge(self) -> None:
-        """Restore the base weight bit for bit (several LoRAs on one weight unmerge in reverse order)."""
+        """Take the update out of the base weight again: subtracted, or, after ``merge(exact=True)``, the kept
+        original copied back (then LoRAs merged later into the same weight must be unmerged first)."""
         if not self.merged:
             return
-        wrapper = self._wrapped()
+        wrapper = self.wrapper
         stack = self._merge_stack(wrapper)
-        if stack and stack[-1] is not self:
-            raise RuntimeError("unmerge the LoRA adapters merged into this weight after this one first")
-        wrapper.base_layer.weight.copy_(self._saved_weight)
-        if stack:
-            stack.pop()
+        weight = wrapper.base_layer.weight
+        if self._saved_weight is not None:
+            if stack and stack[-1] is not self:
+                raise RuntimeError("unmerge the LoRA adapters merged into this weight after this one first "
+                                   "(this one was merged with exact=True)")
+            weight.copy_(self._saved_weight)
+        else:
+            weight.sub_(self.delta_weight().to(weight.dtype))
+        if self in stack:
+            stack.remove(self)
         self._saved_weight = None
         self.merged = False
 

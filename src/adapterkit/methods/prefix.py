@@ -7,7 +7,8 @@ module at site ``attention`` adds ``adapterkit_prefix=[(keys, values), ...]`` to
 module's keyword arguments, which Hugging Face attention modules forward to the attention function;
 ours pops it, puts the prefixes in front of the keys/values and extends the mask (and T5's
 position bias) so every query sees every prefix position. Deleting the last prefix module of a
-model restores its original implementation.
+model restores its original implementation. The two implementations are registered in transformers'
+global registries on first use (the first prefix module attached), not when this module is imported.
 """
 from __future__ import annotations
 
@@ -85,10 +86,15 @@ def _prefix_attention(base: Callable[[nn.Module], Callable[..., Any]], additive:
     return attention
 
 
-AttentionInterface.register(SDPA, _prefix_attention(lambda module: sdpa_attention_forward, additive=False))
-AttentionInterface.register(EAGER, _prefix_attention(_model_eager, additive=True))
-AttentionMaskInterface.register(SDPA, sdpa_mask)
-AttentionMaskInterface.register(EAGER, eager_mask)
+def register_attention() -> None:
+    """Register our attention (and mask) implementations with transformers (idempotent; on first use)."""
+    if SDPA in AttentionInterface._global_mapping:
+        return
+    AttentionInterface.register(SDPA, _prefix_attention(lambda module: sdpa_attention_forward, additive=False))
+    AttentionInterface.register(EAGER, _prefix_attention(_model_eager, additive=True))
+    AttentionMaskInterface.register(SDPA, sdpa_mask)
+    AttentionMaskInterface.register(EAGER, eager_mask)
+
 
 # id(config) -> [weak reference to the config, its original implementation, number of prefix modules using it]
 _SWITCHED: dict[int, list[Any]] = {}
@@ -100,6 +106,7 @@ def _entry(config: Any) -> list[Any] | None:
 
 
 def _switch_on(config: Any) -> None:
+    register_attention()
     entry = _entry(config)
     if entry is not None:
         entry[2] += 1
@@ -148,22 +155,27 @@ class PrefixAttention(AdapterModule):
     """Adds this layer's prefix keys/values to the attention function's keyword arguments.
 
     ``prefix_kv`` computes them; a subclass may override it (e.g. to scale by a per-example gate).
+    With ``reparameterize``, the keys/values come from the adapter's shared :class:`PrefixEncoder`
+    (``AdaptedModel.shared``, reached through ``self.shared_module``, which ``attach`` sets).
     """
 
     def __init__(self, prefix_length: int, kv_heads: int, head_dim: int, dropout: float,
-                 shared: PrefixEncoder | None = None, slot: int = 0) -> None:
+                 reparameterize: bool = False, slot: int = 0) -> None:
         super().__init__()
         self.shape = (prefix_length, 2, kv_heads, head_dim)
         self.slot = slot
         self.dropout = nn.Dropout(dropout)
-        # the shared encoder lives in AdaptedModel.shared; keep a plain reference so it is not a child module
-        object.__setattr__(self, "shared", shared)
-        self.kv = None if shared is not None else nn.Parameter(torch.randn(*self.shape) * 0.02)
+        self.kv = None if reparameterize else nn.Parameter(torch.randn(*self.shape) * 0.02)
         self._config: Any = None
 
     def raw_kv(self) -> torch.Tensor:
         """(P, 2, kv_heads, head_dim) before dropout and batching."""
-        return self.shared.layer_kv(self.slot) if self.shared is not None else self.kv
+        if self.kv is not None:
+            return self.kv
+        encoder = self.shared_module
+        if not isinstance(encoder, PrefixEncoder):
+            raise RuntimeError("prefix attention: reparameterized, but the adapter has no shared PrefixEncoder")
+        return encoder.layer_kv(self.slot)
 
     def prefix_kv(self, batch_size: int, hidden_states: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Prefix keys and values, each (batch, kv_heads, prefix_length, head_dim).
@@ -230,9 +242,9 @@ class PrefixTuningConfig(MethodConfig):
         out: list[Attachment] = []
         shared = None
         if self.reparameterize:
-            shared = PrefixEncoder(self.prefix_length, ctx.hidden_size, self.bottleneck_size, len(indices), kv, d)
+            shared = ctx.create(PrefixEncoder, self.prefix_length, ctx.hidden_size, self.bottleneck_size, len(indices), kv, d)
             out.append(Attachment(None, "shared", shared))
         for slot, i in enumerate(indices):
-            module = PrefixAttention(self.prefix_length, kv, d, self.dropout, shared, slot)
+            module = ctx.create(PrefixAttention, self.prefix_length, kv, d, self.dropout, self.reparameterize, slot)
             out.append(Attachment(i, "attention", module))
         return out

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import weakref
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -18,8 +17,9 @@ import torch
 from torch import nn
 
 from ..config import MethodConfig, check, opt
+from ..context import current
 from ..errors import ConfigError
-from ..injection import AdaptedModule, AdapterModule
+from ..injection import AdapterModule
 from ..registry import register_method
 from .base import Attachment, BuildContext
 
@@ -49,21 +49,17 @@ class SoftPrompt(AdapterModule):
         super().__init__()
         self.prompt = nn.Parameter(init.detach().clone())
         self.insert_at = insert_at
-        self._wrapper: weakref.ReferenceType[AdaptedModule] | None = None
-        self._inserted: list[bool] = []  # per call in flight: whether post must strip prompt positions
 
     @property
     def num_tokens(self) -> int:
         return self.prompt.shape[0]
 
-    def bind(self, wrapper: AdaptedModule) -> None:
-        self._wrapper = weakref.ref(wrapper)
-
     def _backbone(self) -> nn.Module:
-        wrapper = self._wrapper() if self._wrapper else None
-        if wrapper is None:
-            raise RuntimeError("soft prompt is not attached to a backbone")
-        return wrapper.base_layer
+        return self.wrapped_layer
+
+    def _mark(self, inserted: bool) -> None:
+        """Remember for ``post`` (in the forward context, a stack per call in flight) whether prompts went in."""
+        current().state(self, "inserted", list).append(inserted)
 
     def _insert(self, x: torch.Tensor, part: torch.Tensor) -> torch.Tensor:
         at = min(self.insert_at, x.shape[1])
@@ -79,7 +75,7 @@ class SoftPrompt(AdapterModule):
             if mask is not None and mask.dim() == 2:
                 kwargs["attention_mask"] = self._insert(mask, mask.new_ones(mask.shape[0], self.num_tokens))
             kwargs.pop("position_ids", None)
-            self._inserted.append(False)
+            self._mark(False)
             return (), kwargs
         input_ids = kwargs.pop("input_ids", None)
         embeds = kwargs.get("inputs_embeds")
@@ -101,7 +97,7 @@ class SoftPrompt(AdapterModule):
         if token_types is not None:
             kwargs["token_type_ids"] = self._insert(token_types, token_types.new_zeros(token_types.shape[0], n))
         kwargs.pop("position_ids", None)  # the backbone recomputes positions for the longer sequence
-        self._inserted.append(True)
+        self._mark(True)
         return (), kwargs
 
     def _strip(self, x: torch.Tensor) -> torch.Tensor:
@@ -109,7 +105,8 @@ class SoftPrompt(AdapterModule):
         return torch.cat([x[:, :at], x[:, at + self.num_tokens :]], dim=1)
 
     def post(self, args: tuple, kwargs: dict[str, Any], output: Any) -> Any:
-        if not (self._inserted.pop() if self._inserted else True):
+        stack = current().state(self, "inserted")
+        if not (stack.pop() if stack else True):
             return output
         main = output.get("last_hidden_state") if isinstance(output, dict) else (output[0] if output else None)
         if not isinstance(main, torch.Tensor) or main.dim() != 3:
@@ -146,6 +143,7 @@ class PromptTuningConfig(MethodConfig):
     learning_rate: float | None = opt(None, "learning rate for the prompt (prompt tuning usually needs a high one)")
 
     def validate(self) -> None:
+        check(self.layers is None, "layers", "soft prompts sit at the model's input, not in layers; leave it null")
         check(self.num_tokens > 0, "num_tokens", "must be > 0")
         check(self.init in ("vocab", "random", "text"), "init", f"unknown {self.init!r}; use vocab, random or text")
         check(self.init != "text" or bool(self.init_text), "init_text", "required when init is 'text'")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from adapterkit import injection, layer_cache
+from adapterkit import frozen_cache, injection
 from adapterkit.data.tasks import TaskSpec
 from adapterkit.errors import ConfigError
 from adapterkit.methods.bottleneck import PfeifferConfig
@@ -81,8 +81,8 @@ def test_hits_match_uncached_logits_and_gradients_across_padding_and_order():
         collate([examples[i] for i in (0, 5, 4, 1)]),
     ]
     expected = [run(adapted, b) for b in batches]
-    assert layer_cache.first_adapted_layer(adapted) == 2
-    cache = layer_cache.enable(adapted)
+    assert frozen_cache.first_adapted_layer(adapted) == 2
+    cache = frozen_cache.enable(adapted)
     assert cache.layer == 2
     assert_same(run(adapted, collate(examples)), run(adapted, collate(examples)))  # a miss (records), then a hit
     assert cache.stats.entries == 6 and cache.stats.hits == 6 and cache.stats.misses == 6
@@ -95,7 +95,7 @@ def test_hits_match_uncached_logits_and_gradients_across_padding_and_order():
 def test_lower_layers_do_not_run_on_a_hit():
     adapted = adapted4()
     counts = count_calls(adapted)
-    cache = layer_cache.enable(adapted)
+    cache = frozen_cache.enable(adapted)
     batch = collate(pool())
     adapted(**batch)
     assert counts == [1, 1, 1, 1]
@@ -113,7 +113,7 @@ def test_eval_mode_ignores_the_cache():
     adapted.eval()
     with torch.no_grad():
         expected = adapted(**batch).logits
-    cache = layer_cache.enable(adapted)
+    cache = frozen_cache.enable(adapted)
     adapted.train()
     adapted(**batch)  # stored
     adapted.eval()
@@ -129,7 +129,7 @@ def test_other_encoders_hit_exactly(model_type: str):
     pad = adapted.config.pad_token_id or 0
     reordered = collate(pool()[::-1], width=10, pad=pad)
     expected = run(adapted, reordered)
-    cache = layer_cache.enable(adapted)
+    cache = frozen_cache.enable(adapted)
     run(adapted, collate(pool(), pad=pad))
     assert_same(run(adapted, reordered), expected)
     assert cache.stats.hit_batches == 1
@@ -139,29 +139,29 @@ def test_refuses_what_it_cannot_make_exact():
     with pytest.raises(ConfigError, match="cache_frozen_layers: .*dropout"):
         adapted = adapted4()
         adapted.backbone_dropout = True
-        layer_cache.enable(adapted)
+        frozen_cache.enable(adapted)
     no_dropout = adapted4(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     no_dropout.backbone_dropout = True
-    layer_cache.enable(no_dropout)  # no dropout anywhere in the frozen part: deterministic in train mode too
+    frozen_cache.enable(no_dropout)  # no dropout anywhere in the frozen part: deterministic in train mode too
     full = adapted4()
     full.set_train_mode("full")
     with pytest.raises(ConfigError, match="cache_frozen_layers: needs train_mode 'adapters'"):
-        layer_cache.enable(full)
+        frozen_cache.enable(full)
     low = adapted4(layers=(0, 3))
     with pytest.raises(ConfigError, match="cache_frozen_layers: nothing to cache"):
-        layer_cache.enable(low)
+        frozen_cache.enable(low)
     prompt = adapted4()
     prompt.add_adapter("p", PromptTuningConfig(num_tokens=2))
     prompt.set_active_adapters("a", "p")
-    assert layer_cache.first_adapted_layer(prompt) == 0
+    assert frozen_cache.first_adapted_layer(prompt) == 0
     for model_type, why in (("t5", "encoder-decoder"), ("llama", "decoder-only")):
         with pytest.raises(ConfigError, match=f"cache_frozen_layers: model type '{model_type}'.*{why}"):
-            layer_cache.enable(AdaptedModel(tiny_model(model_type)))
+            frozen_cache.enable(AdaptedModel(tiny_model(model_type)))
 
 
 def test_dropout_switched_on_later_is_caught():
     adapted = adapted4()
-    layer_cache.enable(adapted)
+    frozen_cache.enable(adapted)
     adapted.backbone_dropout = True
     adapted.train()
     with pytest.raises(ConfigError, match="cache_frozen_layers"):
@@ -172,15 +172,15 @@ def test_disable_restores_the_original_modules():
     adapted = adapted4()
     before = dict(adapted.named_modules())
     keys = list(adapted.state_dict())
-    layer_cache.enable(adapted)
-    assert layer_cache.get_cache(adapted) is not None
+    frozen_cache.enable(adapted)
+    assert frozen_cache.get_cache(adapted) is not None
     adapted(**collate(pool()))
-    cache = layer_cache.disable(adapted)
+    cache = frozen_cache.disable(adapted)
     assert cache is not None and cache.stats.entries == 6
     after = dict(adapted.named_modules())
     assert after.keys() == before.keys() and all(after[n] is m for n, m in before.items())
-    assert list(adapted.state_dict()) == keys and layer_cache.get_cache(adapted) is None
-    assert layer_cache.disable(adapted) is None
+    assert list(adapted.state_dict()) == keys and frozen_cache.get_cache(adapted) is None
+    assert frozen_cache.disable(adapted) is None
 
 
 def test_train_config_validation():
@@ -204,8 +204,8 @@ def sentences(n: int) -> list[dict]:
 def test_train_with_the_cache_gives_the_same_weights(tmp_path: Path, monkeypatch):
     tok = tiny_tokenizer(tmp_path / "tok", WORDS)
     caches = []
-    real_enable = layer_cache.enable
-    monkeypatch.setattr(layer_cache, "enable", lambda adapted: caches.append(real_enable(adapted)) or caches[-1])
+    real_enable = frozen_cache.enable
+    monkeypatch.setattr(frozen_cache, "enable", lambda adapted: caches.append(real_enable(adapted)) or caches[-1])
     results = []
     for cached in (False, True):
         adapted = adapted4(vocab_size=len(SPECIAL_TOKENS) + len(WORDS), layers=(3,))
@@ -213,7 +213,7 @@ def test_train_with_the_cache_gives_the_same_weights(tmp_path: Path, monkeypatch
                              progress="none", backbone_dropout=False, cache_frozen_layers=cached, save_total_limit=1)
         train(adapted, tok, SPEC, sentences(16), None, config)
         results.append({**adapted.adapter_state_dict("a"), **adapted.head_state_dict()})
-        assert layer_cache.get_cache(adapted) is None
+        assert frozen_cache.get_cache(adapted) is None
     (cache,) = caches
     assert cache.stats.misses == 16 and cache.stats.hits == 16 and cache.stats.entries == 16
     plain, cached = results
@@ -224,7 +224,7 @@ def test_train_with_the_cache_gives_the_same_weights(tmp_path: Path, monkeypatch
 
 def test_train_with_an_adapter_in_layer_0_runs_without_the_cache(tmp_path: Path, monkeypatch, capsys):
     tok = tiny_tokenizer(tmp_path / "tok", WORDS)
-    monkeypatch.setattr(layer_cache, "enable", lambda adapted: pytest.fail("nothing to cache below layer 0"))
+    monkeypatch.setattr(frozen_cache, "enable", lambda adapted: pytest.fail("nothing to cache below layer 0"))
     adapted = adapted4(vocab_size=len(SPECIAL_TOKENS) + len(WORDS), layers=(0, 3))
     config = TrainConfig(output_dir=str(tmp_path / "run"), epochs=1, batch_size=8, learning_rate=1e-2,
                          progress="log", backbone_dropout=False, cache_frozen_layers=True, save_total_limit=1)
