@@ -75,7 +75,7 @@ def test_round_trip_every_method(method: str, tmp_path: Path) -> None:
 def test_saved_files_format(saved: tuple[AdaptedModel, Path]) -> None:
     model, directory = saved
     meta = json.loads((directory / akio.CONFIG_NAME).read_text())
-    assert meta["format"] == "adapterkit" and meta["format_version"] == 1 and meta["name"] == "pf"
+    assert meta["format"] == "adapterkit" and meta["format_version"] == akio.FORMAT_VERSION == "1.1" and meta["name"] == "pf"
     assert meta["config"] == model.adapter_configs["pf"].to_dict()
     assert meta["base_model"]["model_type"] == "bert" and meta["base_model"]["hidden_size"] == 32
     assert meta["head"]["num_labels"] == 2 and meta["head"]["model_class"] == "BertForSequenceClassification"
@@ -411,3 +411,63 @@ def test_safe_torch_load_refuses_pickles(tmp_path: Path) -> None:
 
 class _NotATensor:
     pass
+
+
+# -- format versions ------------------------------------------------------------------------------------
+FIXTURES = Path(__file__).parent / "fixtures" / "format_1_0"
+
+
+@pytest.mark.parametrize("method", ["pfeiffer", "lora", "prefix", "adaptable"])
+def test_files_written_before_format_1_1_still_load(method: str) -> None:
+    """Adapter directories saved by the previous release (format_version 1) load and give its logits."""
+    expected = load_file(str(FIXTURES / "expected_logits.safetensors"))[method]
+    model = tiny(seed=0)
+    assert akio.load_adapter(model, FIXTURES / method) == method
+    assert torch.allclose(logits(model), expected, atol=1e-6)
+
+
+def _rewrite(directory: Path, **changes) -> Path:
+    meta = json.loads((directory / akio.CONFIG_NAME).read_text())
+    for key, value in changes.items():
+        if key == "config_extra":
+            meta["config"].update(value)
+        else:
+            meta[key] = value
+    (directory / akio.CONFIG_NAME).write_text(json.dumps(meta))
+    return directory
+
+
+@pytest.mark.parametrize("version", ["one", None, True, 1.5, [1], "1.x", "-1"])
+def test_format_version_must_be_a_version_number(saved, version) -> None:
+    _, directory = saved
+    _rewrite(directory, format_version=version)
+    with pytest.raises(AdapterLoadError, match=r"adapter_config.json: format_version: expected a version number"):
+        akio.load_adapter(tiny(), directory)
+
+
+@pytest.mark.parametrize("version", [2, "2.0", "3.1"])
+def test_a_newer_major_format_is_refused(saved, version) -> None:
+    _, directory = saved
+    _rewrite(directory, format_version=version)
+    with pytest.raises(AdapterLoadError, match=r"adapter_config.json: format_version: .*newer, incompatible"):
+        akio.load_adapter(tiny(), directory)
+
+
+def test_a_newer_minor_format_drops_unknown_fields_with_a_warning(saved) -> None:
+    source, directory = saved
+    expected = logits(source)
+    _rewrite(directory, format_version="1.99", config_extra={"future_knob": 3}, provenance={"by": "future"})
+    target = tiny()
+    with pytest.warns(UserWarning) as caught:
+        akio.load_adapter(target, directory)
+    text = " ".join(str(w.message) for w in caught)
+    assert "future_knob" in text and "provenance" in text and str(directory / akio.CONFIG_NAME) in text
+    assert target.adapter_configs["pf"] == source.adapter_configs["pf"]
+    assert torch.equal(logits(target), expected)
+
+
+def test_the_current_minor_format_stays_strict_about_unknown_fields(saved) -> None:
+    _, directory = saved
+    _rewrite(directory, config_extra={"future_knob": 3})
+    with pytest.raises(AdapterLoadError, match="future_knob: unknown field"):
+        akio.load_adapter(tiny(), directory)

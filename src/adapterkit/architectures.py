@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from .errors import UnsupportedArchitectureError
+from .errors import ConfigError, UnsupportedArchitectureError
+from .registry import Registry
 
 LINEAR_SITES = ("query", "key", "value", "output", "ffn_in", "ffn_out")
 
@@ -85,9 +86,26 @@ def _t5_group(path: str, ffn_index: int) -> LayerGroup:
     )
 
 
-ARCHITECTURES: dict[str, ArchitectureSpec] = {
-    spec.model_type: spec
-    for spec in [
+ARCHITECTURES: Registry[ArchitectureSpec] = Registry("model type", error=UnsupportedArchitectureError)
+"""Model type (and alias) -> its site table; add one with :func:`register_architecture`."""
+
+
+def register_architecture(spec: ArchitectureSpec, *, replace: bool = False) -> ArchitectureSpec:
+    """Add a model family's site table (under its ``model_type`` and each of its ``aliases``), so a user can
+    adapt a new architecture without editing the package. A type already taken by another spec is an
+    error unless ``replace``."""
+    if not isinstance(spec, ArchitectureSpec):
+        raise TypeError(f"register_architecture: expected an ArchitectureSpec, got {type(spec).__name__}")
+    for name in (spec.model_type, *spec.aliases):
+        old = ARCHITECTURES._items.get(name)
+        if old is not None and old != spec and not replace:
+            raise ConfigError(f"model type {name!r}: already registered; pass replace=True to replace it")
+    for name in (spec.model_type, *spec.aliases):
+        ARCHITECTURES.register(name, spec, replace=replace)
+    return spec
+
+
+for _spec in [
         _bert_like("bert"),
         _bert_like("roberta"),
         _bert_like("xlm-roberta"),
@@ -162,21 +180,18 @@ ARCHITECTURES: dict[str, ArchitectureSpec] = {
             prompt_insert_at=0,
             aliases=("mistral", "qwen2", "qwen3", "gemma", "gemma2", "olmo", "olmo2"),
         ),
-    ]
-}
-for _spec in list(ARCHITECTURES.values()):
-    for _alias in _spec.aliases:
-        ARCHITECTURES[_alias] = _spec
+]:
+    register_architecture(_spec)
 
 
 def get_architecture(model_type: str) -> ArchitectureSpec:
     """The site table for ``model_type``; unsupported types raise naming the supported ones."""
-    try:
-        return ARCHITECTURES[model_type]
-    except KeyError:
+    if model_type not in ARCHITECTURES:
         raise UnsupportedArchitectureError(
-            f"model type {model_type!r} is not supported; supported model types: {sorted(ARCHITECTURES)}"
-        ) from None
+            f"model type {model_type!r} is not supported; supported model types: {sorted(ARCHITECTURES)} "
+            "(add one with architectures.register_architecture)"
+        )
+    return ARCHITECTURES[model_type]
 
 
 @dataclass(frozen=True)

@@ -2,13 +2,21 @@
 
 Writes are atomic (temporary file in the same directory, then ``os.replace``); the JSON is written
 last, so a directory with a config always has its tensors. Nothing is unpickled.
+
+Format versions: ``format_version`` is ``"MAJOR.MINOR"`` (files before 1.1 wrote the integer 1, read
+as 1.0). A reader refuses a file whose major version is newer than its own (or a version that is not
+a number). A file from a newer *minor* version of the same major is read: method-config fields and
+top-level fields this version does not know are dropped with a warning naming them. (User YAML
+configs are always strict.)
 """
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import re
 import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +34,33 @@ CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter.safetensors"
 HEAD_NAME = "head.safetensors"
 FORMAT = "adapterkit"
-FORMAT_VERSION = 1
+FORMAT_VERSION = "1.1"
+"""Written into every adapter_config.json. 1.1: nested method configs (composition)."""
+
+
+def parse_format_version(value: Any, source: object) -> tuple[int, int]:
+    """(major, minor) of a ``format_version`` value: an integer N (N.0) or a string "N" / "N.M"; anything
+    else raises AdapterLoadError naming ``source`` and the field."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value, 0
+    if isinstance(value, str) and re.fullmatch(r"\d+(\.\d+)?", value.strip()):
+        major, _, minor = value.strip().partition(".")
+        return int(major), int(minor or 0)
+    raise AdapterLoadError(f"{source}: format_version: expected a version number such as {FORMAT_VERSION!r}, "
+                           f"got {value!r}")
+
+
+def check_format_version(meta: dict[str, Any], source: object) -> bool:
+    """Check ``meta['format_version']`` (missing: 1.0) against this reader; True when the file comes from a newer
+    minor version (then unknown fields are dropped with a warning instead of refused)."""
+    major, minor = parse_format_version(meta.get("format_version", 1), source)
+    own_major, own_minor = parse_format_version(FORMAT_VERSION, "FORMAT_VERSION")
+    if major > own_major:
+        raise AdapterLoadError(
+            f"{source}: format_version: {meta.get('format_version')!r} was written by a newer, incompatible adapterkit "
+            f"(this one reads format {own_major}.x up to {FORMAT_VERSION}); upgrade adapterkit to load it"
+        )
+    return major == own_major and minor > own_minor
 
 
 def _umask() -> int:
@@ -178,10 +212,15 @@ def read_adapter_config(directory: str | Path) -> dict[str, Any]:
         raise AdapterLoadError(str(exc)) from None
     if meta.get("format") != FORMAT:
         raise AdapterLoadError(f"{path}: format: expected {FORMAT!r}, got {meta.get('format')!r}")
+    newer = check_format_version(meta, path)
     known = {"format", "format_version", "name", "config", "base_model", "head", "extra"}
     unknown = sorted(set(meta) - known)
-    if unknown:
+    if unknown and not newer:
         raise AdapterLoadError(f"{path}: {unknown[0]}: unknown field; known fields: {sorted(known)}")
+    if unknown:
+        warnings.warn(f"{path}: ignoring fields {unknown} unknown to this version of adapterkit (the file has "
+                      f"format_version {meta['format_version']!r}, this reader {FORMAT_VERSION!r})", stacklevel=2)
+        meta = {k: v for k, v in meta.items() if k in known}
     for key in ("name", "config", "base_model"):
         if key not in meta:
             raise AdapterLoadError(f"{path}: {key}: missing")
@@ -225,7 +264,7 @@ def load_adapter(model: AdaptedModel, directory: str | Path, name: str | None = 
     source = directory / CONFIG_NAME
     check_compatible(model, meta, source)
     try:
-        config = config_from_dict(meta["config"], f"{source}: config")
+        config = config_from_dict(meta["config"], f"{source}: config", strict=not check_format_version(meta, source))
     except ConfigError as exc:
         raise AdapterLoadError(str(exc)) from None
     tensors = read_tensors(directory / WEIGHTS_NAME)

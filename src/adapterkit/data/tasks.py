@@ -26,6 +26,7 @@ from adapterkit.data.formats import FORMATS, read_table
 from adapterkit.data.sampling import carve_dev
 from adapterkit.errors import ConfigError, DataError
 from adapterkit.metrics import METRICS
+from adapterkit.registry import Registry
 
 Example = dict[str, Any]
 
@@ -137,26 +138,19 @@ class TaskSpec:
         return {lab: i for i, lab in enumerate(self.labels or ())}
 
 
-TASKS: dict[str, TaskSpec] = {}
+TASKS: Registry[TaskSpec] = Registry("task")
 
 
 def register_task(spec: TaskSpec, overwrite: bool = False) -> TaskSpec:
     """Add ``spec`` to :data:`TASKS`; re-registering a different spec needs ``overwrite=True``."""
     if not isinstance(spec, TaskSpec):
         raise ConfigError(f"register_task: expected a TaskSpec, got {type(spec).__name__}")
-    old = TASKS.get(spec.name)
-    if old is not None and old != spec and not overwrite:
-        raise ConfigError(f"task {spec.name!r}: already registered; pass overwrite=True to replace it")
-    TASKS[spec.name] = spec
-    return spec
+    return TASKS.register(spec.name, spec, replace=overwrite)
 
 
 def get_task(name: str) -> TaskSpec:
     """The registered task called ``name``."""
-    try:
-        return TASKS[name]
-    except KeyError:
-        raise ConfigError(f"task: unknown task {name!r}; known tasks are {sorted(TASKS)}") from None
+    return TASKS.get_or_raise(name, field="task")
 
 
 def packaged_sample_dir() -> Path:

@@ -10,11 +10,17 @@ import importlib
 from types import ModuleType
 
 from ..errors import ConfigError
+from ..registry import Registry
 
-EXPERIMENTS: dict[str, str] = {
-    "mera": "adapterkit.experiments.mera",
-    "adaptable": "adapterkit.experiments.adaptable",
-}
+EXPERIMENTS: Registry[str] = Registry("experiment")
+"""Experiment name -> the module that implements it (imported on use)."""
+EXPERIMENTS.register("mera", "adapterkit.experiments.mera")
+EXPERIMENTS.register("adaptable", "adapterkit.experiments.adaptable")
+
+
+def register_experiment(name: str, module: str) -> None:
+    """Make ``adapterkit experiment NAME`` run the experiment module ``module`` (a dotted import path)."""
+    EXPERIMENTS.register(name, module)
 
 
 def get_experiment(name: str) -> ModuleType:

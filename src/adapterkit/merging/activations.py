@@ -11,17 +11,18 @@ from ..model import AdaptedModel
 
 
 def collect_bottleneck_activations(adapted: AdaptedModel, name: str, batch: dict[str, Any]) -> dict[str, Tensor]:
-    """{module prefix (e.g. ``layers.0.ffn_output.bottleneck.``): [tokens, width]} for adapter ``name`` alone.
+    """{neuron group prefix (e.g. ``layers.0.ffn_output.bottleneck.``): [tokens, width]} for adapter ``name`` alone.
 
-    Runs ``batch`` (without ``labels``) in eval mode under no_grad with hooks on each ``bottleneck.act``;
+    The groups are ``adapted.neuron_groups(name)`` (the neuron-access protocol); each group's
+    ``activation`` module is hooked. Runs ``batch`` (without ``labels``) in eval mode under no_grad;
     padding tokens (``attention_mask == 0``) are dropped. Active adapters and train mode are restored.
     """
     hooks, captured = [], {}
-    for prefix, module in adapted.adapter_modules(name):
-        act = getattr(getattr(module, "bottleneck", None), "act", None)
+    for group in adapted.neuron_groups(name):
+        act = group.activation
         if act is None:
             continue
-        key = f"{prefix}.bottleneck."
+        key = group.prefix
 
         def keep(mod: Any, inputs: Any, output: Tensor, key: str = key) -> None:
             captured[key] = output.detach()

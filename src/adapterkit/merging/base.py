@@ -9,19 +9,20 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError
+from ..registry import Registry
 
 State = dict[str, Tensor]
 MergeFn = Callable[..., State]
 
-MERGE_METHODS: dict[str, MergeFn] = {}
-"""Merge method name -> pure function ``(states, *, weights=None, activations=None, anchor=0, **kw) -> state``."""
+MERGE_METHODS: Registry[MergeFn] = Registry("merge method")
+"""Merge method name -> pure function ``(states, *, weights=None, activations=None, anchor=0, groups=None, **kw) -> state``."""
 
 
 def register_merge(name: str) -> Callable[[MergeFn], MergeFn]:
-    """Decorator: register a merge function under ``name``."""
+    """Decorator: register a merge function under ``name`` (a name taken by another function is an error)."""
 
     def deco(fn: MergeFn) -> MergeFn:
-        MERGE_METHODS[name] = fn
+        MERGE_METHODS.register(name, fn)
         return fn
 
     return deco
@@ -29,10 +30,7 @@ def register_merge(name: str) -> Callable[[MergeFn], MergeFn]:
 
 def get_merge(name: str) -> MergeFn:
     """The merge function called ``name``; unknown names raise ConfigError listing the known ones."""
-    try:
-        return MERGE_METHODS[name]
-    except KeyError:
-        raise ConfigError(f"merge method {name!r}: unknown; known: {sorted(MERGE_METHODS)}") from None
+    return MERGE_METHODS.get_or_raise(name)
 
 
 def merge_adapters(method: str, states: Sequence[State], **kw: Any) -> State:
@@ -100,7 +98,7 @@ def reject_options(method: str, kw: dict[str, Any], **given: Any) -> None:
 
 @register_merge("average")
 def average(states: Sequence[State], *, weights: Sequence[float] | None = None, activations: Any = None,
-            anchor: int = 0, **kw: Any) -> State:
+            anchor: int = 0, groups: Any = None, **kw: Any) -> State:
     """Element-wise mean of every tensor (keys and shapes must match)."""
     reject_options("average", kw, weights=weights, activations=activations)
     check_states(states)
@@ -109,7 +107,7 @@ def average(states: Sequence[State], *, weights: Sequence[float] | None = None, 
 
 @register_merge("weighted")
 def weighted(states: Sequence[State], *, weights: Sequence[float] | None = None, activations: Any = None,
-             anchor: int = 0, **kw: Any) -> State:
+             anchor: int = 0, groups: Any = None, **kw: Any) -> State:
     """Weighted mean with non-negative ``weights`` (normalised to sum 1)."""
     reject_options("weighted", kw, activations=activations)
     if weights is None:

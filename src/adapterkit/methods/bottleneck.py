@@ -16,6 +16,7 @@ AdapterFusion: sequential, ``original_ln`` and parallel adapters beside a whole 
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
@@ -31,6 +32,10 @@ from ..injection import AdaptedModule, AdapterModule, get_module
 from ..registry import register_method
 from . import rational  # noqa: F401  (registers the learnable rational activations)
 from .base import ACTIVATIONS, Attachment, BuildContext, NeuronGroup, make_activation
+
+
+BOTTLENECK_UNITS = NeuronGroup("", (("down.weight", 0), ("down.bias", 0)), (("up.weight", 1),))
+"""The units of a :class:`Bottleneck`: Down rows and bias in, Up columns out."""
 
 
 class Bottleneck(nn.Module):
@@ -55,13 +60,21 @@ class Bottleneck(nn.Module):
 
     def neuron_groups(self) -> list[NeuronGroup]:
         """The bottleneck units: Down rows (and bias) in, Up columns out; activations at ``act``."""
-        return [NeuronGroup("", (("down.weight", 0), ("down.bias", 0)), (("up.weight", 1),), self.act)]
+        return [dataclasses.replace(BOTTLENECK_UNITS, activation=self.act)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.act(self.down(self.dropout(x)))
         if self.scaling == 1.0:
             return self.up(h)
         return F.linear(h, self.up.weight * self.scaling, self.up.bias * self.scaling)  # scale the small weights
+
+
+def bottleneck_neuron_groups(state: dict[str, torch.Tensor]) -> list[NeuronGroup]:
+    """The :class:`Bottleneck` neuron groups found in a bare state dict (``P + "down.weight"`` and ``P +
+    "up.weight"``), for merging state dicts without a model; with a model use ``AdaptedModel.neuron_groups``."""
+    prefixes = sorted(k[: -len("down.weight")] for k in state if k.endswith("down.weight")
+                      and k[: -len("down.weight")] + "up.weight" in state)
+    return [BOTTLENECK_UNITS.prefixed(p) for p in prefixes]
 
 
 class SequentialAdapter(AdapterModule):
