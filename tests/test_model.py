@@ -240,3 +240,79 @@ def test_a_failing_build_leaves_the_model_untouched() -> None:
         model.add_adapter("x", HalfBad())
     assert injection.wrappers(model.model) == {} and model.adapter_configs == {}
     model.add_adapter("x", PfeifferConfig())  # the name is free again
+
+
+# -- dtype and device placement ---------------------------------------------------------------------
+def _configs(model: AdaptedModel) -> list[tuple[str, object]]:
+    """(name, config) of every registered method that applies to ``model`` (fusion over two pfeiffers)."""
+    from adapterkit.methods.fusion import FusionConfig
+    from adapterkit.registry import METHODS
+
+    out: list[tuple[str, object]] = []
+    for method in sorted(METHODS):
+        if method == "prefix" and not model.spec.prefix_supported:
+            continue
+        if method == "fusion":
+            out += [("f1", PfeifferConfig(init="near_identity")), ("f2", PfeifferConfig(init="near_identity")),
+                    ("fusion", FusionConfig(adapters=("f1", "f2")))]
+        else:
+            config = METHODS[method]()
+            if hasattr(config, "init") and method != "prompt":
+                config = METHODS[method](init="near_identity")
+            out.append((method, config))
+    if model.spec.model_type == "bert":
+        out.append(("original_ln", HoulsbyConfig(original_ln=True, init="near_identity")))
+    return out
+
+
+def _batch(model_type: str) -> dict[str, torch.Tensor]:
+    from adapterkit.testing import LLAMA_STYLE_TYPES
+
+    eos = 2 if model_type in LLAMA_STYLE_TYPES else 1 if model_type == "t5" else None
+    return tiny_batch(eos_token_id=eos, num_labels=2)
+
+
+@pytest.mark.parametrize("model_type", sorted(__import__("adapterkit.testing").testing.TINY_ARCHITECTURES))
+def test_every_method_runs_on_a_bf16_model_of_every_architecture(model_type: str) -> None:
+    """A model loaded in bf16 (the normal way to load a Llama) gets bf16 adapters: forward and backward run."""
+    batch = _batch(model_type)
+    for name, config in _configs(AdaptedModel(tiny_model(model_type))):
+        model = AdaptedModel(tiny_model(model_type).to(torch.bfloat16))
+        if name == "fusion":
+            model.add_adapter("f1", PfeifferConfig(init="near_identity"))
+            model.add_adapter("f2", PfeifferConfig(init="near_identity"))
+        elif name in ("f1", "f2"):
+            continue
+        model.add_adapter(name, config)
+        params = model.adapter_parameters(name)
+        assert params and all(p.dtype == torch.bfloat16 for p in params.values()), (model_type, name)
+        model.train()
+        out = model(**batch)
+        assert torch.isfinite(out.logits.float()).all(), (model_type, name)
+        out.loss.backward()
+        grads = [p.grad for p in params.values() if p.grad is not None]  # (AdapterDrop may skip some layers)
+        assert grads and all(torch.isfinite(g.float()).all() for g in grads), (model_type, name)
+
+
+@pytest.mark.parametrize("model_type", ["bert", "llama", "t5"])
+def test_adapters_follow_the_model_to_a_device_before_and_after_add_adapter(model_type: str) -> None:
+    """Placement on the wrapped layer's device: a model moved to "meta" before add_adapter gets meta adapters,
+    and moving after moves them too (no GPU needed); a dtype change after add_adapter still runs."""
+    for name, config in _configs(AdaptedModel(tiny_model(model_type))):
+        if name in ("fusion", "f1", "f2"):
+            continue
+        before = AdaptedModel(tiny_model(model_type).to("meta"))
+        before.add_adapter(name, config)
+        assert all(p.device.type == "meta" for p in before.parameters()), (model_type, name)
+        after = AdaptedModel(tiny_model(model_type))
+        after.add_adapter(name, config)
+        after.to("meta")
+        assert all(p.device.type == "meta" for p in after.parameters()), (model_type, name)
+    model = AdaptedModel(tiny_model(model_type))
+    model.add_adapter("lo", LoRAConfig())
+    model.add_adapter("pf", PfeifferConfig(init="near_identity"))
+    model.set_active_adapters("lo", "pf")
+    model.to(torch.float64)
+    assert all(p.dtype == torch.float64 for p in model.parameters())
+    with torch.no_grad():
+        assert model(**_batch(model_type)).logits.dtype == torch.float64

@@ -11,6 +11,7 @@ Built-in methods register on first lookup (``adapterkit.methods.load_builtin``),
 """
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Iterator, MutableMapping
 from typing import Any, Generic, TypeVar
 
@@ -86,10 +87,15 @@ class Registry(MutableMapping[str, V], Generic[V]):
         return f"Registry({self.kind!r}, {sorted(self._items)})"
 
 
-def _load_builtin_methods() -> None:
-    from .methods import load_builtin
+BUILTIN_METHOD_MODULES = tuple(f"adapterkit.methods.{m}" for m in (
+    "bottleneck", "lora", "prompt", "prefix", "rational", "adaptable", "adapterdrop", "fusion"))
+"""Modules that register the built-in methods, imported by name on first lookup (no import statement, so
+the registry does not depend on the methods that depend on it)."""
 
-    load_builtin()
+
+def _load_builtin_methods() -> None:
+    for module in BUILTIN_METHOD_MODULES:
+        importlib.import_module(module)
 
 
 METHODS: Registry[type] = Registry("method", _load_builtin_methods)

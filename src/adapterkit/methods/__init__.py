@@ -8,15 +8,13 @@ import importlib
 
 from .base import ACTIVATIONS, Attachment, BuildContext, NeuronGroup, register_activation
 
-BUILTIN_MODULES = ("bottleneck", "lora", "prompt", "prefix", "rational", "adaptable", "adapterdrop", "fusion")
-"""Modules of the built-in methods, in registration order."""
-
 
 def load_builtin() -> None:
-    """Import (and so register) every built-in method."""
-    for name in BUILTIN_MODULES:
-        importlib.import_module(f"{__name__}.{name}")
+    """Import (and so register) every built-in method (``registry.BUILTIN_METHOD_MODULES``)."""
+    from ..registry import BUILTIN_METHOD_MODULES
+
+    for module in BUILTIN_METHOD_MODULES:
+        importlib.import_module(module)
 
 
-__all__ = ["ACTIVATIONS", "Attachment", "BUILTIN_MODULES", "BuildContext", "NeuronGroup", "load_builtin",
-           "register_activation"]
+__all__ = ["ACTIVATIONS", "Attachment", "BuildContext", "NeuronGroup", "load_builtin", "register_activation"]

@@ -33,7 +33,6 @@ from ..registry import register_method
 from . import rational  # noqa: F401  (registers the learnable rational activations)
 from .base import ACTIVATIONS, Attachment, BuildContext, NeuronGroup, make_activation
 
-
 BOTTLENECK_UNITS = NeuronGroup("", (("down.weight", 0), ("down.bias", 0)), (("up.weight", 1),))
 """The units of a :class:`Bottleneck`: Down rows and bias in, Up columns out."""
 
