@@ -3,14 +3,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from typing import ClassVar
 
 import pytest
 
-from adapterkit.config import MethodConfig, read_json
+from adapterkit.config import MethodConfig, opt, read_json
 from adapterkit.errors import ConfigError
 from adapterkit.methods.bottleneck import BottleneckConfig, HoulsbyConfig, ParallelConfig, PfeifferConfig
 from adapterkit.methods.lora import LoRAConfig
-from adapterkit.registry import METHODS, config_from_dict, get_method
+from adapterkit.registry import METHODS, config_from_dict, get_method, register_method
 
 get_method("lora")  # importing adapterkit.methods registers every built-in method
 SOURCE = "runs/exp1/adapter_config.json"
@@ -152,3 +153,102 @@ def test_read_json_errors_name_the_file(tmp_path) -> None:
         read_json(tmp_path / "list.json")
     with pytest.raises(ConfigError, match="not found"):
         read_json(tmp_path / "missing.json")
+
+
+# -- the method protocol and composition --------------------------------------------------------------
+def test_method_config_is_an_abstract_base_with_the_shared_fields() -> None:
+    from dataclasses import dataclass
+    from typing import ClassVar
+
+    @dataclass
+    class NoBuild(MethodConfig):
+        method: ClassVar[str] = "test_no_build"
+
+    with pytest.raises(TypeError, match="abstract"):
+        NoBuild()
+    for cls in METHODS.values():
+        fields = {f.name for f in dataclasses.fields(cls)}
+        assert {"layers", "learning_rate"} <= fields, cls
+    with pytest.raises(ConfigError, match="learning_rate"):
+        LoRAConfig(learning_rate=-1.0)
+
+
+@dataclasses.dataclass
+class ComboConfig(MethodConfig):
+    """A composed method: other methods' configs held as nested fields, built side by side."""
+
+    method: ClassVar[str] = "test_combo"
+    parts: tuple[MethodConfig, ...] = opt((), "the methods combined")
+    gate: LoRAConfig | None = opt(None, "an optional LoRA")
+
+    def build(self, ctx):
+        parts = [*self.parts, *([self.gate] if self.gate is not None else [])]
+        return [att for part in parts for att in part.build(ctx)]
+
+
+@pytest.fixture
+def combo():
+    """ComboConfig, registered for the test only."""
+    register_method(ComboConfig)
+    yield ComboConfig
+    del METHODS["test_combo"]
+
+
+def test_nested_configs_round_trip_through_dicts(combo) -> None:
+    config = combo(parts=(PfeifferConfig(reduction_factor=4), HoulsbyConfig(layers=(1,))), gate=LoRAConfig(r=2))
+    data = json.loads(json.dumps(config.to_dict()))
+    assert data["parts"][0] == {**PfeifferConfig(reduction_factor=4).to_dict()} and data["gate"]["method"] == "lora"
+    assert config_from_dict(data, SOURCE) == config
+    data["parts"][1]["reduction_factor"] = "big"
+    with pytest.raises(ConfigError, match=r"adapter_config.json: parts\[1\].*reduction_factor.*expected a number"):
+        config_from_dict(data, SOURCE)
+    data["parts"][1] = {"method": "lora", "r": 1}
+    data["gate"] = {"method": "pfeiffer"}
+    with pytest.raises(ConfigError, match="gate: expected a LoRAConfig, got method 'pfeiffer'"):
+        config_from_dict(data, SOURCE)
+
+
+def test_nested_configs_round_trip_through_save_and_load(combo, tmp_path) -> None:
+    import torch
+
+    from adapterkit import io as akio
+    from adapterkit.model import AdaptedModel
+    from adapterkit.testing import tiny_batch, tiny_model
+
+    source = AdaptedModel(tiny_model("bert"))
+    source.add_adapter("c", combo(parts=(PfeifferConfig(init="near_identity"),), gate=LoRAConfig(r=2)))
+    with torch.no_grad():
+        for p in source.adapter_parameters("c").values():
+            p.normal_(0, 0.1)
+    batch = tiny_batch()
+    source.eval()
+    expected = source(**batch).logits
+    akio.save_adapter(source, "c", tmp_path / "c")
+    target = AdaptedModel(tiny_model("bert"))
+    akio.load_adapter(target, tmp_path / "c")
+    target.eval()
+    assert target.adapter_configs["c"] == source.adapter_configs["c"]
+    assert torch.equal(target(**batch).logits, expected)
+
+
+def test_parameter_groups_are_returned_by_the_method() -> None:
+    import torch
+
+    from adapterkit.config import ParamGroup
+    from adapterkit.model import AdaptedModel
+    from adapterkit.testing import tiny_model
+
+    class HalfRate(LoRAConfig):
+        method = "lora"  # not registered: only used directly
+
+        def parameter_groups(self, modules):
+            a = [m.lora_A for _, m in modules]
+            return [ParamGroup("A", a, 0.5)]  # B is not claimed: it gets learning_rate
+
+    model = AdaptedModel(tiny_model("bert"))
+    model.add_adapter("lo", HalfRate(learning_rate=0.1))
+    groups = {g["name"]: g for g in model.parameter_groups(1e-3)}
+    assert set(groups) == {"lo.A@0.5", "lo@0.1", "base"}
+    assert all(p.shape[0] == 8 for p in groups["lo.A@0.5"]["params"])  # lora_A is (r, in)
+    assert len(groups["lo.A@0.5"]["params"]) == len(groups["lo@0.1"]["params"])
+    torch.optim.AdamW(list(groups.values()))

@@ -230,3 +230,42 @@ def test_train_with_an_adapter_in_layer_0_runs_without_the_cache(tmp_path: Path,
                          progress="log", backbone_dropout=False, cache_frozen_layers=True, save_total_limit=1)
     train(adapted, tok, SPEC, sentences(8), None, config)
     assert "training without the cache" in capsys.readouterr().err
+
+
+def test_activating_adapters_keeps_the_cache_on():
+    """The cache is a system attachment: adding and activating adapters above it does not switch it off."""
+    adapted = adapted4()
+    counts = count_calls(adapted)
+    cache = frozen_cache.enable(adapted)
+    assert adapted.system_attachments == {frozen_cache.CACHE_NAME: cache}
+    adapted.add_adapter("b", PfeifferConfig(reduction_factor=4, layers=(3,)))  # activates "b" alone
+    adapted.set_active_adapters("a", "b")
+    batch = collate(pool())
+    adapted(**batch)
+    adapted(**batch)
+    assert counts == [1, 1, 2, 2] and cache.stats.hits == 6  # still caching
+    for wrapper in injection.wrappers(adapted.model).values():
+        if frozen_cache.CACHE_NAME in wrapper.adapters:
+            assert wrapper.active[-1] == frozen_cache.CACHE_NAME  # after the adapters
+    assert frozen_cache.get_cache(adapted) is cache
+
+
+def test_activating_an_adapter_in_a_cached_layer_is_refused_and_changes_nothing():
+    adapted = adapted4()
+    frozen_cache.enable(adapted)
+    adapted.add_adapter("low", PfeifferConfig(layers=(0,)), activate=False)
+    with pytest.raises(ConfigError, match=r"cache_frozen_layers: .*cached layer count must be in \[1, 0\]"):
+        adapted.set_active_adapters("a", "low")
+    assert adapted.active_adapters == ("a",)
+    with pytest.raises(ConfigError, match="cache_frozen_layers"):
+        adapted.add_adapter("low2", PfeifferConfig(layers=(1,)))  # add + activate: refused, and not added
+    assert "low2" not in adapted.adapter_configs
+    frozen_cache.disable(adapted)
+    adapted.set_active_adapters("a", "low")  # fine without the cache
+    assert adapted.system_attachments == {}
+
+
+def test_the_old_module_name_still_works():
+    from adapterkit import layer_cache
+
+    assert layer_cache.enable is frozen_cache.enable and layer_cache.FrozenPrefixCache is frozen_cache.FrozenLayerCache

@@ -189,3 +189,40 @@ def test_lora_and_pfeiffer_on_the_same_projection() -> None:
         y = linear(x) + (x @ lora.lora_A.T @ lora.lora_B.T) * lora.scaling
         expected = y + seq.bottleneck(y)
         assert torch.allclose(wrapper(x), expected, atol=1e-5)
+
+
+def test_attach_binds_the_module_to_its_site_and_detach_unbinds() -> None:
+    model = AdaptedModel(tiny_model("bert"))
+    from adapterkit.methods.prefix import PrefixAttention, PrefixTuningConfig
+
+    model.add_adapter("p", PrefixTuningConfig(layers=(1,)))
+    (path, att), = [(p, a) for p, a in model._attachments["p"] if p]
+    module = att.module
+    assert isinstance(module, PrefixAttention)
+    assert module.wrapper is injection.get_module(model.model, path) and module.wrapped_layer is module.wrapper.base_layer
+    assert module.shared_module is model.shared["p"] and module.layer_index == 1 and module.adapter_name == "p"
+    assert module.binding.site == "attention"
+    model.delete_adapter("p")
+    assert module.binding is None
+    with pytest.raises(RuntimeError, match="not attached"):
+        module.wrapper  # noqa: B018
+
+
+def test_attach_places_the_module_on_the_wrapped_layers_dtype() -> None:
+    host = nn.Sequential(nn.Linear(4, 4).to(torch.float64))
+    module = Recorder("r", [], delta=1.0)
+    module.extra = nn.Linear(4, 4)  # float32 when made
+    injection.attach(host, "0", "r", module)
+    assert module.extra.weight.dtype == torch.float64
+
+
+def test_a_failing_bind_leaves_the_model_as_it_was() -> None:
+    class Refuses(AdapterModule):
+        def bind(self, wrapper):
+            raise ValueError("no")
+
+    model = toy()
+    original = model[0]
+    with pytest.raises(ValueError, match="no"):
+        injection.attach(model, "0", "x", Refuses())
+    assert model[0] is original

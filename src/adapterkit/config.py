@@ -66,6 +66,8 @@ def _coerce(value: Any, annotation: Any, source: object | None, name: str, stric
                 return _coerce(value, arg, source, name, strict)
             except ConfigError as exc:
                 errors.append(str(exc))
+        if len(errors) == 1 and _is_config(next(a for a in args if a is not type(None))):
+            raise ConfigError(errors[0])  # the nested config's own, more precise error
         raise ConfigError(f"{where(source, name)}cannot read {value!r} as {annotation}")
     if origin is typing.Literal:
         if value not in args:

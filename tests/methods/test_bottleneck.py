@@ -1,14 +1,23 @@
 """Bottleneck adapters: sizes, initialisation, dropout, scaling and the learnable-activation hook."""
 from __future__ import annotations
 
+import dataclasses
+from typing import ClassVar
+
 import pytest
 import torch
 from torch import nn
 
 from adapterkit import io as akio
 from adapterkit.errors import ConfigError
-from adapterkit.methods.base import ACTIVATIONS, register_activation
-from adapterkit.methods.bottleneck import Bottleneck, BottleneckConfig, ParallelConfig, PfeifferConfig
+from adapterkit.methods.base import ACTIVATIONS, BuildContext, register_activation
+from adapterkit.methods.bottleneck import (
+    Bottleneck,
+    BottleneckConfig,
+    ParallelConfig,
+    PfeifferConfig,
+    SequentialAdapter,
+)
 from adapterkit.model import AdaptedModel
 from adapterkit.testing import tiny_batch, tiny_model
 
@@ -100,3 +109,51 @@ def test_learnable_activation_hook_trains_saves_and_loads(learnable: str, tmp_pa
 def test_unknown_activation_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="activation"):
         PfeifferConfig(activation="no_such_activation")
+
+
+# -- composition: the factory hook and the one bottleneck constructor ---------------------------------------
+class GatedAdapter(SequentialAdapter):
+    """A sequential adapter with a learned scalar gate (what a UniPELT-style method swaps in)."""
+
+    def __init__(self, bottleneck: Bottleneck) -> None:
+        super().__init__(bottleneck)
+        self.gate = nn.Parameter(torch.zeros(1))
+
+    def post(self, args, kwargs, output):
+        return output + torch.sigmoid(self.gate) * self.bottleneck(output)
+
+
+@dataclasses.dataclass
+class GatedPfeifferConfig(PfeifferConfig):
+    method: ClassVar[str] = "test_gated_pfeiffer"
+
+    def build(self, ctx: BuildContext):
+        return super().build(ctx.with_factories({SequentialAdapter: GatedAdapter}))
+
+
+def test_a_build_can_swap_in_a_subclass_of_another_methods_module() -> None:
+    model = AdaptedModel(tiny_model("bert"))
+    model.add_adapter("g", GatedPfeifferConfig(init="near_identity"))
+    modules = [m for _, m in model.adapter_modules("g")]
+    assert len(modules) == 2 and all(type(m) is GatedAdapter for m in modules)
+    assert "layers.1.ffn_output.gate" in model.adapter_state_dict("g")
+    out = model(**tiny_batch(num_labels=2))
+    out.loss.backward()
+    assert model.adapter_parameters("g")["layers.0.ffn_output.gate"].grad is not None
+
+
+@pytest.mark.parametrize("method", ["pfeiffer", "houlsby", "parallel", "adaptable", "adapterdrop"])
+def test_every_bottleneck_method_makes_its_bottlenecks_through_one_constructor(method: str) -> None:
+    from adapterkit.registry import METHODS
+
+    made: list[Bottleneck] = []
+
+    def counting(*args, **kwargs) -> Bottleneck:
+        made.append(Bottleneck(*args, **kwargs))
+        return made[-1]
+
+    config = METHODS[method]()
+    model = AdaptedModel(tiny_model("bert"))
+    attachments = config.build(model.build_context().with_factories({Bottleneck: counting}))
+    necks = [m for att in attachments for m in att.module.modules() if isinstance(m, Bottleneck)]
+    assert necks and len(necks) == len(made) and all(any(n is m for m in made) for n in necks)

@@ -86,3 +86,44 @@ def test_bad_fields() -> None:
         LoRAConfig(targets=("q_proj",))
     with pytest.raises(ConfigError, match="r"):
         LoRAConfig(r=0)
+
+
+def test_merge_by_default_keeps_no_copy_of_the_weight() -> None:
+    model = AdaptedModel(tiny_model("bert"))
+    model.add_adapter("a", LoRAConfig())
+    randomize(model, "a", 1)
+    model.merge_adapter("a")
+    assert all(m._saved_weight is None for _, m in model.adapter_modules("a"))
+    model.unmerge_adapter("a")
+    model.merge_adapter("a", exact=True)
+    assert all(m._saved_weight is not None for _, m in model.adapter_modules("a"))
+
+
+def test_merge_and_unload_folds_lora_in_and_restores_plain_modules() -> None:
+    from adapterkit import injection
+    from adapterkit.methods.bottleneck import PfeifferConfig
+
+    hf = tiny_model("bert")
+    plain_types = {name: type(m) for name, m in hf.named_modules()}
+    model = AdaptedModel(hf)
+    model.add_adapter("a", LoRAConfig(targets=("query", "value", "ffn_out")))
+    model.add_adapter("b", LoRAConfig(r=2))
+    model.add_adapter("unused", PfeifferConfig())  # inactive: dropped
+    randomize(model, "a", 1)
+    randomize(model, "b", 2)
+    model.set_active_adapters("a", "b")
+    batch = tiny_batch()
+    expected = logits(model, batch)
+    model.add_adapter("pf", PfeifferConfig(), activate=False)
+    model.set_active_adapters("a", "b", "pf")
+    with pytest.raises(ConfigError, match="'pf': method 'pfeiffer' cannot be merged"):
+        model.merge_and_unload()
+    assert model.active_adapters == ("a", "b", "pf") and injection.wrappers(model.model)  # nothing changed
+    model.set_active_adapters("a", "b")
+    out = model.merge_and_unload()
+    assert out is hf and not injection.wrappers(hf) and model.adapter_configs == {}
+    assert {name: type(m) for name, m in hf.named_modules()} == plain_types
+    assert set(hf.state_dict()) == set(tiny_model("bert").state_dict())
+    hf.eval()
+    with torch.no_grad():
+        assert torch.allclose(hf(**batch).logits, expected, atol=1e-5)
