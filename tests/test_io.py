@@ -332,11 +332,11 @@ def test_unusable_tensors_are_refused(saved: tuple[AdaptedModel, Path], corrupt,
 
 @pytest.mark.parametrize("version, match", [
     (2, r"format_version: 2 is not supported .*newer adapterkit"),
-    ("1", r"format_version: expected an integer, got '1'"),
-    ("one", r"format_version: expected an integer, got 'one'"),
-    (None, r"format_version: expected an integer, got None"),
+    ("1", r"format_version: expected a version number .*, got '1'"),
+    ("one", r"format_version: expected a version number .*, got 'one'"),
+    (None, r"format_version: expected a version number .*, got None"),
     (0, r"format_version: 0 is not supported"),
-    (True, r"format_version: expected an integer, got True"),
+    (True, r"format_version: expected a version number .*, got True"),
 ])
 def test_format_version_checked(saved: tuple[AdaptedModel, Path], version, match: str) -> None:
     _, directory = saved
@@ -437,7 +437,7 @@ def _rewrite(directory: Path, **changes) -> Path:
     return directory
 
 
-@pytest.mark.parametrize("version", ["one", None, True, 1.5, [1], "1.x", "-1"])
+@pytest.mark.parametrize("version", ["one", None, True, 1.5, [1], "1.x", "-1", "1"])
 def test_format_version_must_be_a_version_number(saved, version) -> None:
     _, directory = saved
     _rewrite(directory, format_version=version)
@@ -449,7 +449,7 @@ def test_format_version_must_be_a_version_number(saved, version) -> None:
 def test_a_newer_major_format_is_refused(saved, version) -> None:
     _, directory = saved
     _rewrite(directory, format_version=version)
-    with pytest.raises(AdapterLoadError, match=r"adapter_config.json: format_version: .*newer, incompatible"):
+    with pytest.raises(AdapterLoadError, match=r"adapter_config.json: format_version: .*not supported \(written by a newer, incompatible"):
         akio.load_adapter(tiny(), directory)
 
 

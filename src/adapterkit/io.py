@@ -39,15 +39,15 @@ FORMAT_VERSION = "1.1"
 
 
 def parse_format_version(value: Any, source: object) -> tuple[int, int]:
-    """(major, minor) of a ``format_version`` value: an integer N (N.0) or a string "N" / "N.M"; anything
-    else raises AdapterLoadError naming ``source`` and the field."""
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+    """(major, minor) of a ``format_version`` value: an integer N (N.0) or a string "N.M"; anything else
+    raises AdapterLoadError naming ``source`` and the field."""
+    if isinstance(value, int) and not isinstance(value, bool):
         return value, 0
-    if isinstance(value, str) and re.fullmatch(r"\d+(\.\d+)?", value.strip()):
-        major, _, minor = value.strip().partition(".")
-        return int(major), int(minor or 0)
-    raise AdapterLoadError(f"{source}: format_version: expected a version number such as {FORMAT_VERSION!r}, "
-                           f"got {value!r}")
+    if isinstance(value, str) and re.fullmatch(r"\d+\.\d+", value):
+        major, _, minor = value.partition(".")
+        return int(major), int(minor)
+    raise AdapterLoadError(f"{source}: format_version: expected a version number (an integer, or a string "
+                           f"'MAJOR.MINOR' such as {FORMAT_VERSION!r}), got {value!r}")
 
 
 def check_format_version(meta: dict[str, Any], source: object) -> bool:
@@ -57,9 +57,12 @@ def check_format_version(meta: dict[str, Any], source: object) -> bool:
     own_major, own_minor = parse_format_version(FORMAT_VERSION, "FORMAT_VERSION")
     if major > own_major:
         raise AdapterLoadError(
-            f"{source}: format_version: {meta.get('format_version')!r} was written by a newer, incompatible adapterkit "
-            f"(this one reads format {own_major}.x up to {FORMAT_VERSION}); upgrade adapterkit to load it"
+            f"{source}: format_version: {meta.get('format_version')!r} is not supported (written by a newer, incompatible "
+            f"adapterkit; this one reads format {own_major}.x up to {FORMAT_VERSION}): a newer file needs a newer adapterkit"
         )
+    if major < 1:
+        raise AdapterLoadError(f"{source}: format_version: {meta.get('format_version')!r} is not supported "
+                               f"(versions start at 1)")
     return major == own_major and minor > own_minor
 
 
@@ -226,14 +229,6 @@ def read_adapter_config(directory: str | Path) -> dict[str, Any]:
             raise AdapterLoadError(f"{path}: {key}: missing")
     if not isinstance(meta["base_model"], dict):
         raise AdapterLoadError(f"{path}: base_model: expected an object")
-    version = meta.get("format_version")
-    if isinstance(version, bool) or not isinstance(version, int):
-        raise AdapterLoadError(f"{path}: format_version: expected an integer, got {version!r}")
-    if not 1 <= version <= FORMAT_VERSION:
-        raise AdapterLoadError(
-            f"{path}: format_version: {version} is not supported (this adapterkit reads versions 1 to "
-            f"{FORMAT_VERSION}; a newer file needs a newer adapterkit)"
-        )
     head = meta.get("head")
     if head is not None and not isinstance(head, dict):
         raise AdapterLoadError(f"{path}: head: expected an object, got {head!r}")
