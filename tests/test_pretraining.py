@@ -216,10 +216,10 @@ def test_cli_bad_input(tmp_path: Path, capsys):
 
 
 def test_save_steps_needs_no_epoch_evaluation(tmp_path: Path):
-    from adapterkit.training import _training_args
+    from adapterkit.training import training_arguments
 
     with pytest.raises(ConfigError, match="save_steps"):
-        _training_args(TrainConfig(output_dir=str(tmp_path), save_steps=5), True, MLMSpec())
+        training_arguments(TrainConfig(output_dir=str(tmp_path), save_steps=5), True, MLMSpec())
     with pytest.raises(ConfigError, match="save_steps"):
         TrainConfig(save_steps=0)
 

@@ -71,6 +71,7 @@ def test_train_learns_span_and_evaluate_scores(tmp_path: Path, tokenizer):
                       save_optimizer=False)
     result = train(adapted, tokenizer, spec, train_ex, dev_ex, cfg)
     assert len(result.history) == 3 and 0.0 <= result.metrics["f1"] <= 1.0
+    assert all(h["loss"] is not None and h["loss"] > 0 for h in result.history)  # dev loss of every evaluation
     after = evaluate(adapted, tokenizer, spec, train_ex, max_length=MAX_LENGTH, doc_stride=DOC_STRIDE)
     for metrics in (before, after):
         assert {"exact_match", "f1", "score"} <= set(metrics)

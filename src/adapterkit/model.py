@@ -56,6 +56,9 @@ class AdaptedModel(nn.Module):
     """Batch keys that are taken out of ``forward``'s arguments into the forward context (extend per
     instance, or declare them on a method config as ``context_inputs``)."""
 
+    _keys_to_ignore_on_save = None
+    """Read, as of a ``PreTrainedModel``, by the Hugging Face Trainer after it loads a checkpoint: none ignored."""
+
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model

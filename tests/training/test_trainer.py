@@ -268,3 +268,59 @@ def test_bf16_evaluation_matches_fp32_closely(tok):
     assert 0.0 <= metrics["score"] <= 1.0
     with pytest.raises(ConfigError, match="precision"):
         autocast("half", "cpu")
+
+
+def test_evaluation_every_n_steps_keeps_dev_loss_and_selects_the_best_step(tmp_path: Path, tok, monkeypatch):
+    import adapterkit.metrics
+
+    adapted = tiny_adapted()
+    scores = iter([0.2, 0.9, 0.1])  # evaluations at steps 2, 4, 6: step 4 is best
+    real_compute = adapterkit.metrics.compute_metrics
+
+    def fake_compute(spec, preds, labels):
+        return {**real_compute(spec, preds, labels), "score": next(scores)}
+
+    monkeypatch.setattr(adapterkit.metrics, "compute_metrics", fake_compute)
+    result = train(adapted, tok, SPEC, examples(24, 0), examples(16, 1), config(tmp_path / "run", eval_steps=2))
+    assert [h["step"] for h in result.history] == [2, 4, 6]  # 3 steps per epoch, 2 epochs
+    assert [h["score"] for h in result.history] == [0.2, 0.9, 0.1]
+    logged = [e["eval_loss"] for e in result.log_history if "eval_loss" in e]
+    assert [h["loss"] for h in result.history] == logged and all(v > 0 for v in logged)
+    assert result.best_step == 4 and result.best_checkpoint.endswith("checkpoint-4")
+    assert result.metrics["score"] == 0.9 and result.metrics["loss"] == logged[1]
+    best = load_file(str(Path(result.best_checkpoint) / TRAINABLE_NAME))
+    params = dict(adapted.named_parameters())
+    assert all(torch.equal(params[k], v) for k, v in best.items())  # the best step's weights are loaded at the end
+    assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint-*")) == [
+        "checkpoint-2", "checkpoint-4", "checkpoint-6"]
+
+
+def test_epoch_evaluation_history_has_dev_loss(tmp_path: Path, tok):
+    result = train(tiny_adapted(), tok, SPEC, examples(16, 0), examples(8, 1), config(tmp_path / "run"))
+    assert [h["epoch"] for h in result.history] == [1.0, 2.0]
+    assert all(isinstance(h["loss"], float) and h["loss"] > 0 for h in result.history)
+
+
+def test_eval_steps_is_validated():
+    with pytest.raises(ConfigError, match="eval_steps"):
+        TrainConfig(eval_steps=0)
+    with pytest.raises(ConfigError, match="save_steps"):
+        TrainConfig(eval_steps=4, save_steps=2)
+    assert TrainConfig(eval_steps=4, save_steps=2, eval_each_epoch=False).save_steps == 2
+
+
+def test_the_trainer_overrides_no_private_method_and_edits_no_dict():
+    """Public Trainer API only: no overrides of _save, _load_from_checkpoint, _load_best_model or any other
+    private method, and no edits of a model's __dict__ (accelerate's autocast wrapper)."""
+    import ast
+
+    from adapterkit.training import trainer_class
+
+    private = [n for n in vars(trainer_class()) if n.startswith("_") and not n.startswith("__")]
+    assert private == []
+    package = Path(__file__).resolve().parents[2] / "src" / "adapterkit" / "training"
+    for path in package.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute):
+                assert node.attr != "__dict__", f"{path.name}:{node.lineno} touches __dict__"

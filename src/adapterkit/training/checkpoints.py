@@ -1,0 +1,129 @@
+"""Training checkpoints that hold only what trains.
+
+A checkpoint directory ``checkpoint-STEP/`` holds ``trainable.safetensors`` (the trainable tensors,
+named as in ``adapted.named_parameters()``) with a ``model.safetensors.index.json`` that lists them
+(the Hugging Face sharded-checkpoint index, so that the Trainer's own resume loads the file), or, in
+full fine-tuning, ``model.safetensors`` with the whole model; then the Trainer's optimizer, scheduler,
+RNG and ``trainer_state.json``.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import AdapterLoadError, ConfigError
+
+TRAINABLE_NAME = "trainable.safetensors"
+FULL_NAME = "model.safetensors"
+INDEX_NAME = "model.safetensors.index.json"
+CHECKPOINT_INFO_NAME = "adapterkit_checkpoint.json"
+
+
+def trainable_state_dict(adapted: Any) -> dict[str, torch.Tensor]:
+    """The tensors that train (names as in ``adapted.named_parameters()``)."""
+    return {n: p.detach() for n, p in adapted.named_parameters() if p.requires_grad}
+
+
+def save_checkpoint_weights(adapted: Any, directory: str | Path) -> Path:
+    """Write the trainable tensors (or, in full mode, the whole model) as safetensors, with the index."""
+    from safetensors.torch import save_model
+
+    from ..io import atomic_path, atomic_save_tensors, atomic_write_json
+
+    directory = Path(directory)
+    if adapted.train_mode == "full":
+        with atomic_path(directory / FULL_NAME) as tmp:
+            save_model(adapted, tmp, metadata={"format": "pt"})
+        path, keys = directory / FULL_NAME, None
+    else:
+        tensors = trainable_state_dict(adapted)
+        atomic_save_tensors(directory / TRAINABLE_NAME, tensors, {"format": "pt"})
+        size = sum(t.numel() * t.element_size() for t in tensors.values())
+        atomic_write_json(directory / INDEX_NAME, {"metadata": {"total_size": size},
+                                                   "weight_map": {k: TRAINABLE_NAME for k in tensors}})
+        path, keys = directory / TRAINABLE_NAME, len(tensors)
+    atomic_write_json(directory / CHECKPOINT_INFO_NAME,
+                      {"format": "adapterkit-checkpoint", "train_mode": adapted.train_mode, "tensors": keys})
+    return path
+
+
+def load_checkpoint_weights(adapted: Any, directory: str | Path) -> None:
+    """Load what :func:`save_checkpoint_weights` wrote; mismatched keys or shapes name the file."""
+    from safetensors.torch import load_model
+
+    from ..io import read_tensors
+
+    directory = Path(directory)
+    if (directory / FULL_NAME).is_file():
+        load_model(adapted, str(directory / FULL_NAME), strict=True)
+        return
+    path = directory / TRAINABLE_NAME
+    tensors = read_tensors(path)
+    params = dict(adapted.named_parameters())
+    unknown = sorted(set(tensors) - set(params))
+    if unknown:
+        raise AdapterLoadError(f"{path}: {unknown[0]}: no such parameter in the model ({len(unknown)} unknown keys)")
+    missing = sorted(n for n, p in params.items() if p.requires_grad and n not in tensors)
+    if missing:
+        raise AdapterLoadError(f"{path}: {missing[0]}: trainable parameter missing from the checkpoint")
+    with torch.no_grad():
+        for key, tensor in tensors.items():
+            if tuple(tensor.shape) != tuple(params[key].shape):
+                raise AdapterLoadError(f"{path}: {key}: shape {tuple(tensor.shape)} != model's {tuple(params[key].shape)}")
+            params[key].copy_(tensor.to(params[key].dtype))
+
+
+def last_checkpoint(output_dir: str | Path) -> str | None:
+    """The newest *complete* ``checkpoint-STEP`` directory in ``output_dir``, or None.
+
+    Complete means it holds our weights and ``trainer_state.json``, which the Trainer writes last; a
+    checkpoint cut short by a kill is skipped in favour of the one before it.
+    """
+    root = Path(output_dir)
+    if not root.is_dir():
+        return None
+    steps = []
+    for path in root.glob("checkpoint-*"):
+        suffix = path.name.removeprefix("checkpoint-")
+        if suffix.isdigit() and path.is_dir():
+            steps.append((int(suffix), path))
+    for _, path in sorted(steps, reverse=True):
+        has_weights = (path / TRAINABLE_NAME).is_file() or (path / FULL_NAME).is_file()
+        if has_weights and (path / "trainer_state.json").is_file():
+            return str(path)
+    return None
+
+
+def resume_point(output_dir: str | Path, resume: bool | str) -> str | None:
+    """The checkpoint to resume from under ``resume`` (false: none; "auto": the last one if any; true: the
+    last one, and a ConfigError when there is none)."""
+    if resume is False:
+        return None
+    found = last_checkpoint(output_dir)
+    if found is None and resume is True:
+        raise ConfigError(f"resume: no checkpoint-* directory with weights in {output_dir}")
+    return found
+
+
+class _FrozenKeysNotice(logging.Filter):
+    """Drops the Trainer's notice that a checkpoint lacks the model's frozen tensors (ours never holds them)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("There were missing keys in the checkpoint model loaded")
+
+
+@contextlib.contextmanager
+def partial_checkpoints_expected() -> Iterator[None]:
+    """While training: a resumed checkpoint that holds only the trainable tensors is not worth a warning."""
+    logger = logging.getLogger("transformers.trainer")
+    notice = _FrozenKeysNotice()
+    logger.addFilter(notice)
+    try:
+        yield
+    finally:
+        logger.removeFilter(notice)
