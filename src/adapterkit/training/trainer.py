@@ -299,10 +299,10 @@ def train(adapted: Any, tokenizer: Any, spec: Any, train_examples: Sequence[Exam
     start = time.perf_counter()
     cached = False
     if config.cache_frozen_layers:
-        from .. import layer_cache
+        from .. import frozen_cache
 
-        if layer_cache.first_adapted_layer(adapted) > 0:
-            layer_cache.enable(adapted)
+        if frozen_cache.first_adapted_layer(adapted) > 0:
+            frozen_cache.enable(adapted)
             cached = True
         elif config.progress != "none":
             say(f"[{name}] cache_frozen_layers: an adapter sits in layer 0, so no frozen layer runs below it; "
@@ -312,7 +312,7 @@ def train(adapted: Any, tokenizer: Any, spec: Any, train_examples: Sequence[Exam
             trainer.train(resume_from_checkpoint=resume_from)
     finally:
         if cached:
-            layer_cache.disable(adapted)
+            frozen_cache.disable(adapted)
         extract_model_from_parallel(adapted, keep_fp32_wrapper=False)  # no mixed-precision forward left behind
     seconds = time.perf_counter() - start
     state = trainer.state
