@@ -42,7 +42,8 @@ from .training import TrainConfig
 class EvalOptions:
     """What ``adapterkit eval`` evaluates and where QA predictions go."""
 
-    adapter: str | None = opt(None, "adapter directory (adapter_config.json + safetensors)")
+    adapter: str | None = opt(None, "adapter directory (adapter_config.json + safetensors), or a Hugging Face Hub "
+                              "repo id owner/name[@revision] (downloaded; HF_HUB_OFFLINE=1: the cache only)")
     split: str | None = opt(None, "split to evaluate (default: test if the task has one, else dev)")
     output_dir: str = opt("runs/eval", "QA: where predictions.json goes")
 

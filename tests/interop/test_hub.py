@@ -112,3 +112,21 @@ def test_card_is_pushed_with_front_matter(tmp_path: Path, fake_hub) -> None:  # 
     assert card.startswith("---\n") and "library_name: adapterkit" in card
     assert json.loads(fake_hub.repos["me/carded"]["adapter_config.json"])["name"] == "sst"
     assert fake_hub.cards_validated >= 1  # upload_folder had the fake Hub check the card's YAML
+
+
+def test_peft_and_adapterhub_loaders_take_repo_ids(tmp_path: Path, fake_hub) -> None:  # noqa: ANN001
+    peft = pytest.importorskip("peft")
+    from adapterkit.interop.adapterhub import load_adapterhub_adapter
+    from adapterkit.interop.hub import push_adapter_dir
+    from adapterkit.interop.peft import load_peft_adapter
+
+    pm = peft.get_peft_model(tiny_model("bert"), peft.LoraConfig(r=2, target_modules=["query"], init_lora_weights=False))
+    pm.save_pretrained(tmp_path / "peft")
+    push_adapter_dir(tmp_path / "peft", "me/peft-lora")
+    model = AdaptedModel(tiny_model("bert"))
+    assert load_peft_adapter(model, "me/peft-lora", "lo") == "lo"
+    assert torch.allclose(logits(model), logits(pm), atol=1e-5)
+    fixture = Path(__file__).resolve().parent.parent / "fixtures" / "adapterhub" / "bert" / "lora"
+    push_adapter_dir(fixture, "me/hub-lora")
+    bare = AdaptedModel(tiny_model("bert", head="base", vocab_size=48, max_position_embeddings=24))
+    assert load_adapterhub_adapter(bare, "me/hub-lora", load_head=False) == "sst"

@@ -159,3 +159,18 @@ def test_different_targets_per_layer_and_bad_weights(tmp_path: Path) -> None:
     with pytest.raises(AdapterLoadError, match="adapter_model.safetensors: base_model.model.bert.embeddings"):
         load_peft_adapter(model, directory)
     assert model.adapter_configs == {}
+
+
+def test_adapter_saved_on_the_bare_backbone_loads_under_a_head(tmp_path: Path) -> None:
+    """peft keys of a bare ``BertModel`` (``base_model.model.encoder...``) map onto ``bert.encoder...``."""
+    pm = peft.get_peft_model(tiny_model("bert", head="base"), peft.LoraConfig(r=2, target_modules=["value"]))
+    randomize(pm)
+    pm.save_pretrained(tmp_path / "bare")
+    batch = {k: v for k, v in tiny_batch().items() if k != "labels"}
+    with torch.no_grad():
+        expected = pm.eval()(**batch).last_hidden_state
+    model = AdaptedModel(tiny_model("bert"))
+    load_peft_adapter(model, tmp_path / "bare")
+    with torch.no_grad():
+        got = model.eval()(**batch, output_hidden_states=True).hidden_states[-1]
+    assert torch.allclose(got, expected, atol=1e-5)

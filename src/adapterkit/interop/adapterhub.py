@@ -436,9 +436,12 @@ def load_adapterhub_adapter(adapted: AdaptedModel, directory: str | Path, name: 
 
     Model type, hidden size and ``leave_out`` are checked against the model first; a failed load removes
     the half-added adapter again. With ``load_head`` a classification head saved beside the adapter
-    (``head_config.json``) is loaded into the model's head (its number of labels must match).
+    (``head_config.json``) is loaded into the model's head (its number of labels must match). ``directory``
+    may be a Hub repo id ``owner/name`` (see :mod:`adapterkit.interop.hub`).
     """
-    directory = Path(directory)
+    from .hub import resolve_adapter_dir
+
+    directory = resolve_adapter_dir(directory)
     config, state, info = import_adapterhub(directory, name=name)
     source = directory / CONFIG_NAME
     mine = adapted.base_model_info()

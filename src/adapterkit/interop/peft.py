@@ -224,10 +224,12 @@ def load_peft_adapter(model: AdaptedModel, directory: str | Path, name: str | No
                       activate: bool = True, load_head: bool = True) -> str:
     """Add a peft LoRA adapter (and its ``modules_to_save`` head, unless ``load_head`` is false) to ``model``.
 
-    The adapter is called ``name`` (default ``"default"``, peft's name); returns it. A failure leaves the
-    model as it was.
+    The adapter is called ``name`` (default ``"default"``, peft's name); returns it. ``directory`` may be a
+    Hub repo id ``owner/name`` (see :mod:`adapterkit.interop.hub`). A failure leaves the model as it was.
     """
-    directory = directory_of(directory)
+    from .hub import resolve_adapter_dir
+
+    directory = directory_of(resolve_adapter_dir(directory))
     config, state, head, _ = import_peft(model, directory)
     name = name or "default"
     try:
