@@ -62,6 +62,12 @@ _EXPORTS: dict[str, str] = {
     "TrainConfig": "adapterkit.training",
     "train": "adapterkit.training",
     "evaluate": "adapterkit.training",
+    # other formats and the Hub
+    "load_peft_adapter": "adapterkit.interop.peft",
+    "save_peft_adapter": "adapterkit.interop.peft",
+    "load_adapterhub_adapter": "adapterkit.interop.adapterhub",
+    "convert_adapter": "adapterkit.interop.convert",
+    "push_adapter_dir": "adapterkit.interop.hub",
     # errors
     "AdapterKitError": "adapterkit.errors",
     "ConfigError": "adapterkit.errors",
@@ -93,6 +99,10 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load lazi
     from .context import ForwardContext, forward_context  # noqa: F401
     from .context import current as current_context  # noqa: F401
     from .injection import AdaptedModule, AdapterModule  # noqa: F401
+    from .interop.adapterhub import load_adapterhub_adapter  # noqa: F401
+    from .interop.convert import convert_adapter  # noqa: F401
+    from .interop.hub import push_adapter_dir  # noqa: F401
+    from .interop.peft import load_peft_adapter, save_peft_adapter  # noqa: F401
     from .io import load_adapter, save_adapter  # noqa: F401
     from .methods.base import Attachment, BuildContext, NeuronGroup, register_activation  # noqa: F401
     from .model import AdaptedModel, load_base_model  # noqa: F401
