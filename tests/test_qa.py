@@ -198,3 +198,16 @@ def test_every_method_trains_and_evaluates_on_squad_files(method: str, tmp_path:
     assert after["f1"] > before["f1"], (method, before, after)
     moved = [k for k, v in adapted.adapter_parameters("qa").items() if not torch.equal(v, before_params[k])]
     assert moved, f"{method}: no adapter parameter changed"
+
+
+def test_dev_evaluation_in_training_and_evaluate_agree(tmp_path: Path, tokenizer):
+    """One QA scoring path: the Trainer's dev metrics equal evaluate() on the same weights."""
+    spec = task_from_file("syn", squad_json(tmp_path / "train.json", 24, 0), kind="qa",
+                          dev=squad_json(tmp_path / "dev.json", 12, 1))
+    train_ex, dev_ex = load_split(spec, "train"), load_split(spec, "dev")
+    adapted = tiny_qa()
+    cfg = TrainConfig(output_dir=str(tmp_path / "run"), epochs=1, batch_size=8, learning_rate=1e-2,
+                      max_length=MAX_LENGTH, doc_stride=DOC_STRIDE, progress="none", save_optimizer=False)
+    result = train(adapted, tokenizer, spec, train_ex, dev_ex, cfg)
+    again = evaluate(adapted, tokenizer, spec, dev_ex, max_length=MAX_LENGTH, doc_stride=DOC_STRIDE)
+    assert {k: result.metrics[k] for k in again} == pytest.approx(again)

@@ -86,84 +86,84 @@ def pyplot() -> Any:
     return plt
 
 
+def _bars(ax: Any, labels: Sequence[str], values: Sequence[float], errors: Sequence[float] | None = None,
+          annotations: Sequence[str] | None = None) -> None:
+    """Bars with optional error bars and a note above each bar."""
+    bars = ax.bar(list(labels), list(values), yerr=list(errors) if errors else None, capsize=4,
+                  color=[f"C{i}" for i in range(len(labels))])
+    for bar, text in zip(bars, annotations or [], strict=False):
+        ax.annotate(text, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom",
+                    fontsize=8, xytext=(0, 2), textcoords="offset points")
+
+
+def _lines(ax: Any, series: Mapping[str, tuple[Sequence[float], Sequence[float]]]) -> None:
+    """One marked line per ``{name: (xs, ys)}``, with a legend and a grid."""
+    for i, (name, (xs, ys)) in enumerate(series.items()):
+        ax.plot(list(xs), list(ys), marker="o", label=name, color=f"C{i % 10}")
+    if series:
+        ax.legend()
+    ax.grid(alpha=0.3)
+
+
+def _figure(path: str | Path, *, size: tuple[float, float], panels: int = 1) -> tuple[Any, Any, Path]:
+    plt = pyplot()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(1, panels, figsize=size)
+    return fig, axes, path
+
+
+def _save(fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    pyplot().close(fig)
+    return path
+
+
 def bar_plot(path: str | Path, labels: Sequence[str], values: Sequence[float], *, title: str = "",
              ylabel: str = "", errors: Sequence[float] | None = None, annotations: Sequence[str] | None = None,
              ylim: tuple[float, float] | None = None) -> Path:
     """A bar chart written as PNG; ``annotations`` are printed above the bars."""
-    plt = pyplot()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(labels) + 2), 3.6))
-    bars = ax.bar(list(labels), list(values), yerr=list(errors) if errors else None, capsize=4,
-                  color=[f"C{i}" for i in range(len(labels))])
-    if annotations:
-        for bar, text in zip(bars, annotations, strict=False):
-            ax.annotate(text, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom",
-                        fontsize=8, xytext=(0, 2), textcoords="offset points")
+    fig, ax, path = _figure(path, size=(max(4.0, 1.2 * len(labels) + 2), 3.6))
+    _bars(ax, labels, values, errors, annotations)
     ax.set_title(title)
     ax.set_ylabel(ylabel)
     if ylim:
         ax.set_ylim(*ylim)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def line_plot(path: str | Path, series: Mapping[str, tuple[Sequence[float], Sequence[float]]], *, title: str = "",
               xlabel: str = "", ylabel: str = "", logx: bool = False) -> Path:
-    """One line per ``{name: (xs, ys)}`` written as PNG."""
-    plt = pyplot()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    for name, (xs, ys) in series.items():
-        ax.plot(list(xs), list(ys), marker="o", label=name)
+    """One line per ``{name: (xs, ys)}`` written as PNG (e.g. dev loss per step from ``TrainResult.history``)."""
+    fig, ax, path = _figure(path, size=(5.5, 3.6))
+    _lines(ax, series)
     if logx:
         ax.set_xscale("log")
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    if series:
-        ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def results_figure(path: str | Path, rows: Sequence[Mapping[str, Any]], *, name_key: str, score_key: str,
                    params_key: str, histories: Mapping[str, tuple[Sequence[float], Sequence[float]]],
                    title: str = "") -> Path:
     """Two panels: score per system (bars, annotated with trainable parameters) and dev score per epoch."""
-    plt = pyplot()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
-    names = [str(r[name_key]) for r in rows]
+    fig, (left, right), path = _figure(path, size=(10, 3.8), panels=2)
     scores = [float(r[score_key]) for r in rows]
-    bars = left.bar(names, scores, color=[f"C{i}" for i in range(len(rows))])
-    for bar, row in zip(bars, rows, strict=True):
-        left.annotate(f"{_short(row[params_key])} params", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                      ha="center", va="bottom", fontsize=8, xytext=(0, 2), textcoords="offset points")
+    _bars(left, [str(r[name_key]) for r in rows], scores,
+          annotations=[f"{_short(r[params_key])} params" for r in rows])
     left.set_ylim(0, 1.05 * max([1.0, *scores]))
     left.set_ylabel(score_key)
     left.set_title("test score (dev-selected)")
-    for i, (name, (xs, ys)) in enumerate(histories.items()):
-        right.plot(list(xs), list(ys), marker="o", label=name, color=f"C{i}")
+    _lines(right, histories)
     right.set_xlabel("epoch")
     right.set_ylabel("dev score")
     right.set_title("dev score per epoch")
-    right.grid(alpha=0.3)
-    if histories:
-        right.legend()
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def _short(n: Any) -> str:
