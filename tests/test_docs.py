@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -31,3 +33,41 @@ def test_readme_starts_with_the_two_commands_and_ci_runs_the_second() -> None:
     ]
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8").strip().splitlines()
     assert ci[-1] == commands[1]
+
+
+def python_blocks(page: str) -> list[str]:
+    """The ```python blocks of a Markdown page, in order."""
+    text = (ROOT / page).read_text(encoding="utf-8")
+    return [block.split("\n", 1)[1] for block in text.split("```")[1::2] if block.startswith("python\n")]
+
+
+def test_the_add_a_method_walkthrough_runs(capsys) -> None:
+    """docs/add-a-method.md cannot rot: its code blocks run, in order, in one namespace."""
+    from adapterkit.registry import METHODS
+
+    blocks = python_blocks("docs/add-a-method.md")
+    assert len(blocks) >= 5
+    module = types.ModuleType("add_a_method_walkthrough")  # a real module: dataclasses look their module up
+    sys.modules[module.__name__] = module
+    try:
+        for i, block in enumerate(blocks):
+            exec(compile(block, f"docs/add-a-method.md[block {i}]", "exec"), module.__dict__)  # noqa: S102
+    finally:
+        del sys.modules[module.__name__]
+        for name in ("toy_gated", "toy_scalar_gated_pfeiffer"):
+            METHODS.pop(name, None)
+    out = capsys.readouterr().out
+    assert "size: must be > 0, got 0" in out
+    assert "['gated@0.01', 'gated.gate@0.1', 'base']" in out
+    assert "['gate.layer0', 'gate.layer1']" in out
+
+
+def test_the_readme_quick_start_imports_from_the_package() -> None:
+    import adapterkit
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    quick = readme.split("## Quick start in Python", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    imports = quick.split("spec =", 1)[0]
+    assert imports.startswith("\nfrom adapterkit import (")
+    names = [n.strip() for n in imports.split("(", 1)[1].split(")", 1)[0].replace("\n", " ").split(",") if n.strip()]
+    assert names and all(n in adapterkit.__all__ for n in names)
