@@ -26,6 +26,8 @@ _EXPORTS: dict[str, str] = {
     "Attachment": "adapterkit.methods.base",
     "BuildContext": "adapterkit.methods.base",
     "NeuronGroup": "adapterkit.methods.base",
+    "Mergeable": "adapterkit.methods.base",
+    "HasNeurons": "adapterkit.methods.base",
     "register_activation": "adapterkit.methods.base",
     "AdapterModule": "adapterkit.injection",
     "AdaptedModule": "adapterkit.injection",

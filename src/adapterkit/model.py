@@ -18,7 +18,7 @@ from .architectures import ArchitectureSpec, find_layers, get_architecture
 from .config import MethodConfig, ParamGroup
 from .context import forward_context
 from .errors import ConfigError
-from .methods.base import Attachment, BuildContext, NeuronGroup
+from .methods.base import Attachment, BuildContext, HasNeurons, Mergeable, NeuronGroup
 
 TrainMode = Literal["adapters", "full", "head"]
 
@@ -335,16 +335,15 @@ class AdaptedModel(nn.Module):
         out: list[NeuronGroup] = []
         for prefix, module in self.adapter_modules(name):
             for sub_name, sub in module.named_modules():
-                groups = getattr(sub, "neuron_groups", None)
-                if callable(groups):
+                if isinstance(sub, HasNeurons):
                     base = f"{prefix}.{sub_name}." if sub_name else f"{prefix}."
-                    out.extend(g.prefixed(base) for g in groups())
+                    out.extend(g.prefixed(base) for g in sub.neuron_groups())
         return out
 
     # -- LoRA-style merging into base weights -------------------------------------------------
     def _mergeable(self, name: str) -> list[nn.Module]:
         modules = [module for _, module in self.adapter_modules(name)]
-        if not modules or not all(callable(getattr(m, "merge", None)) for m in modules):
+        if not modules or not all(isinstance(m, Mergeable) for m in modules):
             raise ConfigError(f"adapter {name!r}: method {self.adapter_configs[name].method!r} cannot be merged into weights")
         return modules
 
@@ -356,7 +355,7 @@ class AdaptedModel(nn.Module):
 
     def unmerge_adapter(self, name: str) -> None:
         for _, module in self.adapter_modules(name):
-            if callable(getattr(module, "unmerge", None)):
+            if isinstance(module, Mergeable):
                 module.unmerge()
 
     def merge_and_unload(self) -> nn.Module:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from torch import nn
 
@@ -86,6 +86,25 @@ class NeuronGroup:
 
     def key(self, name: str) -> str:
         return self.prefix + name
+
+
+@runtime_checkable
+class Mergeable(Protocol):
+    """A site module that can fold itself into the wrapped layer's weights (LoRA): ``merge(exact)`` adds its
+    update (``exact``: keep a copy of the original for a bit-exact ``unmerge``), ``unmerge`` takes it out."""
+
+    merged: bool
+
+    def merge(self, exact: bool = False) -> None: ...
+
+    def unmerge(self) -> None: ...
+
+
+@runtime_checkable
+class HasNeurons(Protocol):
+    """A module with permutable hidden units (a bottleneck): what optimal-transport merging aligns."""
+
+    def neuron_groups(self) -> list[NeuronGroup]: ...
 
 
 class Identity(nn.Module):
