@@ -193,8 +193,10 @@ def read_yaml_config(path: str | Path, command: str) -> dict[str, Any]:
 def merge_options(args: argparse.Namespace) -> dict[str, Any]:
     """Defaults, then the YAML file, then the flags given on the command line."""
     given = {k: v for k, v in vars(args).items() if k not in ("command", "config", "experiment")}
-    groups = command_groups(args.command, getattr(args, "experiment", None))
-    return options.merge(groups, _command_name(args), given, getattr(args, "config", None))
+    merged = options.defaults(command_groups(args.command, getattr(args, "experiment", None)))
+    if getattr(args, "config", None):
+        merged.update(read_yaml_config(args.config, _command_name(args)))
+    return {**merged, **given}
 
 
 def train_mode_of(method: str) -> str:

@@ -188,7 +188,7 @@ def _argparse_type(annotation: Any) -> Callable[[str], Any]:
 
 def add_arguments(parser: argparse.ArgumentParser, groups: Sequence[Group]) -> None:
     """One flag per offered field (``--name`` and ``--alias``); values stay unset unless given (SUPPRESS),
-    so that :func:`merge` can tell flags from defaults."""
+    so that ``adapterkit.cli.merge_options`` can tell flags from defaults."""
     for group in groups:
         hints = _hints(group.cls)
         for f in group.fields():
@@ -252,15 +252,6 @@ def read_yaml(path: str | Path, groups: Sequence[Group], command: str) -> dict[s
         except ValueError:
             raise ConfigError(f"{path}: {key}: invalid value {value!r}") from None
     return out
-
-
-def merge(groups: Sequence[Group], command: str, given: dict[str, Any], config: str | Path | None = None) -> dict[str, Any]:
-    """The command's defaults, then the YAML file ``config``, then the options ``given`` on the command line."""
-    merged = defaults(groups)
-    if config:
-        merged.update(read_yaml(config, groups, command))
-    merged.update(given)
-    return merged
 
 
 def build(cls: type, opts: dict[str, Any], **changes: Any) -> Any:
