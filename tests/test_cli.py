@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import json
+import os
 import random
+import shutil
 from pathlib import Path
 
 import pytest
@@ -188,3 +190,87 @@ def test_demo_on_the_packaged_sample(tmp_path: Path, capsys):
     rows = json.loads((out / "results.json").read_text())["rows"]
     assert [r["system"] for r in rows] == ["pfeiffer", "full"] and all(r["test_score"] is not None for r in rows)
     assert (out / "results.png").stat().st_size > 1000 and "| pfeiffer" in (out / "results.md").read_text()
+
+
+# --- eval and info on bad inputs (issue 16): one clear line, never a traceback ------------------------
+
+
+@pytest.fixture(scope="module")
+def trained_adapter(tmp_path_factory) -> dict[str, Path]:
+    """A tiny adapter trained from a *relative* --model path (as a user in their project directory would)."""
+    root = tmp_path_factory.mktemp("cli")
+    save_tiny_model(root / "models" / "tiny-bert", words=[*POS, *NEG, *FILL])
+    train_file = write_tsv(root / "train.tsv", 16, 0)
+    three = root / "three.tsv"
+    three.write_text("sentence\tlabel\nthe movie was good\tpos\nthe plot was bad\tneg\nthe movie was a\tmeh\n")
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        assert main(["train", "--model", "models/tiny-bert", "--train-file", "train.tsv", "--text-columns", "sentence",
+                     "--epochs", "1", "--batch-size", "8", "--max-length", "16", "--progress", "none",
+                     "--output-dir", "run"]) == 0
+    finally:
+        os.chdir(cwd)
+    return {"root": root, "adapter": root / "run" / "adapter", "train": train_file, "three": three,
+            "model": root / "models" / "tiny-bert"}
+
+
+def test_eval_from_another_directory_finds_the_base_model(trained_adapter, tmp_path: Path, monkeypatch, capsys):
+    meta = json.loads((trained_adapter["adapter"] / "adapter_config.json").read_text())
+    assert meta["base_model"]["relative_path"] == "../../models/tiny-bert"
+    monkeypatch.chdir(tmp_path)
+    assert main(["eval", str(trained_adapter["adapter"]), "--test-file", str(trained_adapter["train"]),
+                 "--text-columns", "sentence"]) == 0
+    assert "accuracy" in capsys.readouterr().out
+    moved = tmp_path / "moved"  # an old-style record: only a relative name, nowhere to be found
+    shutil.copytree(trained_adapter["adapter"], moved)
+    meta["base_model"] = {k: v for k, v in meta["base_model"].items() if k != "relative_path"}
+    meta["base_model"]["name_or_path"] = "./models/tiny-bert"
+    (moved / "adapter_config.json").write_text(json.dumps(meta))
+    assert main(["eval", str(moved), "--test-file", str(trained_adapter["train"]), "--text-columns", "sentence"]) == 2
+    err = capsys.readouterr().err
+    assert (f"{moved / 'adapter_config.json'}: base_model.name_or_path: './models/tiny-bert' is not a directory "
+            f"(tried {moved / 'models/tiny-bert'}, models/tiny-bert); give the base model with --model") in err
+
+
+def test_eval_a_two_label_head_on_three_labels(trained_adapter, capsys):
+    code = main(["eval", str(trained_adapter["adapter"]), "--test-file", str(trained_adapter["three"]),
+                 "--text-columns", "sentence"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{trained_adapter['three']}: row 3: column 'label': label 'meh' is not one of " \
+                                   "the task's labels ['neg', 'pos']" in err
+    code = main(["eval", str(trained_adapter["adapter"]), "--test-file", str(trained_adapter["three"]),
+                 "--text-columns", "sentence", "--labels", "neg,pos,meh"])
+    assert code == 2
+    assert ("adapter_config.json: head.num_labels: the head was saved for 2 labels ['neg', 'pos']; task 'three' has 3"
+            in capsys.readouterr().err)
+
+
+def test_info_on_a_truncated_safetensors_file(trained_adapter, tmp_path: Path, capsys):
+    broken = tmp_path / "broken"
+    shutil.copytree(trained_adapter["adapter"], broken)
+    weights = broken / "adapter.safetensors"
+    weights.write_bytes(weights.read_bytes()[:50])
+    assert main(["info", str(broken)]) == 2
+    assert f"adapterkit info: error: {weights}: not a valid safetensors file" in capsys.readouterr().err
+    weights.unlink()
+    assert main(["info", str(broken)]) == 2
+    assert f"{weights}: file not found" in capsys.readouterr().err
+
+
+def test_an_unexpected_error_is_one_line(monkeypatch, capsys):
+    import adapterkit.cli as cli
+
+    def boom(args):
+        raise TypeError("something unforeseen")
+
+    monkeypatch.setattr(cli, "cmd_info", boom)
+    monkeypatch.delenv("ADAPTERKIT_DEBUG", raising=False)
+    assert main(["info", "--list"]) == 1
+    err = capsys.readouterr().err
+    assert err == ("adapterkit info: internal error: TypeError: something unforeseen (set ADAPTERKIT_DEBUG=1 to see "
+                   "the traceback, and please report it)\n")
+    monkeypatch.setenv("ADAPTERKIT_DEBUG", "1")
+    with pytest.raises(TypeError):
+        main(["info", "--list"])

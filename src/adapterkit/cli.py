@@ -21,12 +21,13 @@ from typing import Any
 from . import options
 from .config import opt
 from .console import Progress, quiet_transformers, say
-from .errors import AdapterKitError, ConfigError
+from .errors import AdapterKitError, AdapterLoadError, ConfigError
 from .options import DataOptions, Group, ModelOptions
 from .runner import (
     NO_CHECKPOINTS,
     RESULT_COLUMNS,
     RESULT_DIGITS,
+    check_sizes,
     evaluate_split,
     resolve_task,
     run_training,
@@ -222,12 +223,24 @@ def cmd_train(opts: dict[str, Any]) -> int:
 # --- eval -----------------------------------------------------------------------------------------
 
 
+def saved_label_names(head: dict[str, Any]) -> list[str] | None:
+    """A saved classification head's label names in id order (None for other heads or default names)."""
+    id2label = head.get("id2label") or {}
+    n = head.get("num_labels")
+    if head.get("problem_type") not in (None, "single_label_classification") or not isinstance(n, int) or n < 2:
+        return None
+    names = [id2label.get(str(i)) for i in range(n)]
+    if any(not isinstance(name, str) for name in names) or names == [f"LABEL_{i}" for i in range(n)]:
+        return None
+    return names
+
+
 def cmd_eval(opts: dict[str, Any]) -> int:
     from .data.tasks import load_split, resolve_data_dir
     from .interop.hub import resolve_adapter_dir
-    from .io import load_adapter, read_adapter_config
+    from .io import load_adapter, read_adapter_config, resolve_base_model
     from .reporting import text_table
-    from .runner import load_model, split_source
+    from .runner import clamp_max_length, load_model, split_source
 
     if not opts.get("adapter"):
         raise ConfigError("adapter: give the adapter directory (or Hub repo id) to evaluate")
@@ -239,14 +252,29 @@ def cmd_eval(opts: dict[str, Any]) -> int:
         if not saved_task:
             raise ConfigError("task: give --task or --test-file (the adapter does not record its task)")
         data.task = saved_task
+    saved_labels = saved_label_names(meta.get("head") or {})
+    if saved_labels and not data.task and not data.labels and data.kind == "classification":
+        data.labels = saved_labels  # the head's label ids: a row with another label is an error naming it
     spec = resolve_task(data)
+    source = Path(opts["adapter"]) / "adapter_config.json"
+    if saved_labels and spec.kind == "classification" and len(saved_labels) != spec.num_labels:
+        raise AdapterLoadError(f"{source}: head.num_labels: the head was saved for {len(saved_labels)} labels "
+                               f"{saved_labels}; task {spec.name!r} has {spec.num_labels} {list(spec.labels or ())}")
     split = opts.get("split") or ("test" if "test" in spec.splits else "dev")
     data_dir = resolve_data_dir(data.data_dir)
     examples = load_split(spec, split, data_dir)
-    adapted, tokenizer = load_model(spec, opts.get("model") or meta["base_model"].get("name_or_path") or None)
+    model_path, tried = (opts["model"], []) if opts.get("model") else resolve_base_model(meta, opts["adapter"])
+    try:
+        adapted, tokenizer = load_model(spec, model_path)
+    except OSError as exc:
+        if not tried:
+            raise
+        raise AdapterLoadError(f"{source}: base_model.name_or_path: {model_path!r} is not a local directory (tried "
+                               f"{', '.join(tried)}) and cannot be loaded as a Hub id ({exc}); give the base model "
+                               "with --model") from None
     name = load_adapter(adapted, opts["adapter"])
     say(f"adapter {name!r} on {spec.name} [{split}], {len(examples)} examples")
-    config = options.build(TrainConfig, opts, output_dir=opts["output_dir"])
+    config = clamp_max_length(options.build(TrainConfig, opts, output_dir=opts["output_dir"]), adapted.model, tokenizer)
     metrics = evaluate_split(adapted, tokenizer, spec, examples, config,
                              predictions=Path(opts["output_dir"]) / "predictions.json",
                              source=split_source(spec, split, data_dir))
@@ -296,12 +324,17 @@ def cmd_info(args: argparse.Namespace) -> int:
     for fname in (WEIGHTS_NAME, HEAD_NAME):
         path = directory / fname
         if path.is_file():
-            from safetensors import safe_open
+            from safetensors import SafetensorError, safe_open
 
-            with safe_open(str(path), "pt") as f:
-                n = sum(_numel(f.get_slice(k).get_shape()) for k in f.keys())
-                rows.append({"file": fname, "tensors": len(list(f.keys())), "parameters": n,
-                             "bytes": path.stat().st_size})
+            try:
+                with safe_open(str(path), "pt") as f:
+                    n = sum(_numel(f.get_slice(k).get_shape()) for k in f.keys())
+                    rows.append({"file": fname, "tensors": len(list(f.keys())), "parameters": n,
+                                 "bytes": path.stat().st_size})
+            except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+                raise AdapterLoadError(f"{path}: not a valid safetensors file ({exc})") from None
+        elif fname == WEIGHTS_NAME:
+            raise AdapterLoadError(f"{path}: file not found (the adapter's weights)")
     say(text_table(rows, ["file", "tensors", "parameters", "bytes"]))
     return 0
 
@@ -338,6 +371,10 @@ def cmd_demo(opts: dict[str, Any]) -> int:
     if unknown:
         raise ConfigError(f"methods: unknown demo system {unknown[0]!r}; known: {sorted(DEMO_SYSTEMS)}")
     seed, k = opts["seed"], opts["k_shot"]
+    check_sizes(k_shot=k, train_size=None, dev_size=opts.get("dev_size"))
+    test_size = opts.get("test_size")
+    if test_size is not None and (isinstance(test_size, bool) or not isinstance(test_size, int) or test_size < 1):
+        raise ConfigError(f"test_size: must be a whole number >= 1, got {test_size!r} (leave it out for all)")
     if data_dir is not None:
         spec = get_task("sst2")
         dev_size = opts.get("dev_size") or k * len(spec.labels)
@@ -450,6 +487,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     quiet_transformers()
+    opts: dict[str, Any] = {}
     try:
         if args.command == "info":
             return cmd_info(args)
@@ -477,6 +515,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (AdapterKitError, OSError) as exc:  # OSError: a model or file that cannot be found or read
         print(f"adapterkit {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        where = ""
+        if args.command in ("train", "pretrain") and opts.get("output_dir"):
+            where = (f"; checkpoints so far are in {opts['output_dir']}: run the same command with --resume auto "
+                     "to continue")
+        print(f"\nadapterkit {args.command}: interrupted{where}", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug, or a case without a clear message yet: one line, not a traceback
+        import os
+
+        if os.environ.get("ADAPTERKIT_DEBUG"):
+            raise
+        print(f"adapterkit {args.command}: internal error: {type(exc).__name__}: {exc} (set ADAPTERKIT_DEBUG=1 "
+              "to see the traceback, and please report it)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

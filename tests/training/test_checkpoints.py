@@ -59,5 +59,5 @@ def test_resume_point(tmp_path: Path):
     ckpt = tmp_path / "checkpoint-4"
     ckpt.mkdir()
     (ckpt / TRAINABLE_NAME).write_bytes(b"x")
-    (ckpt / "trainer_state.json").write_text("{}")
+    (ckpt / "trainer_state.json").write_text('{"global_step": 4}')
     assert resume_point(tmp_path, True) == resume_point(tmp_path, "auto") == str(ckpt)

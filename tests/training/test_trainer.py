@@ -1,6 +1,7 @@
 """The Trainer path: best-checkpoint selection, per-group learning rates, frozen weights, small checkpoints, resume."""
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -214,13 +215,19 @@ def test_evaluate_classification(tok):
 
 
 def test_last_checkpoint_skips_one_cut_short(tmp_path: Path):
-    for step, files in ((3, [TRAINABLE_NAME, "trainer_state.json"]), (6, [TRAINABLE_NAME])):  # 6 was killed mid-save
+    state = json.dumps({"global_step": 3, "max_steps": 9})
+    for step, files in ((3, {TRAINABLE_NAME: "x", "trainer_state.json": state}),
+                        (6, {TRAINABLE_NAME: "x"}),  # killed before the state was written
+                        (9, {TRAINABLE_NAME: "x", "trainer_state.json": state[:17]})):  # state truncated (full disk)
         ckpt = tmp_path / f"checkpoint-{step}"
         ckpt.mkdir()
-        for name in files:
-            (ckpt / name).write_bytes(b"x")
+        for name, text in files.items():
+            (ckpt / name).write_text(text)
     (tmp_path / "checkpoint-x").mkdir()
-    assert last_checkpoint(tmp_path) == str(tmp_path / "checkpoint-3")
+    said: list[str] = []
+    assert last_checkpoint(tmp_path, say=said.append) == str(tmp_path / "checkpoint-3")
+    assert said[0].startswith(f"{tmp_path / 'checkpoint-9'}: incomplete checkpoint (trainer_state.json is truncated")
+    assert said[1] == f"{tmp_path / 'checkpoint-6'}: incomplete checkpoint (no trainer_state.json); skipping it"
     assert last_checkpoint(tmp_path / "missing") is None
 
 

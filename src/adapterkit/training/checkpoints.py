@@ -9,8 +9,10 @@ RNG and ``trainer_state.json``.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
-from collections.abc import Iterator
+import math
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ TRAINABLE_NAME = "trainable.safetensors"
 FULL_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
 CHECKPOINT_INFO_NAME = "adapterkit_checkpoint.json"
+STATE_NAME = "trainer_state.json"
 
 
 def trainable_state_dict(adapted: Any) -> dict[str, torch.Tensor]:
@@ -78,11 +81,12 @@ def load_checkpoint_weights(adapted: Any, directory: str | Path) -> None:
             params[key].copy_(tensor.to(params[key].dtype))
 
 
-def last_checkpoint(output_dir: str | Path) -> str | None:
+def last_checkpoint(output_dir: str | Path, *, say: Callable[[str], None] | None = None) -> str | None:
     """The newest *complete* ``checkpoint-STEP`` directory in ``output_dir``, or None.
 
-    Complete means it holds our weights and ``trainer_state.json``, which the Trainer writes last; a
-    checkpoint cut short by a kill is skipped in favour of the one before it.
+    Complete means it holds our weights and a readable ``trainer_state.json``, which the Trainer writes
+    last; a checkpoint cut short by a kill or a full disk (no state, or a truncated one) is skipped in
+    favour of the one before it, and ``say`` is told which and why.
     """
     root = Path(output_dir)
     if not root.is_dir():
@@ -94,20 +98,69 @@ def last_checkpoint(output_dir: str | Path) -> str | None:
             steps.append((int(suffix), path))
     for _, path in sorted(steps, reverse=True):
         has_weights = (path / TRAINABLE_NAME).is_file() or (path / FULL_NAME).is_file()
-        if has_weights and (path / "trainer_state.json").is_file():
+        problem = None if has_weights else f"no {TRAINABLE_NAME} or {FULL_NAME}"
+        if problem is None:
+            problem = _state_problem(path / STATE_NAME)
+        if problem is None:
             return str(path)
+        if say is not None:
+            say(f"{path}: incomplete checkpoint ({problem}); skipping it")
     return None
 
 
-def resume_point(output_dir: str | Path, resume: bool | str) -> str | None:
-    """The checkpoint to resume from under ``resume`` (false: none; "auto": the last one if any; true: the
-    last one, and a ConfigError when there is none)."""
+def _state_problem(path: Path) -> str | None:
+    """Why ``trainer_state.json`` cannot be resumed from (missing, truncated, not a state), or None."""
+    if not path.is_file():
+        return f"no {STATE_NAME}"
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        return f"{STATE_NAME} is truncated or invalid: {exc}"
+    if not isinstance(state, dict) or not isinstance(state.get("global_step"), int):
+        return f"{STATE_NAME} has no global_step"
+    return None
+
+
+def resume_point(output_dir: str | Path, resume: bool | str, say: Callable[[str], None] | None = None) -> str | None:
+    """The checkpoint to resume from under ``resume`` (false: none; "auto": the last complete one if any; true:
+    the last complete one, and a ConfigError when there is none)."""
     if resume is False:
         return None
-    found = last_checkpoint(output_dir)
+    found = last_checkpoint(output_dir, say=say)
     if found is None and resume is True:
-        raise ConfigError(f"resume: no checkpoint-* directory with weights in {output_dir}")
+        raise ConfigError(f"resume: no complete checkpoint-* directory in {output_dir}")
     return found
+
+
+def check_resume_compatible(checkpoint: str | Path, max_steps: int, epochs: float, batch_size: int) -> None:
+    """Refuse to resume a checkpoint saved by a run of another length (epochs, batch size, data size): its
+    learning-rate schedule was for that length, so the result would match neither run. This also refuses
+    asking a finished run for more epochs. A pickle in the checkpoint that needs more than a weights-only
+    load (``optimizer.pt``, ``scheduler.pt``, ``scaler.pt``) is refused by name."""
+    from ..io import safe_torch_load
+
+    state = json.loads((Path(checkpoint) / STATE_NAME).read_text(encoding="utf-8"))
+    saved = state.get("max_steps")
+    if isinstance(saved, int) and saved != max_steps:
+        raise ConfigError(
+            f"{checkpoint}: resume: the checkpoint belongs to a run of {saved} steps (step {state['global_step']}, "
+            f"batch size {state.get('train_batch_size')}); this run asks for {max_steps} steps ({epochs:g} epochs, "
+            f"batch size {batch_size}). Resuming would change the learning-rate schedule of the part already "
+            "trained: resume with the same epochs, batch size and data, or start a new run (--overwrite true, or "
+            "another --output-dir)"
+        )
+    for name in ("optimizer.pt", "scheduler.pt", "scaler.pt"):  # rng_state.pth holds numpy arrays: see train()
+        if (Path(checkpoint) / name).is_file():
+            safe_torch_load(Path(checkpoint) / name)
+
+
+def planned_steps(n_train: int, batch_size: int, epochs: float, world_size: int = 1, accumulation: int = 1,
+                  drop_last: bool = False) -> int:
+    """Optimizer steps the Trainer plans for ``n_train`` examples (as ``Trainer.set_initial_training_values``)."""
+    per_step = batch_size * max(1, world_size)
+    batches = n_train // per_step if drop_last else math.ceil(n_train / per_step)
+    updates = max(1, math.ceil(batches / accumulation))
+    return math.ceil(epochs * updates)
 
 
 class _FrozenKeysNotice(logging.Filter):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -61,6 +62,9 @@ class TrainConfig:
     )
     save_total_limit: int | None = opt(2, "checkpoints kept in output_dir (the best one is always kept)")
     resume: bool | Literal["auto"] = opt(False, "true: resume from the last checkpoint in output_dir; 'auto': only when one exists")
+    overwrite: bool = opt(
+        False, "`adapterkit train`: replace a previous run in output_dir (its results, adapter or model, and "
+        "checkpoints); false refuses to train into a directory that holds one (unless resuming)")
     save_optimizer: bool = opt(True, "save optimizer/scheduler/RNG state in checkpoints (needed to resume)")
     cleanup_checkpoints: bool = opt(False, "delete the checkpoint-* directories after a successful run")
     logging_steps: int = opt(10, "log the training loss every N optimizer steps")
@@ -88,7 +92,10 @@ class TrainConfig:
         check(self.epochs > 0, "epochs", f"must be > 0, got {self.epochs}")
         check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
         check(self.eval_batch_size >= 1, "eval_batch_size", f"must be >= 1, got {self.eval_batch_size}")
-        check(self.learning_rate > 0, "learning_rate", f"must be > 0, got {self.learning_rate}")
+        check(math.isfinite(self.epochs), "epochs", f"must be finite, got {self.epochs}")
+        check(self.learning_rate > 0 and math.isfinite(self.learning_rate), "learning_rate",
+              f"must be a finite number > 0, got {self.learning_rate}")
+        check(isinstance(self.seed, int) and 0 <= self.seed < 2**32, "seed", f"must be in [0, 2**32), got {self.seed}")
         check(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
         check(0 <= self.warmup_ratio < 1, "warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
         check(self.max_grad_norm >= 0, "max_grad_norm", f"must be >= 0, got {self.max_grad_norm}")

@@ -9,8 +9,10 @@ progress lines and for loading the best checkpoint at the end.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import functools
 import json
+import pickle
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -23,10 +25,13 @@ import torch
 from torch import nn
 
 from ..console import fmt_seconds, say
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, unpickle_refusal
 from .checkpoints import (
+    check_resume_compatible,
+    last_checkpoint,
     load_checkpoint_weights,
     partial_checkpoints_expected,
+    planned_steps,
     resume_point,
     save_checkpoint_weights,
 )
@@ -293,9 +298,15 @@ def train(adapted: Any, tokenizer: Any, spec: Any, train_examples: Sequence[Exam
     )
     if config.progress != "bar":
         trainer.remove_callback(PrinterCallback)
-    resume_from = resume_point(config.output_dir, config.resume)
+    main_process = trainer.is_world_process_zero()
+    resume_from = resume_point(config.output_dir, config.resume, say=(lambda m: say(m, err=True)) if main_process else None)
     if resume_from is not None:
+        check_resume_compatible(resume_from, planned_steps(len(train_ds), config.batch_size, config.epochs,
+                                                           args.world_size, config.gradient_accumulation_steps,
+                                                           config.dataloader_drop_last), config.epochs, config.batch_size)
         load_checkpoint_weights(adapted, resume_from)  # our checks name the file; the Trainer then loads it too
+        if main_process:
+            say(f"[{name}] resuming from {resume_from}", err=True)
     start = time.perf_counter()
     cached = False
     if config.cache_frozen_layers:
@@ -310,6 +321,13 @@ def train(adapted: Any, tokenizer: Any, spec: Any, train_examples: Sequence[Exam
     try:
         with partial_checkpoints_expected():
             trainer.train(resume_from_checkpoint=resume_from)
+    except pickle.UnpicklingError as exc:  # (resuming) rng_state.pth holding more than tensors and numpy arrays
+        raise unpickle_refusal(Path(resume_from or config.output_dir) / "rng_state.pth", exc) from None
+    except (OSError, RuntimeError) as exc:
+        if isinstance(exc, RuntimeError) and "writ" not in str(exc).lower():
+            raise
+        _drop_partial_checkpoint(config.output_dir, trainer.state.global_step, args.should_save, exc)
+        raise
     finally:
         if cached:
             frozen_cache.disable(adapted)
@@ -345,6 +363,18 @@ def train(adapted: Any, tokenizer: Any, spec: Any, train_examples: Sequence[Exam
                 shutil.rmtree(ckpt, ignore_errors=True)
     adapted.eval()
     return result
+
+
+def _drop_partial_checkpoint(output_dir: str, step: int, should_save: bool, exc: BaseException) -> None:
+    """After a write error (a full disk) while training: remove ``checkpoint-STEP`` when it is incomplete, and
+    raise an OSError naming it (nothing that looks like a checkpoint is left half-written)."""
+    folder = Path(output_dir) / f"checkpoint-{step}"
+    if not folder.is_dir() or last_checkpoint(output_dir) == str(folder):
+        return  # the error was not in a checkpoint save
+    if should_save:
+        shutil.rmtree(folder, ignore_errors=True)
+    raise OSError(getattr(exc, "errno", None) or errno.EIO,
+                  f"{folder}: cannot write the checkpoint ({exc}); the partial checkpoint was removed") from exc
 
 
 def _jsonable(result: TrainResult) -> dict[str, Any]:
