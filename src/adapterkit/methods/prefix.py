@@ -126,12 +126,6 @@ def _switch_off(config: Any) -> None:
         config._attn_implementation = entry[1]
 
 
-def original_attn_implementation(config: Any) -> str | None:
-    """The implementation ``config`` had before prefix tuning switched it (its current one otherwise)."""
-    entry = _entry(config)
-    return entry[1] if entry is not None else config._attn_implementation
-
-
 # -- modules ---------------------------------------------------------------------------------------
 class PrefixEncoder(AdapterModule):
     """The reparameterisation shared by all layers: Embedding(P, h) -> Linear -> Tanh -> Linear(2 * L * kv * d)."""
