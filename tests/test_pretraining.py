@@ -252,3 +252,16 @@ def test_pretrain_resumes_after_sigkill(tmp_path: Path):
     steps_per_epoch = -(-result["blocks"] // 8)
     assert result["global_step"] == 40 * steps_per_epoch
     assert (out / "model" / "model.safetensors").is_file()
+
+
+def test_task_texts_of_a_qa_task_are_its_contexts_and_questions(tmp_path: Path):
+    from adapterkit.data.tasks import task_from_file
+
+    paragraphs = [{"context": f"Context {i} mentions Paris.", "qas": [
+        {"id": f"{i}-{q}", "question": f"Question {i}.{q}?", "answers": [{"text": "Paris", "answer_start": 19}]}
+        for q in range(2)]} for i in range(3)]
+    path = tmp_path / "squad.json"
+    path.write_text(json.dumps({"version": "1.1", "data": [{"title": "t", "paragraphs": paragraphs}]}))
+    texts = task_texts(task_from_file("syn", path, kind="qa"))
+    assert texts == [f"Context {i} mentions Paris." for i in range(3)] + [f"Question {i}.{q}?" for i in range(3)
+                                                                          for q in range(2)]
