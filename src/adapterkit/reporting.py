@@ -199,3 +199,31 @@ def grouped_bar_plot(path: str | Path, groups: Sequence[str], series: Mapping[st
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def heatmap(path: str | Path, rows: Sequence[str], cols: Sequence[str], values: Sequence[Sequence[float]], *,
+            title: str = "", xlabel: str = "", ylabel: str = "", vmin: float | None = None,
+            vmax: float | None = None) -> Path:
+    """A rows x cols heat map with each cell's value printed, written as PNG (NaN cells left blank)."""
+    import numpy as np
+
+    plt = _pyplot()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = np.asarray(values, dtype=float).reshape(len(rows), len(cols))
+    fig, ax = plt.subplots(figsize=(max(3.5, 1.3 * len(cols) + 2), max(2.5, 0.45 * len(rows) + 1.5)))
+    image = ax.imshow(np.ma.masked_invalid(data), cmap="viridis", vmin=vmin, vmax=vmax, aspect="auto")
+    ax.set_xticks(range(len(cols)), list(cols), rotation=30, ha="right")
+    ax.set_yticks(range(len(rows)), list(rows))
+    for i in range(len(rows)):
+        for j in range(len(cols)):
+            if np.isfinite(data[i, j]):
+                ax.text(j, i, f"{data[i, j]:.2f}", ha="center", va="center", fontsize=8, color="white")
+    fig.colorbar(image, ax=ax)
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

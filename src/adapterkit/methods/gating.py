@@ -56,3 +56,85 @@ def real_token_mask(mask: torch.Tensor, length: int) -> torch.Tensor:
     if extra > 0:
         return torch.cat([mask.new_ones(mask.shape[0], extra), mask], dim=1)
     return mask[:, -length:]
+
+
+# --- gate analysis ---------------------------------------------------------------------------------------
+
+
+def gate_modules(adapted: nn.Module, name: str) -> dict[tuple[int, str], Gate]:
+    """Adapter ``name``'s gates by (layer, gate label): the label is the site (``ffn_output`` for a Pfeiffer
+    adapter, ``attention`` for a prefix, ``query``/``value`` for LoRA), plus the sub-module path when a site
+    module holds more than one gate."""
+    out: dict[tuple[int, str], Gate] = {}
+    for prefix, module in adapted.adapter_modules(name):
+        parts = prefix.split(".")
+        if parts[0] != "layers":
+            continue
+        layer, site = int(parts[1]), parts[2]
+        gates = [(sub, m) for sub, m in module.named_modules() if isinstance(m, Gate)]
+        for sub, gate in gates:
+            label = site if len(gates) == 1 else f"{site}.{sub}"
+            out[(layer, label)] = gate
+    return out
+
+
+class GateRecorder:
+    """Context manager that sums every gate's values over the forward passes run inside it.
+
+    ``means()`` then gives the mean gate value per (layer, label) over all examples seen (each example
+    weighs the same, whatever its batch).
+    """
+
+    def __init__(self, adapted: nn.Module, name: str) -> None:
+        self.gates = gate_modules(adapted, name)
+        if not self.gates:
+            raise ValueError(f"adapter {name!r}: has no gates (use a method config with gated: true)")
+        self.sums = {key: 0.0 for key in self.gates}
+        self.counts = {key: 0 for key in self.gates}
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    def __enter__(self) -> GateRecorder:
+        for key, gate in self.gates.items():
+            self._handles.append(gate.register_forward_hook(self._hook(key)))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _hook(self, key: tuple[int, str]):  # noqa: ANN202
+        def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+            values = output.detach().float().reshape(output.shape[0], -1).mean(dim=1)
+            self.sums[key] += float(values.sum())
+            self.counts[key] += int(values.numel())
+
+        return hook
+
+    def means(self) -> dict[tuple[int, str], float]:
+        return {k: self.sums[k] / self.counts[k] for k in self.gates if self.counts[k]}
+
+
+def gate_table(means: dict[tuple[int, str], float]) -> dict[str, object]:
+    """JSON-ready ``{"layers": [...], "gates": [...], "mean": [[per gate] per layer]}`` (null where absent)."""
+    layers = sorted({layer for layer, _ in means})
+    labels = sorted({label for _, label in means})
+    return {"layers": layers, "gates": labels,
+            "mean": [[means.get((layer, label)) for label in labels] for layer in layers]}
+
+
+def write_gate_report(means: dict[tuple[int, str], float], directory: str, title: str = "mean gate value") -> tuple[str, str]:
+    """Write ``gates.json`` and a layer x gate heat map ``gates.png`` to ``directory``; returns both paths."""
+    from pathlib import Path
+
+    from ..io import atomic_write_json
+    from ..reporting import heatmap
+
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    table = gate_table(means)
+    atomic_write_json(out / "gates.json", table)
+    png = heatmap(out / "gates.png", [str(layer) for layer in table["layers"]], list(table["gates"]),
+                  [[float("nan") if v is None else v for v in row] for row in table["mean"]], title=title,
+                  xlabel="gate", ylabel="layer", vmin=0.0, vmax=1.0)
+    return str(out / "gates.json"), str(png)
