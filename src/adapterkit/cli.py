@@ -46,7 +46,7 @@ class EvalOptions:
     adapter: str | None = opt(None, "adapter directory (adapter_config.json + safetensors), or a Hugging Face Hub "
                               "repo id owner/name[@revision] (downloaded; HF_HUB_OFFLINE=1: the cache only)")
     split: str | None = opt(None, "split to evaluate (default: test if the task has one, else dev)")
-    output_dir: str = opt("runs/eval", "QA: where predictions.json goes")
+    output_dir: str = opt("runs/eval", "where predictions.json (QA) and, for gated adapters, gates.json/png go")
 
 
 @dataclass
@@ -277,7 +277,7 @@ def cmd_eval(opts: dict[str, Any]) -> int:
     config = clamp_max_length(options.build(TrainConfig, opts, output_dir=opts["output_dir"]), adapted.model, tokenizer)
     metrics = evaluate_split(adapted, tokenizer, spec, examples, config,
                              predictions=Path(opts["output_dir"]) / "predictions.json",
-                             source=split_source(spec, split, data_dir))
+                             source=split_source(spec, split, data_dir), gate_report=Path(opts["output_dir"]))
     if metrics is not None:
         say(text_table([{"metric": k, "value": v} for k, v in metrics.items()], ["metric", "value"]))
     return 0

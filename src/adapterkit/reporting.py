@@ -207,7 +207,7 @@ def heatmap(path: str | Path, rows: Sequence[str], cols: Sequence[str], values: 
     """A rows x cols heat map with each cell's value printed, written as PNG (NaN cells left blank)."""
     import numpy as np
 
-    plt = _pyplot()
+    plt = pyplot()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     data = np.asarray(values, dtype=float).reshape(len(rows), len(cols))

@@ -220,11 +220,26 @@ def build_system(spec: Any, model: ModelOptions) -> tuple[Any, Any, str | None]:
 
 
 def evaluate_split(adapted: Any, tokenizer: Any, spec: Any, examples: list, config: Any, *,
-                   predictions: Path | None = None, source: str = "the examples") -> dict[str, float] | None:
+                   predictions: Path | None = None, source: str = "the examples",
+                   gate_report: Path | None = None) -> dict[str, float] | None:
     """Metrics of ``adapted`` on ``examples`` under ``config``'s evaluation options.
 
     QA writes ``predictions`` (id -> answer text) and returns None when ``source`` has no reference answers.
+    With ``gate_report`` (a directory), the per-layer mean gate values of gated adapters (UniPELT) on these
+    examples are written there as ``gates.json`` and ``gates.png``.
     """
+    from .methods.gating import GateRecorder, write_gate_report
+
+    with GateRecorder(adapted, required=False) as recorder:
+        metrics = _evaluate_split(adapted, tokenizer, spec, examples, config, predictions, source)
+    if gate_report is not None and recorder.means():
+        paths = write_gate_report(recorder.means(), str(gate_report), title=f"mean gate value on {source}")
+        say(f"gate values per layer: {paths[0]}, {paths[1]}")
+    return metrics
+
+
+def _evaluate_split(adapted: Any, tokenizer: Any, spec: Any, examples: list, config: Any, predictions: Path | None,
+                    source: str) -> dict[str, float] | None:
     from .training import evaluate, predict_qa, score_qa
 
     if spec.kind != "qa":
@@ -262,9 +277,11 @@ class SystemRun:
 
 def run_system(adapted: Any, tokenizer: Any, spec: Any, data: tuple[list, list | None, list | None], config: Any, *,
                label: str, callbacks: Sequence[Any] = (), extra_loss: Callable | None = None,
-               predictions: Path | None = None, test_source: str = "the test examples") -> SystemRun:
+               predictions: Path | None = None, test_source: str = "the test examples",
+               gate_report: Path | None = None) -> SystemRun:
     """Train ``adapted`` (its active adapters, or as ``config.train_mode`` says) on ``data[0]``, select the best
-    evaluation on ``data[1]`` and score ``data[2]`` (QA: answers written to ``predictions``)."""
+    evaluation on ``data[1]`` and score ``data[2]`` (QA: answers written to ``predictions``; gated adapters:
+    per-layer mean gate values on the test set written to ``gate_report``)."""
     from .training import has_qa_references, train
 
     train_ex, dev_ex, test_ex = data
@@ -279,7 +296,8 @@ def run_system(adapted: Any, tokenizer: Any, spec: Any, data: tuple[list, list |
     test = None
     if test_ex:
         start = time.perf_counter()
-        test = evaluate_split(adapted, tokenizer, spec, test_ex, config, predictions=predictions, source=test_source)
+        test = evaluate_split(adapted, tokenizer, spec, test_ex, config, predictions=predictions, source=test_source,
+                              gate_report=gate_report)
         if test is not None:
             say(f"[{label}] test score {test['score']:.4f} ({spec.metric}, {len(test_ex)} examples, "
                 f"{time.perf_counter() - start:.0f}s); dev {result.score}; train {result.train_seconds:.0f}s")
@@ -329,7 +347,7 @@ def _run_training(data: DataOptions, model: ModelOptions, config: Any, *, spec: 
     test_split = "dev" if data.dev_size and "dev" in spec.splits else "test"
     run = run_system(adapted, tokenizer, spec, examples, config, label=label,
                      predictions=out / "predictions.json" if spec.kind == "qa" else None,
-                     test_source=split_source(spec, test_split, data_dir))
+                     test_source=split_source(spec, test_split, data_dir), gate_report=out)
     result = run.result
     summary = {"task": spec.name, "method": method, "dev": result.metrics, "test": run.test,
                "best_epoch": result.best_epoch, "train_seconds": result.train_seconds,

@@ -79,16 +79,22 @@ def gate_modules(adapted: nn.Module, name: str) -> dict[tuple[int, str], Gate]:
 
 
 class GateRecorder:
-    """Context manager that sums every gate's values over the forward passes run inside it.
+    """Context manager that sums the gate values of adapter ``name`` (default: every active adapter; labels then
+    start with the adapter's name) over the forward passes run inside it.
 
     ``means()`` then gives the mean gate value per (layer, label) over all examples seen (each example
-    weighs the same, whatever its batch).
+    weighs the same, whatever its batch; for QA, each window of a long context). ``required=False``: an
+    adapter without gates records nothing instead of failing.
     """
 
-    def __init__(self, adapted: nn.Module, name: str) -> None:
-        self.gates = gate_modules(adapted, name)
-        if not self.gates:
-            raise ValueError(f"adapter {name!r}: has no gates (use a method config with gated: true)")
+    def __init__(self, adapted: nn.Module, name: str | None = None, *, required: bool = True) -> None:
+        names = [name] if name is not None else list(adapted.active_adapters)
+        self.gates: dict[tuple[int, str], Gate] = {}
+        for n in names:
+            for (layer, label), gate in gate_modules(adapted, n).items():
+                self.gates[(layer, label if len(names) == 1 else f"{n}:{label}")] = gate
+        if not self.gates and required:
+            raise ValueError(f"adapter {name or names!r}: has no gates (use a method config with gated: true)")
         self.sums = {key: 0.0 for key in self.gates}
         self.counts = {key: 0 for key in self.gates}
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
