@@ -92,6 +92,7 @@ class AdaptableConfig(BottleneckConfig):
     """Moosavi et al. 2022: Pfeiffer adapters with rational activations and a learned per-layer switch."""
 
     method: ClassVar[str] = "adaptable"
+    gatable: ClassVar[bool] = False
     placement: Literal["houlsby", "pfeiffer", "parallel"] = opt("pfeiffer", "fixed: pfeiffer (after the FFN)")
     activation: str = opt("rational", "activation in the bottleneck; 'rational' is initialised by rational_init")
     rational_init: str = opt(

@@ -68,6 +68,7 @@ class AdapterDropConfig(PfeifferConfig):
     """Rücklé et al. 2021: Pfeiffer adapters; each training step skips those of the lowest n layers, n random."""
 
     method: ClassVar[str] = "adapterdrop"
+    gatable: ClassVar[bool] = False
     placement: Literal["houlsby", "pfeiffer", "parallel"] = opt("pfeiffer", "fixed: pfeiffer")
     drop_max_layers: int | None = opt(
         None, "n is drawn from 0..drop_max_layers at each training step (default: number of layers - 2)"

@@ -32,6 +32,7 @@ from ..injection import AdaptedModule, AdapterModule, get_module
 from ..registry import register_method
 from . import rational  # noqa: F401  (registers the learnable rational activations)
 from .base import ACTIVATIONS, Attachment, BuildContext, NeuronGroup, make_activation
+from .gating import GATE_AVERAGE_HELP, GATE_AVERAGES, Gate
 
 BOTTLENECK_UNITS = NeuronGroup("", (("down.weight", 0), ("down.bias", 0)), (("up.weight", 1),))
 """The units of a :class:`Bottleneck`: Down rows and bias in, Up columns out."""
@@ -83,14 +84,18 @@ class SequentialAdapter(AdapterModule):
         super().__init__()
         self.bottleneck = bottleneck
 
+    def delta(self, x: torch.Tensor) -> torch.Tensor:
+        """What the adapter adds for adapter input ``x`` (a gated subclass scales it)."""
+        return self.bottleneck(x)
+
     def post(self, args: tuple, kwargs: dict[str, Any], output: torch.Tensor) -> torch.Tensor:
-        return output + self.bottleneck(output)
+        return output + self.delta(output)
 
     def fusion_refusal(self) -> str | None:
         return None
 
     def fusion_output(self, args: tuple, kwargs: dict[str, Any], output: torch.Tensor) -> torch.Tensor:
-        return output + self.bottleneck(output)
+        return output + self.delta(output)
 
 
 class ParallelAdapter(AdapterModule):
@@ -105,12 +110,16 @@ class ParallelAdapter(AdapterModule):
         if self.input_arg == 0:
             return args, kwargs
         residual = args[self.input_arg]
-        args = (*args[: self.input_arg], residual + self.bottleneck(residual), *args[self.input_arg + 1 :])
+        args = (*args[: self.input_arg], residual + self.delta(residual), *args[self.input_arg + 1 :])
         return args, kwargs
+
+    def delta(self, x: torch.Tensor) -> torch.Tensor:
+        """What the adapter adds for adapter input ``x`` (a gated subclass scales it)."""
+        return self.bottleneck(x)
 
     def post(self, args: tuple, kwargs: dict[str, Any], output: torch.Tensor) -> torch.Tensor:
         if self.input_arg == 0:
-            return output + self.bottleneck(args[0])
+            return output + self.delta(args[0])
         return output
 
     def fusion_refusal(self) -> str | None:
@@ -123,7 +132,7 @@ class ParallelAdapter(AdapterModule):
     def fusion_output(self, args: tuple, kwargs: dict[str, Any], output: torch.Tensor) -> torch.Tensor:
         if self.input_arg != 0:
             raise ConfigError(f"fusion: {self.fusion_refusal()}")
-        return output + self.bottleneck(args[0])
+        return output + self.delta(args[0])
 
 
 class OriginalLNAdapter(AdapterModule):
@@ -168,7 +177,11 @@ class OriginalLNAdapter(AdapterModule):
         if y0 is None:
             raise RuntimeError("original_ln adapter: the wrapped block did not run its dropout module")
         residual = args[1] if len(args) > 1 else kwargs["input_tensor"]
-        return block.LayerNorm(y0 + self.bottleneck(output) + residual)
+        return block.LayerNorm(y0 + self.delta(output) + residual)
+
+    def delta(self, x: torch.Tensor) -> torch.Tensor:
+        """What the adapter adds for adapter input ``x`` (a gated subclass scales it)."""
+        return self.bottleneck(x)
 
 
 def _keep_y0(block: nn.Module) -> Any:
@@ -179,6 +192,39 @@ def _keep_y0(block: nn.Module) -> Any:
             ctx.set_state(block, "y0", output)
 
     return keep
+
+
+class _Gated:
+    """Mixin: the adapter's contribution scaled by a UniPELT gate that reads the adapter's input."""
+
+    gate: Gate
+
+    def delta(self, x: torch.Tensor) -> torch.Tensor:
+        return self.gate(x) * self.bottleneck(x)  # type: ignore[attr-defined]
+
+
+class GatedSequentialAdapter(_Gated, SequentialAdapter):
+    """UniPELT's gated adapter: h + g(h) * Up(act(Down(h)))."""
+
+    def __init__(self, bottleneck: Bottleneck, gate: Gate) -> None:
+        super().__init__(bottleneck)
+        self.gate = gate
+
+
+class GatedParallelAdapter(_Gated, ParallelAdapter):
+    """A parallel adapter scaled by a gate reading the FFN input."""
+
+    def __init__(self, bottleneck: Bottleneck, input_arg: int, gate: Gate) -> None:
+        super().__init__(bottleneck, input_arg)
+        self.gate = gate
+
+
+class GatedOriginalLNAdapter(_Gated, OriginalLNAdapter):
+    """UniPELT's adapter as in the authors' code: LN(y0 + g(y) * Up(act(Down(y))) + x), y = LN(y0 + x)."""
+
+    def __init__(self, bottleneck: Bottleneck, gate: Gate) -> None:
+        super().__init__(bottleneck)
+        self.gate = gate
 
 
 def check_original_ln_block(ctx: BuildContext, layer: int, site: str) -> None:
@@ -218,9 +264,17 @@ class BottleneckConfig(MethodConfig):
         "same LayerNorm is applied again after it (houlsby/pfeiffer on BERT-like models only)",
     )
     learning_rate: float | None = opt(None, "learning rate for this adapter's parameters (default: the trainer's)")
+    gated: bool = opt(False, "UniPELT gate: scale the adapter's output by sigmoid(Linear(hidden, 1)) of its input, "
+                      "averaged over tokens (one value per example and layer)")
+    gate_average: Literal["real_tokens", "all"] = opt("real_tokens", GATE_AVERAGE_HELP)
+    gatable: ClassVar[bool] = True
 
     def validate(self) -> None:
         check(self.placement in ("houlsby", "pfeiffer", "parallel"), "placement", f"unknown {self.placement!r}")
+        check(isinstance(self.gated, bool), "gated", "must be true or false")
+        check(not self.gated or self.gatable, "gated", f"method {self.method!r} cannot be gated; gates exist for "
+              "bottleneck, houlsby, pfeiffer, parallel, prefix and lora")
+        check(self.gate_average in GATE_AVERAGES, "gate_average", f"use one of {list(GATE_AVERAGES)}")
         check(self.reduction_factor > 0, "reduction_factor", "must be > 0")
         check(self.bottleneck_size is None or self.bottleneck_size > 0, "bottleneck_size", "must be > 0")
         check(self.activation in ACTIVATIONS, "activation", f"unknown {self.activation!r}; known: {sorted(ACTIVATIONS)}")
@@ -245,6 +299,13 @@ class BottleneckConfig(MethodConfig):
     def make_module(self, ctx: BuildContext, layer: int, site: str) -> AdapterModule:
         """The site module for ``site`` of ``layer``, made through ``ctx.create`` (so it can be swapped)."""
         neck = self.make_bottleneck(ctx)
+        if self.gated:
+            gate = ctx.create(Gate, ctx.hidden_size, self.gate_average)
+            if self.original_ln:
+                return ctx.create(GatedOriginalLNAdapter, neck, gate)
+            if site == "ffn_block":
+                return ctx.create(GatedParallelAdapter, neck, ctx.layers[layer].group.ffn_block_arg, gate)
+            return ctx.create(GatedSequentialAdapter, neck, gate)
         if self.original_ln:
             return ctx.create(OriginalLNAdapter, neck)
         if site == "ffn_block":

@@ -14,6 +14,8 @@ import torch
 from torch import nn
 
 GATE_AVERAGES = ("real_tokens", "all")
+GATE_AVERAGE_HELP = ("gated only: real_tokens averages the per-token gate over the real tokens (padding masked); "
+                     "all averages over every position, padding included, as the UniPELT authors' code does")
 GateAverage = Literal["real_tokens", "all"]
 
 
@@ -31,19 +33,30 @@ class Gate(nn.Module):
         self.last: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Gate values of ``x`` (batch, seq, hidden); ``mask`` (batch, seq'), 1 for real tokens.
+        if mask is None:
+            mask = context_mask()
+        """Gate values of ``x`` (batch, seq, hidden); ``mask`` (batch, seq'), 1 for real tokens (default: the
+        forward context's attention mask; a mask that is not 2-D is not used).
 
         A mask shorter than the sequence (soft prompt tokens prepended in front of the text) counts the
         extra leading positions as real.
         """
         per_token = torch.sigmoid(self.linear(x))  # (batch, seq, 1)
-        if mask is None or self.average == "all":
+        if mask is None or mask.dim() != 2 or self.average == "all":
             value = per_token.mean(dim=1, keepdim=True)
         else:
             m = real_token_mask(mask, x.shape[1]).to(per_token.dtype).unsqueeze(-1)
             value = (per_token * m).sum(dim=1, keepdim=True) / m.sum(dim=1, keepdim=True).clamp_min(1.0)
         self.last = value.detach()
         return value
+
+
+def context_mask() -> torch.Tensor | None:
+    """The attention mask of the forward pass in progress (None outside ``AdaptedModel.forward``)."""
+    from ..context import current
+
+    ctx = current()
+    return None if ctx is None else ctx.attention_mask
 
 
 def real_token_mask(mask: torch.Tensor, length: int) -> torch.Tensor:

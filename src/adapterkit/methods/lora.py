@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +21,7 @@ from ..errors import ConfigError
 from ..injection import AdaptedModule, AdapterModule
 from ..registry import register_method
 from .base import Attachment, BuildContext
+from .gating import GATE_AVERAGE_HELP, GATE_AVERAGES, Gate
 
 
 class LoRALinear(AdapterModule):
@@ -93,6 +94,23 @@ class LoRALinear(AdapterModule):
         self.merged = False
 
 
+class GatedLoRALinear(LoRALinear):
+    """UniPELT's gated LoRA: W x + g(x) B A x, the gate (reading the projection's input, the layer input for
+    query and value) replacing alpha / r. Its scale depends on the input, so it cannot be merged."""
+
+    def __init__(self, in_features: int, out_features: int, r: int, alpha: float, dropout: float, gate: Gate) -> None:
+        super().__init__(in_features, out_features, r, alpha, dropout)
+        self.gate = gate
+
+    def post(self, args: tuple, kwargs: dict[str, Any], output: torch.Tensor) -> torch.Tensor:
+        x = args[0] if args else kwargs["input"]
+        update = F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B)
+        return output + self.gate(x) * update
+
+    def merge(self, exact: bool = False) -> None:
+        raise ConfigError("a gated LoRA cannot be merged into the weights: its scale is a gate computed from each input")
+
+
 @register_method
 @dataclass
 class LoRAConfig(MethodConfig):
@@ -105,8 +123,13 @@ class LoRAConfig(MethodConfig):
     targets: tuple[str, ...] = opt(("query", "value"), f"projections to adapt, from {list(LINEAR_SITES)}")
     layers: tuple[int, ...] | None = opt(None, "layer indices to adapt (default: all)")
     learning_rate: float | None = opt(None, "learning rate for this adapter's parameters")
+    gated: bool = opt(False, "UniPELT gate: replace alpha / r by sigmoid(Linear(hidden, 1)) of the projection's input, "
+                      "averaged over tokens (one gate per projection; not mergeable)")
+    gate_average: Literal["real_tokens", "all"] = opt("real_tokens", GATE_AVERAGE_HELP)
 
     def validate(self) -> None:
+        check(isinstance(self.gated, bool), "gated", "must be true or false")
+        check(self.gate_average in GATE_AVERAGES, "gate_average", f"use one of {list(GATE_AVERAGES)}")
         check(self.r > 0, "r", "must be > 0")
         check(self.alpha > 0, "alpha", "must be > 0")
         check(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)")
@@ -123,6 +146,12 @@ class LoRAConfig(MethodConfig):
                 linear = getattr(linear, "base_layer", linear)
                 if not isinstance(linear, nn.Linear):
                     raise ConfigError(f"targets: {site!r} in layer {i} is a {type(linear).__name__}, not nn.Linear")
-                module = LoRALinear(linear.in_features, linear.out_features, self.r, self.alpha, self.dropout)
+                if self.gated:
+                    gate = ctx.create(Gate, linear.in_features, self.gate_average)
+                    module = ctx.create(GatedLoRALinear, linear.in_features, linear.out_features, self.r, self.alpha,
+                                        self.dropout, gate)
+                else:
+                    module = ctx.create(LoRALinear, linear.in_features, linear.out_features, self.r, self.alpha,
+                                        self.dropout)
                 out.append(Attachment(i, site, module))
         return out

@@ -16,7 +16,7 @@ import sys
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +30,7 @@ from ..errors import ConfigError
 from ..injection import AdaptedModule, AdapterModule
 from ..registry import register_method
 from .base import Attachment, BuildContext
+from .gating import GATE_AVERAGE_HELP, GATE_AVERAGES, Gate
 
 PREFIX_KWARG = "adapterkit_prefix"
 SDPA, EAGER = "adapterkit_prefix_sdpa", "adapterkit_prefix_eager"
@@ -201,6 +202,24 @@ class PrefixAttention(AdapterModule):
         return args, {**kwargs, PREFIX_KWARG: [*kwargs.get(PREFIX_KWARG, ()), (key, value)]}
 
 
+class GatedPrefixAttention(PrefixAttention):
+    """UniPELT's gated prefix: keys and values both scaled per example by a gate reading the attention input
+    (the layer input). At gate 0 the prefix keys and values are 0, which still takes a share of the softmax
+    (as in the paper: prefix tuning cannot be switched off completely)."""
+
+    def __init__(self, prefix_length: int, kv_heads: int, head_dim: int, dropout: float, reparameterize: bool,
+                 slot: int, gate: Gate) -> None:
+        super().__init__(prefix_length, kv_heads, head_dim, dropout, reparameterize, slot)
+        self.gate = gate
+
+    def prefix_kv(self, batch_size: int, hidden_states: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        key, value = super().prefix_kv(batch_size, hidden_states)
+        if hidden_states is None:
+            raise RuntimeError("gated prefix: needs the attention input to compute its gate")
+        g = self.gate(hidden_states).to(key.dtype).view(batch_size, 1, 1, 1)
+        return key * g, value * g
+
+
 @register_method
 @dataclass
 class PrefixTuningConfig(MethodConfig):
@@ -213,8 +232,13 @@ class PrefixTuningConfig(MethodConfig):
     dropout: float = opt(0.0, "dropout on the prefix keys/values")
     layers: tuple[int, ...] | None = opt(None, "layer indices that get a prefix (default: all)")
     learning_rate: float | None = opt(None, "learning rate for this adapter's parameters")
+    gated: bool = opt(False, "UniPELT gate: scale the prefix keys and values by sigmoid(Linear(hidden, 1)) of the "
+                      "layer input, averaged over tokens (one value per example and layer)")
+    gate_average: Literal["real_tokens", "all"] = opt("real_tokens", GATE_AVERAGE_HELP)
 
     def validate(self) -> None:
+        check(isinstance(self.gated, bool), "gated", "must be true or false")
+        check(self.gate_average in GATE_AVERAGES, "gate_average", f"use one of {list(GATE_AVERAGES)}")
         check(self.prefix_length > 0, "prefix_length", "must be > 0")
         check(self.bottleneck_size > 0, "bottleneck_size", "must be > 0")
         check(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)")
@@ -239,6 +263,11 @@ class PrefixTuningConfig(MethodConfig):
             shared = ctx.create(PrefixEncoder, self.prefix_length, ctx.hidden_size, self.bottleneck_size, len(indices), kv, d)
             out.append(Attachment(None, "shared", shared))
         for slot, i in enumerate(indices):
-            module = ctx.create(PrefixAttention, self.prefix_length, kv, d, self.dropout, self.reparameterize, slot)
+            if self.gated:
+                gate = ctx.create(Gate, ctx.hidden_size, self.gate_average)
+                module = ctx.create(GatedPrefixAttention, self.prefix_length, kv, d, self.dropout, self.reparameterize,
+                                    slot, gate)
+            else:
+                module = ctx.create(PrefixAttention, self.prefix_length, kv, d, self.dropout, self.reparameterize, slot)
             out.append(Attachment(i, "attention", module))
         return out
