@@ -157,6 +157,7 @@ def _qa_with(method: str) -> AdaptedModel:
     from adapterkit.methods.lora import LoRAConfig
     from adapterkit.methods.prefix import PrefixTuningConfig
     from adapterkit.methods.prompt import PromptTuningConfig
+    from adapterkit.methods.unipelt import UniPELTConfig, UniPELTPromptConfig
 
     adapted = AdaptedModel(tiny_model("bert", "qa", seed=0, vocab_size=MINILM_VOCAB))
     configs = {
@@ -164,6 +165,9 @@ def _qa_with(method: str) -> AdaptedModel:
         "lora": LoRAConfig(r=4),
         "prompt": PromptTuningConfig(num_tokens=4),
         "prefix": PrefixTuningConfig(prefix_length=4, bottleneck_size=16),
+        "unipelt": UniPELTConfig(prefix=PrefixTuningConfig(prefix_length=4, bottleneck_size=16)),
+        "unipelt_prompt": UniPELTPromptConfig(prefix=PrefixTuningConfig(prefix_length=4, bottleneck_size=16),
+                                              prompt=PromptTuningConfig(num_tokens=4)),
     }
     if method == "fusion":
         for i, name in enumerate(("a", "b")):
@@ -177,7 +181,7 @@ def _qa_with(method: str) -> AdaptedModel:
     return adapted
 
 
-@pytest.mark.parametrize("method", ["pfeiffer", "lora", "prompt", "prefix", "fusion"])
+@pytest.mark.parametrize("method", ["pfeiffer", "lora", "prompt", "prefix", "fusion", "unipelt", "unipelt_prompt"])
 def test_every_method_trains_and_evaluates_on_squad_files(method: str, tmp_path: Path, tokenizer):
     """Each method trains on SQuAD v1.1 JSON and is scored with EM/F1; its adapter parameters move."""
     spec = task_from_file("syn", squad_json(tmp_path / "train.json", 40, 0), kind="qa",

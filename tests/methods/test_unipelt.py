@@ -189,3 +189,29 @@ def test_gate_analysis_writes_json_and_a_heat_map(tmp_path: Path):
         plain.add_adapter("p", PfeifferConfig())
         GateRecorder(plain, "p")
     assert isinstance(gate, Gate)
+
+
+def test_cli_train_and_eval_write_the_gate_report(tmp_path: Path):
+    """`adapterkit train --method unipelt` records the per-layer mean gates on the test set; so does `eval`."""
+    from adapterkit.cli import main
+    from adapterkit.testing import save_tiny_model
+
+    words = ["good", "great", "bad", "awful", "the", "movie", "was"]
+    model = save_tiny_model(tmp_path / "tiny", words=words)
+    rows = ["sentence\tlabel"] + [f"the movie was {w}\t{int(w in ('good', 'great'))}" for w in words[:4] * 4]
+    for split in ("train", "dev", "test"):
+        (tmp_path / f"{split}.tsv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "run"
+    assert main(["train", "--model", str(model), "--train-file", str(tmp_path / "train.tsv"), "--dev-file",
+                 str(tmp_path / "dev.tsv"), "--test-file", str(tmp_path / "test.tsv"), "--text-columns", "sentence",
+                 "--method", "unipelt", "--adapter-config", '{"prefix": {"method": "prefix", "prefix_length": 2, '
+                 '"bottleneck_size": 8}}', "--epochs", "1", "--max-length", "16", "--progress", "none",
+                 "--output-dir", str(out)]) == 0
+    table = json.loads((out / "gates.json").read_text())
+    assert table["layers"] == [0, 1] and table["gates"] == ["attention", "ffn_output", "query", "value"]
+    assert all(0 < v < 1 for row in table["mean"] for v in row) and (out / "gates.png").stat().st_size > 1000
+    ev = tmp_path / "eval"
+    assert main(["eval", str(out / "adapter"), "--model", str(model), "--test-file", str(tmp_path / "test.tsv"),
+                 "--text-columns", "sentence", "--max-length", "16", "--output-dir", str(ev)]) == 0
+    evaluated = json.loads((ev / "gates.json").read_text())["mean"]
+    assert sum(evaluated, []) == pytest.approx(sum(table["mean"], []), abs=1e-6)  # the same test set, the same gates
