@@ -118,7 +118,7 @@ def test_method_trains_only_adapter_and_head(arch: Arch, method: str) -> None:
     config = default_config(method)
     originals = module_snapshot(base)
 
-    if method == "prefix" and not arch.prefix_supported:
+    if method in ("prefix", "unipelt", "unipelt_prompt") and not arch.prefix_supported:  # (UniPELT holds a prefix)
         with pytest.raises(ConfigError, match=arch.model_type):
             model.add_adapter("a", config)
         assert module_snapshot(base).keys() == originals.keys()
@@ -164,7 +164,7 @@ def test_deleting_all_adapters_restores_modules_and_outputs(arch: Arch) -> None:
     model = AdaptedModel(base)
     names = []
     for method in sorted(METHODS):
-        if method == "prefix" and not arch.prefix_supported:
+        if method in ("prefix", "unipelt", "unipelt_prompt") and not arch.prefix_supported:  # (UniPELT holds a prefix)
             continue
         config = default_config(method)
         if isinstance(config, BottleneckConfig):
@@ -246,8 +246,9 @@ def test_layers_option_attaches_only_to_selected_layer(method: str) -> None:
     model.add_adapter("one", default_config(method, layers=(1,)))
     layer_sites = [att for _, att in model._attachments["one"] if att.layer is not None]
     assert layer_sites and {att.layer for att in layer_sites} == {1}
+    prompt_site = model.site_path(None, "prompt") if method == "unipelt_prompt" else None  # its model-level prompt
     for path in injection.wrappers(model.model):
-        assert ".layer.1." in path + ".", path
+        assert ".layer.1." in path + "." or path == prompt_site, path
     with pytest.raises(ConfigError, match="out of range"):
         model.add_adapter("bad", default_config(method, layers=(2,)))
 
