@@ -250,7 +250,7 @@ def _configs(model: AdaptedModel) -> list[tuple[str, object]]:
 
     out: list[tuple[str, object]] = []
     for method in sorted(METHODS):
-        if method == "prefix" and not model.spec.prefix_supported:
+        if method in ("prefix", "unipelt", "unipelt_prompt") and not model.spec.prefix_supported:  # UniPELT has a prefix
             continue
         if method == "fusion":
             out += [("f1", PfeifferConfig(init="near_identity")), ("f2", PfeifferConfig(init="near_identity")),
