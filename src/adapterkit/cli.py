@@ -146,6 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
         _add_config_flag(p)
         options.add_arguments(p, command_groups(command))
 
+    from .analysis.commands import add_parsers as add_analysis_parsers
+
+    add_analysis_parsers(sub)
+
     exp = sub.add_parser("experiment", help="run a research comparison (see `adapterkit experiment -h`)")
     exp_sub = exp.add_subparsers(dest="experiment", required=True)
     from .experiments import EXPERIMENTS, get_experiment
@@ -495,6 +499,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_push(args)
         if args.command == "convert":
             return cmd_convert(args)
+        if args.command == "analyze":
+            from .analysis.commands import run as run_analysis
+
+            return run_analysis(args)
         opts = merge_options(args)
         if args.command == "train":
             return cmd_train(opts)
