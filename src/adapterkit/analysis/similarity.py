@@ -166,20 +166,32 @@ def _upper_blocks(xn: np.ndarray, yn: np.ndarray, block_size: int):  # noqa: ANN
         yield sa[keep], sb[keep]
 
 
+def _sums(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(sum a, sum b, sum a^2, sum b^2, sum ab) of two equal-shaped arrays."""
+    a, b = a.ravel(), b.ravel()
+    return np.array([a.sum(), b.sum(), np.dot(a, a), np.dot(b, b), np.dot(a, b)])
+
+
 def _blockwise_pearson(xn: np.ndarray, yn: np.ndarray, block_size: int) -> float:
-    m = 0
-    sa = sb = saa = sbb = sab = 0.0
-    shift_a = shift_b = None
-    for a, b in _upper_blocks(xn, yn, block_size):
-        if shift_a is None:  # shifting by a first estimate of the means avoids cancellation in the sums
-            shift_a, shift_b = float(a.mean()), float(b.mean())
-        a, b = a - shift_a, b - shift_b
-        m += len(a)
-        sa += a.sum()
-        sb += b.sum()
-        saa += np.dot(a, a)
-        sbb += np.dot(b, b)
-        sab += np.dot(a, b)
+    """Pearson over the pairs i < j without masks: each block of rows [start, stop) against columns >= start
+    is a symmetric square part (its upper triangle = (all - diagonal) / 2) and a rectangle above the diagonal.
+    Values are shifted by a first estimate of their means, which keeps the sums free of cancellation."""
+    n = len(xn)
+    head = min(n, 256)
+    shift_a = float(np.mean(xn[:head] @ xn[:head].T))
+    shift_b = float(np.mean(yn[:head] @ yn[:head].T))
+    total = np.zeros(5)
+    for start in range(0, n, block_size):
+        stop = min(n, start + block_size)
+        a = xn[start:stop] @ xn[start:].T
+        b = yn[start:stop] @ yn[start:].T
+        a -= shift_a
+        b -= shift_b
+        w = stop - start
+        square = _sums(a[:, :w], b[:, :w]) - _sums(np.diagonal(a[:, :w]), np.diagonal(b[:, :w]))
+        total += square / 2 + _sums(a[:, w:], b[:, w:])
+    m = n * (n - 1) / 2
+    sa, sb, saa, sbb, sab = total
     cov = sab - sa * sb / m
     var = (saa - sa * sa / m) * (sbb - sb * sb / m)
     return float(cov / np.sqrt(var)) if var > 0 else float("nan")
