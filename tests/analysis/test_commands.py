@@ -65,3 +65,30 @@ def test_similarity_errors(saved: dict[str, Path], tmp_path: Path, capsys: pytes
     assert rc == 2 and "empty.txt: probe set is empty" in capsys.readouterr().err
     rc = main(["analyze", "similarity", str(saved["base"]), "--probe", str(saved["probe"])])
     assert rc == 2 and "at least one TUNED" in capsys.readouterr().err
+
+
+def test_lr_sweep_command_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from adapterkit.analysis.sweep import aggregate
+
+    model = save_tiny_model(tmp_path / "m", words=WORDS + ("film", "boring", "fun", "loved", "hated"))
+    out = tmp_path / "sweep"
+    args = ["analyze", "lr-sweep", "--task", "sample_sentiment", "--model", str(model), "--systems",
+            "houlsby:bottleneck_size=8,full", "--lrs", "1e-3,1e-2", "--seeds", "1,2", "--train-size", "24",
+            "--dev-size", "8", "--epochs", "2", "--batch-size", "8", "--max-length", "24", "--progress", "none",
+            "--output-dir", str(out)]
+    assert main(args) == 0
+    rows = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+    runs = [r for r in rows if "lr" in r]
+    assert len(runs) == 8 and {r["system"] for r in rows} == {"houlsby:bottleneck_size=8", "full", "trivial",
+                                                              "linear probe"}
+    for r in runs:  # every run logs dev loss and dev score per epoch
+        assert [c["epoch"] for c in r["curve"]] == [1.0, 2.0]
+        assert all(c["dev_loss"] > 0 and 0 <= c["dev_score"] <= 1 for c in r["curve"])
+    md = (out / "lr_sweep.md").read_text()
+    for line in aggregate(runs, ["houlsby:bottleneck_size=8", "full"]):
+        assert f"| {line['system']} |" in md and f"{line['grid std']:.2f}".rstrip("0").rstrip(".") in md
+    assert "frozen linear probe" in md and "trivial" in md
+    assert (out / "lr_sweep.png").stat().st_size > 1000 and (out / "dev_loss.png").stat().st_size > 1000
+    capsys.readouterr()
+    assert main(args[:8] + ["--lrs", "1e-3,0"] + args[10:]) == 2
+    assert "learning rates must be > 0, got 0" in capsys.readouterr().err

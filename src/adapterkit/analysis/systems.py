@@ -1,0 +1,208 @@
+"""Systems to compare (a method with its fields), one training run with per-epoch dev curves, and the
+baselines every table shows: the trivial (majority class / constant) prediction and a frozen linear probe.
+
+A system is written ``NAME`` (a preset or a registered method, ``full`` or ``head``) or
+``METHOD:FIELD=VALUE,...`` (e.g. ``houlsby:bottleneck_size=128``).
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError
+
+
+@dataclass(frozen=True)
+class System:
+    """A named method configuration."""
+
+    name: str
+    method: str  # a registered adapter method, "full" or "head"
+    fields: dict[str, Any] = field(default_factory=dict, hash=False, compare=True)
+
+    @property
+    def train_mode(self) -> str:
+        return self.method if self.method in ("full", "head") else "adapters"
+
+
+PRESETS: dict[str, System] = {
+    "houlsby64": System("houlsby64", "houlsby", {"bottleneck_size": 64}),
+    "houlsby128": System("houlsby128", "houlsby", {"bottleneck_size": 128}),
+    "houlsby256": System("houlsby256", "houlsby", {"bottleneck_size": 256}),
+    "full": System("full", "full"),
+    "head": System("head", "head"),
+}
+
+
+def parse_system(text: str) -> System:
+    """``NAME`` (a preset or a method) or ``METHOD:FIELD=VALUE,...`` (values parsed as JSON when they can be)."""
+    text = text.strip()
+    if text in PRESETS:
+        return PRESETS[text]
+    method, _, rest = text.partition(":")
+    fields: dict[str, Any] = {}
+    for item in filter(None, (p.strip() for p in rest.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise ConfigError(f"systems: {text!r}: expected METHOD:FIELD=VALUE,..., got {item!r}")
+        try:
+            fields[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            fields[key.strip()] = value
+    if method not in ("full", "head"):
+        from ..registry import get_method
+
+        get_method(method, "systems").from_dict(fields, f"systems: {text}")  # validates method and fields
+    elif fields:
+        raise ConfigError(f"systems: {text!r}: {method} has no fields")
+    return System(text, method, fields)
+
+
+def build(system: System, model: str | None, spec: Any, seed: int) -> tuple[Any, Any]:
+    """(AdaptedModel with the system's adapter added, tokenizer) on a fresh copy of ``model``."""
+    from transformers import set_seed
+
+    from ..model import AdaptedModel, load_base_model
+    from ..registry import get_method
+
+    set_seed(seed)
+    hf, tokenizer = load_base_model(model, spec.kind, spec.num_labels if spec.kind == "classification" else 1,
+                                    spec.id2label or None)
+    adapted = AdaptedModel(hf)
+    if system.train_mode == "adapters":
+        adapted.add_adapter(system.name, get_method(system.method).from_dict(dict(system.fields), "systems"))
+    set_seed(seed)
+    return adapted, tokenizer
+
+
+def epoch_curve(log_history: Sequence[dict[str, Any]]) -> list[dict[str, float | None]]:
+    """Per evaluation (each epoch): epoch, step, dev loss and dev score, from a Trainer's log history."""
+    out = []
+    for entry in log_history:
+        if "eval_score" in entry or "eval_loss" in entry:
+            out.append({"epoch": float(entry.get("epoch") or 0.0), "step": int(entry.get("step") or 0),
+                        "dev_loss": float(entry["eval_loss"]) if "eval_loss" in entry else None,
+                        "dev_score": float(entry["eval_score"]) if "eval_score" in entry else None})
+    return out
+
+
+def train_system(system: System, spec: Any, data: tuple[list, list, list], *, model: str | None, lr: float,
+                 seed: int, epochs: float, batch_size: int, max_length: int, output_dir: str | Path,
+                 eval_batch_size: int = 64, precision: str = "fp32", progress: str = "log",
+                 label: str | None = None) -> tuple[Any, Any, dict[str, Any]]:
+    """Train ``system`` on ``data[0]`` (best epoch on ``data[1]``), score ``data[2]``; returns (model,
+    tokenizer, row) with the test score and the per-epoch dev loss and dev score (``curve``)."""
+    from ..runner import _say
+    from ..training import TrainConfig, evaluate, train
+
+    if lr <= 0:
+        raise ConfigError(f"lr: must be > 0, got {lr}")
+    train_ex, dev_ex, test_ex = data
+    label = label or system.name
+    adapted, tokenizer = build(system, model, spec, seed)
+    config = TrainConfig(output_dir=str(output_dir), epochs=float(epochs), batch_size=batch_size,
+                         eval_batch_size=eval_batch_size, learning_rate=lr, max_length=max_length, seed=seed,
+                         train_mode=system.train_mode, save_total_limit=1, save_optimizer=False,
+                         cleanup_checkpoints=True, progress=progress, precision=precision,
+                         logging_steps=max(1, len(train_ex) // batch_size))
+    result = train(adapted, tokenizer, spec, train_ex, dev_ex or None, config, name=label)
+    test = evaluate(adapted, tokenizer, spec, test_ex, eval_batch_size, max_length, precision=precision) \
+        if test_ex else {}
+    counts = adapted.count_parameters()
+    _say(f"[{label}] test {test.get('score', float('nan')):.4f} ({spec.metric}); dev {result.score}; "
+         f"train {result.train_seconds:.0f}s")
+    row = {"system": system.name, "method": system.method, "lr": lr, "seed": seed,
+           "test_score": test.get("score"), "dev_score": result.score, "best_epoch": result.best_epoch,
+           "trainable": counts["total"] if system.method == "full" else result.trainable_parameters,
+           "train_seconds": round(result.train_seconds, 2), "curve": epoch_curve(result.log_history)}
+    return adapted, tokenizer, row
+
+
+# --- baselines ----------------------------------------------------------------------------------------
+
+
+def trivial_score(spec: Any, train: Sequence[dict], test: Sequence[dict]) -> float:
+    """Test score of the trivial predictor: the majority training class, or (regression) the training mean;
+    a constant has no correlation, so regression scores NaN."""
+    from ..metrics import compute_metrics
+
+    labels = np.asarray([ex["label"] for ex in test])
+    if spec.kind == "classification":
+        values, counts = np.unique([ex["label"] for ex in train], return_counts=True)
+        majority = int(values[np.argmax(counts)])
+        return float(compute_metrics(spec, np.full(len(test), majority), labels)["score"])
+    if spec.kind == "regression":
+        return float("nan")
+    raise ConfigError(f"trivial baseline: not defined for {spec.kind} tasks")
+
+
+def linear_probe_score(spec: Any, model: str | None, train: Sequence[dict], test: Sequence[dict], *,
+                       max_length: int = 128, steps: int = 200, l2: float = 1e-3) -> float:
+    """Test score of a linear model on frozen, mean-pooled last-layer features of the base model: logistic
+    regression (full-batch LBFGS) for classification, ridge regression for regression."""
+    from ..experiments.common import sentence_features
+    from ..metrics import compute_metrics
+    from ..model import AdaptedModel, load_base_model
+
+    hf, tokenizer = load_base_model(model, spec.kind, spec.num_labels if spec.kind == "classification" else 1,
+                                    spec.id2label or None)
+    adapted = AdaptedModel(hf)
+    xs = sentence_features(adapted, tokenizer, spec, list(train), max_length).double()
+    xt = sentence_features(adapted, tokenizer, spec, list(test), max_length).double()
+    mean, std = xs.mean(0), xs.std(0) + 1e-6
+    xs, xt = (xs - mean) / std, (xt - mean) / std
+    y = torch.tensor([ex["label"] for ex in train])
+    labels = np.asarray([ex["label"] for ex in test])
+    if spec.kind == "regression":
+        a = torch.cat([xs, torch.ones(len(xs), 1, dtype=xs.dtype)], 1)
+        w = torch.linalg.solve(a.T @ a + l2 * len(xs) * torch.eye(a.shape[1], dtype=a.dtype), a.T @ y.double())
+        preds = torch.cat([xt, torch.ones(len(xt), 1, dtype=xt.dtype)], 1) @ w
+        return float(compute_metrics(spec, preds.numpy(), labels)["score"])
+    weight = torch.zeros(xs.shape[1], spec.num_labels, dtype=xs.dtype, requires_grad=True)
+    bias = torch.zeros(spec.num_labels, dtype=xs.dtype, requires_grad=True)
+    opt = torch.optim.LBFGS([weight, bias], max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(xs @ weight + bias, y.long()) + l2 * weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        logits = (xt @ weight + bias).numpy()
+    return float(compute_metrics(spec, logits, labels)["score"])
+
+
+def low_resource_split(spec: Any, data_dir: Any, size: int | None, seed: int, dev_size: int,
+                       test_size: int | None = None) -> tuple[list, list, list]:
+    """(train, dev, test): ``dev_size`` examples carved from the training file (seeded), ``size`` examples
+    drawn from the rest (all when None), and the official test split (else the official dev split) as test,
+    optionally capped at ``test_size`` (seeded)."""
+    from ..data.sampling import carve_dev, subsample
+    from ..data.tasks import load_task
+
+    if "train" not in spec.splits:
+        raise ConfigError(f"tasks: {spec.name}: needs a train split (splits: {list(spec.splits)})")
+    test_split = "test" if "test" in spec.splits else "dev"
+    if test_split not in spec.splits:
+        raise ConfigError(f"tasks: {spec.name}: needs a dev or test split to test on")
+    data = load_task(spec, data_dir, ["train", test_split])
+    strat = spec.kind == "classification"
+    pool, dev = carve_dev(data["train"], dev_size, seed, stratify=strat)
+    train = subsample(pool, size, seed, stratify=strat) if size and len(pool) > size else pool
+    test = data[test_split]
+    if test_size and len(test) > test_size:
+        test = subsample(test, test_size, seed, stratify=strat)
+    return train, dev, test
+
+
+def default_lr(system: System, adapter_lr: float, full_lr: float, head_lr: float) -> float:
+    """The learning rate of ``system``: full fine-tuning, head-only, or adapter rate."""
+    return full_lr if system.method == "full" else head_lr if system.method == "head" else adapter_lr

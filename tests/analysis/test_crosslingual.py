@@ -1,0 +1,89 @@
+"""Zero-shot cross-lingual machinery on a tiny model with a multilingual vocabulary."""
+from __future__ import annotations
+
+import itertools
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from adapterkit.analysis.crosslingual import SUITES, english_data, select, zero_shot_eval
+from adapterkit.cli import main
+from adapterkit.testing import save_tiny_model
+
+VOCAB = {"en": ["the", "cat", "dog", "sleeps", "runs", "is", "not", "a"],
+         "de": ["die", "katze", "hund", "schläft", "läuft", "ist", "nicht", "ein"],
+         "fr": ["le", "chat", "chien", "dort", "court", "est", "pas", "un"]}
+LABELS = ("entailment", "neutral", "contradiction")
+
+
+def write_xnli(root: Path, langs: tuple[str, ...] = ("en", "de", "fr"), rows: int = 60) -> Path:
+    rng = random.Random(0)
+    premises = list(itertools.permutations(range(8), 4))  # distinct premises: row i is identifiable
+    rng.shuffle(premises)
+    spec = [(premises[i], rng.sample(range(8), 3), LABELS[i % 3]) for i in range(rows)]
+    for lang in langs:
+        words = VOCAB[lang]
+        lines = [f"{' '.join(words[k] for k in p)}\t{' '.join(words[k] for k in h)}\t{lab}" for p, h, lab in spec]
+        path = root / "xtreme" / "xnli" / f"dev-{lang}.tsv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return root
+
+
+@pytest.fixture()
+def setup(tmp_path: Path) -> tuple[Path, Path]:
+    data = write_xnli(tmp_path / "data")
+    model = save_tiny_model(tmp_path / "model", words=[w for ws in VOCAB.values() for w in ws], num_labels=3)
+    return data, model
+
+
+def test_heldout_rows_are_the_same_in_every_language_and_never_trained_on(setup: tuple[Path, Path]) -> None:
+    data, _ = setup
+    train, dev, heldout = english_data(SUITES["xnli"], data, seed=1, train_size=None, dev_size=5, eval_size=20)
+    assert len(heldout) == 20 and len(dev) == 5 and len(train) == 35
+    rows = (data / "xtreme/xnli/dev-en.tsv").read_text().splitlines()
+    held_texts = {rows[i].split("\t")[0] for i in heldout}
+    assert len(held_texts) == 20 and not held_texts & {ex["text"] for ex in train + dev}
+    assert [i for i in range(60) if i in heldout] == sorted(heldout)
+    examples = [{"label": i} for i in range(60)]
+    assert [ex["label"] for ex in select(SUITES["xnli"], examples, heldout)] == sorted(heldout)
+
+
+def test_zero_shot_eval_iterates_every_language_and_names_missing(setup: tuple[Path, Path]) -> None:
+    from adapterkit.model import AdaptedModel, load_base_model
+
+    data, model_dir = setup
+    hf, tok = load_base_model(str(model_dir), num_labels=3)
+    seen: list[str] = []
+    with pytest.warns(UserWarning, match=r"dev-es.tsv: file not found: xnli language 'es' skipped"):
+        results, missing = zero_shot_eval(AdaptedModel(hf), tok, SUITES["xnli"], data, set(range(10)),
+                                          languages=["en", "de", "es", "fr"], log=seen.append)
+    assert list(results) == ["en", "de", "fr"]
+    assert all(r["n"] == 10 and 0 <= r["score"] <= 1 for r in results.values())
+    assert missing == [str(data / "xtreme/xnli/dev-es.tsv")]
+    assert sum("zero-shot xnli" in line for line in seen) == 3
+    # the default language list is the suite's: all 15 XNLI languages are tried, 12 missing here
+    with pytest.warns(UserWarning):
+        results, missing = zero_shot_eval(AdaptedModel(hf), tok, SUITES["xnli"], data, set(range(10)))
+    assert set(results) == {"en", "de", "fr"} and len(missing) == 12
+
+
+def test_zero_shot_command_end_to_end(setup: tuple[Path, Path], tmp_path: Path) -> None:
+    data, model_dir = setup
+    out = tmp_path / "out"
+    args = ["analyze", "zero-shot", "--data-dir", str(data), "--model", str(model_dir), "--languages", "en,de,fr,es",
+            "--systems", "houlsby:bottleneck_size=8,full", "--seeds", "1", "--train-size", "30", "--dev-size", "6",
+            "--eval-size", "20", "--epochs", "1", "--batch-size", "8", "--max-length", "16", "--progress", "none",
+            "--output-dir", str(out)]
+    with pytest.warns(UserWarning, match="dev-es.tsv"):
+        assert main(args) == 0
+    rows = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+    assert [r["system"] for r in rows] == ["houlsby:bottleneck_size=8", "full"]
+    assert all(set(r["languages"]) == {"en", "de", "fr"} and r["train"] == 30 for r in rows)
+    md = (out / "zero_shot.md").read_text()
+    assert "missing" in md and "dev-es.tsv" in md and "mean (non-en)" in md
+    assert (out / "zero_shot_xnli.png").stat().st_size > 1000
+    assert main(args) == 0  # resumes: nothing retrained
+    assert len((out / "runs.jsonl").read_text().splitlines()) == 2
