@@ -3,6 +3,7 @@ curves per epoch) and zero-shot (train on English, evaluate on every other langu
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 from typing import Any
 
@@ -231,18 +232,25 @@ def sweep(opts: dict[str, Any], log: Any, *, part: str = "lr", label_prefix: str
 def baselines(spec: Any, data_dir: Any, size: int | None, seeds: list[int], opts: dict[str, Any], log: Any,
               part: str) -> list[dict[str, Any]]:
     """Trivial (majority / constant) and frozen-linear-probe test scores per seed (logged, resumable)."""
+    from transformers import AutoConfig
+
+    from ..model import default_model_path
     from .systems import linear_probe_score, low_resource_split, trivial_score
 
     keys = ("part", "task", "size", "seed", "system")
+    width = AutoConfig.from_pretrained(opts.get("model") or default_model_path()).hidden_size
+    outputs = spec.num_labels if spec.kind == "classification" else 1
     for seed in seeds:
         if log.has(keys, part=part, task=spec.name, size=size, seed=seed, system="linear probe"):
             continue
         train, _, test = low_resource_split(spec, data_dir, size, seed, opts["dev_size"], opts.get("test_size"))
         log.add({"part": part, "task": spec.name, "size": size, "seed": seed, "system": "trivial",
-                 "test_score": trivial_score(spec, train, test)})
+                 "test_score": trivial_score(spec, train, test), "trainable": 0, "train_seconds": 0.0})
+        start = time.perf_counter()
+        score = linear_probe_score(spec, opts.get("model"), train, test, max_length=opts["max_length"])
         log.add({"part": part, "task": spec.name, "size": size, "seed": seed, "system": "linear probe",
-                 "test_score": linear_probe_score(spec, opts.get("model"), train, test,
-                                                  max_length=opts["max_length"])})
+                 "test_score": score, "trainable": (width + 1) * outputs,
+                 "train_seconds": round(time.perf_counter() - start, 2)})
     return [r for r in log.unique(keys) if r.get("part") == part and r["task"] == spec.name and r["size"] == size
             and r["system"] in ("trivial", "linear probe") and r["seed"] in seeds]
 

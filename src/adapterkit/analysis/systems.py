@@ -73,7 +73,7 @@ def build(system: System, model: str | None, spec: Any, seed: int) -> tuple[Any,
 
     set_seed(seed)
     hf, tokenizer = load_base_model(model, spec.kind, spec.num_labels if spec.kind == "classification" else 1,
-                                    spec.id2label or None)
+                                    spec.id2label or None, ignore_mismatched_sizes=True)  # a new task's head
     adapted = AdaptedModel(hf)
     if system.train_mode == "adapters":
         adapted.add_adapter(system.name, get_method(system.method).from_dict(dict(system.fields), "systems"))
@@ -146,38 +146,54 @@ def linear_probe_score(spec: Any, model: str | None, train: Sequence[dict], test
                        max_length: int = 128, steps: int = 200, l2: float = 1e-3) -> float:
     """Test score of a linear model on frozen, mean-pooled last-layer features of the base model: logistic
     regression (full-batch LBFGS) for classification, ridge regression for regression."""
+    return linear_probe_scores(spec, model, train, {"test": test}, max_length=max_length, steps=steps, l2=l2)["test"]
+
+
+def linear_probe_scores(spec: Any, model: str | None, train: Sequence[dict], tests: dict[str, Sequence[dict]], *,
+                        max_length: int = 128, steps: int = 200, l2: float = 1e-3,
+                        specs: dict[str, Any] | None = None) -> dict[str, float]:
+    """:func:`linear_probe_score` fitted once on ``train`` and scored on each of ``tests`` (e.g. one test set
+    per language, each with its own spec in ``specs``)."""
     from ..experiments.common import sentence_features
     from ..metrics import compute_metrics
     from ..model import AdaptedModel, load_base_model
 
     hf, tokenizer = load_base_model(model, spec.kind, spec.num_labels if spec.kind == "classification" else 1,
-                                    spec.id2label or None)
+                                    spec.id2label or None, ignore_mismatched_sizes=True)  # a new task's head
     adapted = AdaptedModel(hf)
     xs = sentence_features(adapted, tokenizer, spec, list(train), max_length).double()
-    xt = sentence_features(adapted, tokenizer, spec, list(test), max_length).double()
     mean, std = xs.mean(0), xs.std(0) + 1e-6
-    xs, xt = (xs - mean) / std, (xt - mean) / std
+    xs = (xs - mean) / std
     y = torch.tensor([ex["label"] for ex in train])
-    labels = np.asarray([ex["label"] for ex in test])
     if spec.kind == "regression":
         a = torch.cat([xs, torch.ones(len(xs), 1, dtype=xs.dtype)], 1)
         w = torch.linalg.solve(a.T @ a + l2 * len(xs) * torch.eye(a.shape[1], dtype=a.dtype), a.T @ y.double())
-        preds = torch.cat([xt, torch.ones(len(xt), 1, dtype=xt.dtype)], 1) @ w
-        return float(compute_metrics(spec, preds.numpy(), labels)["score"])
-    weight = torch.zeros(xs.shape[1], spec.num_labels, dtype=xs.dtype, requires_grad=True)
-    bias = torch.zeros(spec.num_labels, dtype=xs.dtype, requires_grad=True)
-    opt = torch.optim.LBFGS([weight, bias], max_iter=steps, line_search_fn="strong_wolfe")
 
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(xs @ weight + bias, y.long()) + l2 * weight.pow(2).sum()
-        loss.backward()
-        return loss
+        def predict(x: torch.Tensor) -> np.ndarray:
+            return (torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1) @ w).numpy()
+    else:
+        weight = torch.zeros(xs.shape[1], spec.num_labels, dtype=xs.dtype, requires_grad=True)
+        bias = torch.zeros(spec.num_labels, dtype=xs.dtype, requires_grad=True)
+        opt = torch.optim.LBFGS([weight, bias], max_iter=steps, line_search_fn="strong_wolfe")
 
-    opt.step(closure)
-    with torch.no_grad():
-        logits = (xt @ weight + bias).numpy()
-    return float(compute_metrics(spec, logits, labels)["score"])
+        def closure() -> torch.Tensor:
+            opt.zero_grad()
+            loss = torch.nn.functional.cross_entropy(xs @ weight + bias, y.long()) + l2 * weight.pow(2).sum()
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+
+        def predict(x: torch.Tensor) -> np.ndarray:
+            with torch.no_grad():
+                return (x @ weight + bias).numpy()
+    out = {}
+    for name, test in tests.items():
+        test_spec = (specs or {}).get(name, spec)
+        xt = (sentence_features(adapted, tokenizer, test_spec, list(test), max_length).double() - mean) / std
+        labels = np.asarray([ex["label"] for ex in test])
+        out[name] = float(compute_metrics(test_spec, predict(xt), labels)["score"])
+    return out
 
 
 def low_resource_split(spec: Any, data_dir: Any, size: int | None, seed: int, dev_size: int,

@@ -16,6 +16,7 @@ EXPERIMENTS: Registry[str] = Registry("experiment")
 """Experiment name -> the module that implements it (imported on use)."""
 EXPERIMENTS.register("mera", "adapterkit.experiments.mera")
 EXPERIMENTS.register("adaptable", "adapterkit.experiments.adaptable")
+EXPERIMENTS.register("effectiveness", "adapterkit.experiments.effectiveness")
 
 
 def register_experiment(name: str, module: str) -> None:

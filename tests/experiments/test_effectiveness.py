@@ -1,0 +1,89 @@
+"""The effectiveness experiment end to end on a tiny model (packaged sample task, a tiny XNLI copy)."""
+from __future__ import annotations
+
+import itertools
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from adapterkit.cli import main
+from adapterkit.experiments.effectiveness import claims, paired, verdict
+from adapterkit.testing import save_tiny_model
+
+VOCAB = {"en": ["the", "cat", "dog", "sleeps", "runs", "is", "not", "a"],
+         "de": ["die", "katze", "hund", "schläft", "läuft", "ist", "nicht", "ein"],
+         "fr": ["le", "chat", "chien", "dort", "court", "est", "pas", "un"]}
+
+
+def write_xnli(root: Path, rows: int = 60) -> Path:
+    """A tiny parallel XNLI copy in en, de and fr (row i is the same pair in every language)."""
+    premises = list(itertools.permutations(range(8), 4))
+    random.Random(0).shuffle(premises)
+    for lang, words in VOCAB.items():
+        lines = [f"{' '.join(words[k] for k in premises[i])}\t{' '.join(words[k] for k in premises[i + 1][:3])}\t"
+                 f"{('entailment', 'neutral', 'contradiction')[i % 3]}" for i in range(rows)]
+        path = root / "xtreme" / "xnli" / f"dev-{lang}.tsv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return root
+
+
+def test_verdict_rule() -> None:
+    assert verdict([1.0, 1.2, 0.9]) == "holds"
+    assert verdict([-1.0, -1.2, -0.9]) == "does not hold"
+    assert verdict([1.0, -1.2, 0.5]) == "inconclusive"
+    assert verdict([3.0]) == "inconclusive (one pair)" and verdict([]) == "not measured"
+    values = {("t", 1, "a"): 0.7, ("t", 1, "full"): 0.5, ("t", 2, "a"): 0.6, ("t", 2, "full"): 0.65, ("u", 1, "a"): 0.1}
+    assert paired(values, "a", "full") == pytest.approx([0.2, -0.05])
+
+
+def test_claims_directions() -> None:
+    low = [{"task": "t", "size": 10, "seed": s, "system": sys, "test_score": score,
+            "similarity": {"rsa": [1.0, sim], "cka": [1.0, sim]},
+            "curve": [{"epoch": 1.0, "dev_loss": 1.0}, {"epoch": 2.0, "dev_loss": 0.5}, {"epoch": 3.0,
+                                                                                        "dev_loss": last}]}
+           for s in (1, 2, 3) for sys, score, sim, last in (("houlsby64", 0.6 + s / 100, 0.95, 0.55),
+                                                            ("full", 0.5 + s / 90, 0.5, 1.5))]
+    rows = {r["claim"][:4]: r for r in claims(low, [], [], ["houlsby64"])}
+    assert rows["(1) "]["verdict"] == "holds"  # adapter's top layer stays closer to the base
+    assert rows["(2a)"]["verdict"] == "holds"
+    assert rows["(3) "]["verdict"] == "holds" and "+0.95" in rows["(3) "]["measurement (adapter - full)"]
+    assert rows["(2b)"]["verdict"] == "not measured" and rows["(4) "]["verdict"] == "not measured"
+
+
+def test_effectiveness_end_to_end(tmp_path: Path) -> None:
+    data = write_xnli(tmp_path / "data")
+    words = [w for ws in VOCAB.values() for w in ws] + ["movie", "good", "bad", "great", "boring", "fun"]
+    model = save_tiny_model(tmp_path / "model", words=words, num_labels=2)
+    out = tmp_path / "eff"
+    args = ["experiment", "effectiveness", "--model", str(model), "--data-dir", str(data), "--output-dir", str(out),
+            "--tasks", "sample_sentiment", "--systems", "houlsby64,full", "--sizes", "16,32", "--seeds", "1", "--epochs", "2", "--batch-size", "8",
+            "--max-length", "24", "--dev-size", "8", "--xnli-train-size", "24", "--xnli-eval-size", "20",
+            "--xnli-epochs", "1", "--languages", "en,de,fr,es", "--lr-task", "sample_sentiment", "--lr-size", "16",
+            "--lrs", "1e-3,1e-2", "--lr-epochs", "2", "--probe-size", "20", "--tokens", "all", "--progress", "none"]
+    with pytest.warns(UserWarning, match="dev-es.tsv"):
+        assert main(args) == 0
+    rows = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+    low = [r for r in rows if r["part"] == "low" and r["system"] in ("houlsby64", "houlsby256", "full")]
+    assert sorted((r["size"], r["system"]) for r in low) == sorted(
+        (n, s) for n in (16, 32) for s in ("houlsby64", "full"))
+    for r in low:
+        assert len(r["curve"]) == 2 and r["similarity"]["layers"] == [0, 1, 2]
+        assert len(r["similarity"]["cka"]) == 3 and len(r["similarity"]["rsa"]) == 3
+    assert {r["system"] for r in rows if r["part"] == "low"} >= {"trivial", "linear probe"}
+    xnli = [r for r in rows if r["part"] == "xnli"]
+    assert {r["system"] for r in xnli} == {"houlsby64", "full", "trivial", "linear probe"}
+    assert all(set(r["languages"]) == {"en", "de", "fr"} for r in xnli)
+    assert len([r for r in rows if r["part"] == "lr" and "lr" in r]) == 4
+    md = (out / "results.md").read_text()
+    for section in ("(a) Low-resource", "(b) Cross-lingual", "(c) Learning-rate", "(d) Overfitting",
+                    "(e) Representational similarity", "## Claims", "linear probe", "trivial", "dev-es.tsv"):
+        assert section in md
+    for png in ("low_resource.png", "zero_shot_xnli.png", "lr_sweep.png", "dev_loss.png", "similarity.png"):
+        assert (out / png).stat().st_size > 1000, png
+    # resumable: a rerun trains nothing and appends nothing
+    before = (out / "runs.jsonl").read_text()
+    assert main(args) == 0
+    assert (out / "runs.jsonl").read_text() == before
