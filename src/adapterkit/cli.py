@@ -1,5 +1,5 @@
-"""The ``adapterkit`` command: ``train``, ``eval``, ``pretrain``, ``info``, ``demo``, ``zoo``, ``experiment``,
-``push`` and ``convert``.
+"""The ``adapterkit`` command: ``train``, ``eval``, ``pretrain``, ``info``, ``demo``, ``zoo``, ``analyze``,
+``experiment``, ``push`` and ``convert``.
 
 The flags of every command are generated from options dataclasses (:mod:`adapterkit.options`):
 ``TrainConfig`` for training, ``DataOptions`` and ``ModelOptions`` for data and model, and one small

@@ -87,3 +87,39 @@ def test_zero_shot_command_end_to_end(setup: tuple[Path, Path], tmp_path: Path) 
     assert (out / "zero_shot_xnli.png").stat().st_size > 1000
     assert main(args) == 0  # resumes: nothing retrained
     assert len((out / "runs.jsonl").read_text().splitlines()) == 2
+
+
+def _squad(path: Path, articles: list[tuple[str, list[tuple[str, str, str]]]]) -> None:
+    """A SQuAD v1.1 file: articles of (context, [(id, question, answer)])."""
+    data = [{"title": f"a{i}", "paragraphs": [{"context": ctx, "qas": [
+        {"id": qid, "question": q, "answers": [{"text": ans, "answer_start": ctx.index(ans)}]}
+        for qid, q, ans in qas]}]} for i, (ctx, qas) in enumerate(articles)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"version": "1.1", "data": data}), encoding="utf-8")
+
+
+def test_xquad_zero_shot_uses_only_the_other_half(tmp_path: Path) -> None:
+    from adapterkit.analysis.systems import PRESETS, train_system
+
+    root = tmp_path / "data"
+    en = [("the cat sleeps", [("q1", "is the cat", "sleeps")]), ("a dog runs", [("q2", "is a dog", "runs")])]
+    held = [("the dog is not a cat", [("q3", "the dog is", "not a cat")])]
+    _squad(root / "qa/squad_v1.1_dev/dev-v1.1.json", en * 4)
+    _squad(root / "qa/squad_v1.1_dev/test-v1.1.json", held)
+    _squad(root / "qa/xquad/xquad.en.json", en + held)  # XQuAD holds questions of both halves
+    _squad(root / "qa/xquad/xquad.de.json", [("die katze schläft", [("q1", "ist die katze", "schläft")]),
+                                             ("ein hund läuft", [("q2", "ist ein hund", "läuft")]),
+                                             ("der hund ist nicht ein katze", [("q3", "der hund ist",
+                                                                               "nicht ein katze")])])
+    suite = SUITES["xquad"]
+    train, dev, heldout = english_data(suite, root, seed=0, train_size=None, dev_size=2)
+    assert heldout == {"q3"} and len(train) == 6 and len(dev) == 2
+    model_dir = save_tiny_model(tmp_path / "m", words=[w for ws in VOCAB.values() for w in ws] + ["der"])
+    model, tok, _ = train_system(PRESETS["head"], suite.spec("en"), (train, dev, []), model=str(model_dir), lr=1e-2,
+                                 seed=0, epochs=1, batch_size=4, max_length=32, output_dir=tmp_path / "w",
+                                 progress="none")
+    with pytest.warns(UserWarning, match="xquad.es.json"):
+        results, missing = zero_shot_eval(model, tok, suite, root, heldout, languages=["en", "de", "es"],
+                                          max_length=32)
+    assert set(results) == {"en", "de"} and all(r["n"] == 1 and r["metric"] == "squad_f1" for r in results.values())
+    assert missing == [str(root / "qa/xquad/xquad.es.json")]

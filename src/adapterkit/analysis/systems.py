@@ -98,7 +98,7 @@ def train_system(system: System, spec: Any, data: tuple[list, list, list], *, mo
                  label: str | None = None) -> tuple[Any, Any, dict[str, Any]]:
     """Train ``system`` on ``data[0]`` (best epoch on ``data[1]``), score ``data[2]``; returns (model,
     tokenizer, row) with the test score and the per-epoch dev loss and dev score (``curve``)."""
-    from ..runner import _say
+    from ..runner import _doc_stride, _say
     from ..training import TrainConfig, evaluate, train
 
     if lr <= 0:
@@ -110,10 +110,10 @@ def train_system(system: System, spec: Any, data: tuple[list, list, list], *, mo
                          eval_batch_size=eval_batch_size, learning_rate=lr, max_length=max_length, seed=seed,
                          train_mode=system.train_mode, save_total_limit=1, save_optimizer=False,
                          cleanup_checkpoints=True, progress=progress, precision=precision,
-                         logging_steps=max(1, len(train_ex) // batch_size))
+                         logging_steps=max(1, len(train_ex) // batch_size), doc_stride=_doc_stride(max_length))
     result = train(adapted, tokenizer, spec, train_ex, dev_ex or None, config, name=label)
-    test = evaluate(adapted, tokenizer, spec, test_ex, eval_batch_size, max_length, precision=precision) \
-        if test_ex else {}
+    test = evaluate(adapted, tokenizer, spec, test_ex, eval_batch_size, max_length, _doc_stride(max_length),
+                    precision=precision) if test_ex else {}
     counts = adapted.count_parameters()
     _say(f"[{label}] test {test.get('score', float('nan')):.4f} ({spec.metric}); dev {result.score}; "
          f"train {result.train_seconds:.0f}s")
