@@ -4,120 +4,122 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from ..config import opt
 from ..errors import ConfigError
+from ..options import Group
 
-DEFAULTS: dict[str, dict[str, Any]] = {
-    "similarity": {"models": [], "probe": None, "probe_split": None, "probe_column": None, "probe_size": 500,
-                   "data_dir": None, "base_model": None, "metrics": ["cka", "rsa"], "tokens": "sample:2000",
-                   "correlation": "pearson", "include_special": False, "batch_size": 32, "max_length": 128,
-                   "seed": 0, "output_dir": "runs/analysis/similarity"},
-    "lr-sweep": {"task": "rte", "data_dir": None, "model": None, "systems": ["houlsby64", "full"],
-                 "lrs": [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3], "seeds": [42], "train_size": 1000, "dev_size": 200,
-                 "test_size": None, "epochs": 5.0, "batch_size": 16, "max_length": 128, "eval_batch_size": 64,
-                 "precision": "fp32", "progress": "log", "output_dir": "runs/analysis/lr-sweep"},
-    "zero-shot": {"suites": ["xnli"], "languages": None, "data_dir": None, "model": None,
-                  "systems": ["houlsby64", "full"], "seeds": [42], "train_size": 1000, "dev_size": 200,
-                  "eval_size": 1000, "epochs": 5.0, "lr": 1e-3, "full_lr": 3e-5, "head_lr": 1e-2, "batch_size": 16,
-                  "max_length": 128, "eval_batch_size": 64, "precision": "fp32", "progress": "log",
-                  "output_dir": "runs/analysis/zero-shot"},
-}
+
+@dataclass
+class SimilarityCommand:
+    """``analyze similarity``: which probe, which representations, which metrics."""
+
+    probe: str | None = opt(None, "probe sentences: a .txt file (one per line), a CSV/TSV/JSONL/Parquet file, or a "
+                            "registered task name (required)")
+    probe_split: str | None = opt(None, "task probe: split to read (default dev, else test, else train)")
+    probe_column: str | None = opt(None, "table probe: the text column (default text/sentence/premise/question)")
+    probe_size: int = opt(500, "keep a seeded sample of N probe sentences (0 = all)")
+    base_model: str | None = opt(None, "base model for adapter directories (default: the one each adapter names)")
+    metrics: list[str] = opt(["cka", "rsa"], "cka, rsa or both")
+    tokens: str = opt("sample:2000", "representations: all tokens, sentence (mean-pooled) or sample:N tokens")
+    correlation: Literal["pearson", "spearman"] = opt("pearson", "RSA correlation")
+    include_special: bool = opt(False, "count [CLS]/[SEP]-like tokens")
+    batch_size: int = opt(32, "probe sentences per forward pass")
+    max_length: int = opt(128, "maximum tokens per sentence")
+    seed: int = opt(0, "seed of the probe and token samples")
+    output_dir: str = opt("runs/analysis/similarity", "where similarity.json and similarity.png go")
+
+
+@dataclass
+class RunOptions:
+    """Which systems run on which data, with which seeds, and where the results go."""
+
+    systems: list[str] = opt(["houlsby64", "full"], "comma-separated systems: presets houlsby64, houlsby128, "
+                             "houlsby256, full, head, any method name, or METHOD:FIELD=VALUE;FIELD=VALUE")
+    seeds: list[int] = opt([42], "comma-separated seeds")
+    train_size: int | None = opt(1000, "training examples (0 or none: all)")
+    dev_size: int = opt(200, "dev examples carved from the training data (they select the epoch)")
+    output_dir: str = opt("runs/analysis", "results directory; a rerun resumes")
+
+
+@dataclass
+class SweepCommand:
+    """``analyze lr-sweep``: the learning-rate grid and the test set."""
+
+    lrs: list[float] = opt([1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3], "comma-separated learning-rate grid (all > 0)")
+    test_size: int | None = opt(None, "cap on test examples (default: all)")
+
+
+@dataclass
+class ZeroShotCommand:
+    """``analyze zero-shot``: suites, languages and learning rates."""
+
+    suites: list[str] = opt(["xnli"], "comma-separated zero-shot suites: xnli, pawsx, xquad")
+    languages: list[str] | None = opt(None, "languages to evaluate (default: every language of the suite)")
+    eval_size: int | None = opt(1000, "XNLI: rows held out and evaluated in every language")
+    full_lr: float = opt(3e-5, "full fine-tuning learning rate")
+    head_lr: float = opt(1e-2, "head-only learning rate")
+
+
+RUN_TRAINING = ("epochs", "learning_rate", "batch_size", "max_length", "eval_batch_size", "precision", "progress")
+
+
+def command_groups(analysis: str) -> tuple[Group, ...]:
+    """The option groups of ``adapterkit analyze ANALYSIS``."""
+    from ..options import DataOptions, ModelOptions
+    from ..training import TrainConfig
+
+    if analysis == "similarity":
+        return (Group(SimilarityCommand), Group(DataOptions, only=("data_dir",)))
+    if analysis == "lr-sweep":
+        return (Group(DataOptions, only=("task", "data_dir"), defaults={"task": "rte"}),
+                Group(ModelOptions, only=("model",)),
+                Group(RunOptions, defaults={"output_dir": "runs/analysis/lr-sweep"}), Group(SweepCommand),
+                Group(TrainConfig, only=tuple(k for k in RUN_TRAINING if k != "learning_rate"),
+                      defaults={"epochs": 5.0}))
+    if analysis == "zero-shot":
+        return (Group(DataOptions, only=("data_dir",)), Group(ModelOptions, only=("model",)),
+                Group(RunOptions, defaults={"output_dir": "runs/analysis/zero-shot"}), Group(ZeroShotCommand),
+                Group(TrainConfig, only=RUN_TRAINING, defaults={"epochs": 5.0, "learning_rate": 1e-3},
+                      help={"learning_rate": "adapter learning rate"}))
+    raise ConfigError(f"analyze: unknown analysis {analysis!r}")
+
+
 SWEEP_SETTINGS = ("task", "model", "train_size", "dev_size", "test_size", "epochs", "batch_size", "max_length",
                   "precision")
-ZERO_SHOT_SETTINGS = ("model", "train_size", "dev_size", "eval_size", "epochs", "lr", "full_lr", "head_lr",
-                      "batch_size", "max_length", "precision")
+ZERO_SHOT_SETTINGS = ("model", "train_size", "dev_size", "eval_size", "epochs", "learning_rate", "full_lr",
+                      "head_lr", "batch_size", "max_length", "precision")
+HELP = {"similarity": "per-layer CKA/RSA of tuned models against a base model",
+        "lr-sweep": "run systems over a grid of learning rates and seeds; score table, score-vs-lr and dev curves",
+        "zero-shot": "train on English, evaluate unchanged on every language of XNLI, PAWS-X, XQuAD"}
 
 
 def add_parsers(sub: Any) -> None:
     """Add ``analyze`` and its subcommands to the top-level subparsers ``sub``."""
-    from ..cli import _bool, _csv
+    from .. import options
 
     an = sub.add_parser("analyze", help="analysis tools: per-layer similarity, lr sweeps and curves, zero-shot")
     an_sub = an.add_subparsers(dest="analysis", required=True)
-    si = an_sub.add_parser("similarity", help="per-layer CKA/RSA of tuned models against a base model",
-                           argument_default=argparse.SUPPRESS)
-    si.add_argument("models", nargs="+", metavar="MODEL",
-                    help="BASE TUNED [TUNED...]: model directories, Hub ids or adapter directories (an adapter "
-                    "directory means its base model with the adapter active); 'bundled' = the bundled MiniLM")
-    si.add_argument("--probe", required=True, help="probe sentences: a .txt file (one per line), a CSV/TSV/JSONL/"
-                    "Parquet file, or a registered task name")
-    si.add_argument("--probe-split", help="task probe: split to read (default dev, else test, else train)")
-    si.add_argument("--probe-column", help="table probe: the text column (default text/sentence/premise/question)")
-    si.add_argument("--probe-size", type=int, help="keep a seeded sample of N probe sentences (default 500; 0 = all)")
-    si.add_argument("--data-dir", help="data directory of registered tasks (default: $ADAPTERKIT_DATA_DIR)")
-    si.add_argument("--base-model", help="base model for adapter directories (default: the one each adapter names)")
-    si.add_argument("--metrics", type=_csv, help="cka, rsa or both (default cka,rsa)")
-    si.add_argument("--tokens", help="all, sentence (mean-pooled) or sample:N tokens (default sample:2000)")
-    si.add_argument("--correlation", choices=("pearson", "spearman"), help="RSA correlation (default pearson)")
-    si.add_argument("--include-special", type=_bool, help="count [CLS]/[SEP]-like tokens (default false)")
-    si.add_argument("--batch-size", type=int, help="probe sentences per forward pass (default 32)")
-    si.add_argument("--max-length", type=int, help="maximum tokens per sentence (default 128)")
-    si.add_argument("--seed", type=int, help="seed of the probe and token samples (default 0)")
-    si.add_argument("--output-dir", help="where similarity.json and similarity.png go (default runs/analysis/similarity)")
-    add_more_parsers(an_sub)
-
-
-def _add_training_args(p: argparse.ArgumentParser) -> None:
-    from ..experiments.common import int_list
-
-    p.add_argument("--data-dir", help="data directory of registered tasks (default: $ADAPTERKIT_DATA_DIR)")
-    p.add_argument("--model", help="Hugging Face model id or local path (default: the bundled all-MiniLM-L6-v2)")
-    p.add_argument("--systems", type=_systems, help="comma-separated systems: presets houlsby64, houlsby128, "
-                   "houlsby256, full, head, any method name, or METHOD:FIELD=VALUE;FIELD=VALUE")
-    p.add_argument("--seeds", type=int_list, help="seeds (default 42)")
-    p.add_argument("--train-size", type=int, help="English/training examples (default 1000; 0 = all)")
-    p.add_argument("--dev-size", type=int, help="dev examples carved from the training data (default 200)")
-    p.add_argument("--epochs", type=float, help="epochs per run (default 5)")
-    p.add_argument("--batch-size", type=int, help="batch size (default 16)")
-    p.add_argument("--max-length", type=int, help="maximum tokens per example (default 128)")
-    p.add_argument("--eval-batch-size", type=int, help="evaluation batch size (default 64)")
-    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), help="fp32 (default) or mixed precision")
-    p.add_argument("--progress", choices=("log", "bar", "none"), help="progress display (default log)")
-
-
-def _systems(value: str) -> list[str]:
-    """Systems are separated by commas; fields inside one system by semicolons (turned into commas)."""
-    return [v.strip().replace(";", ",") for v in value.split(",") if v.strip()]
-
-
-def _floats(value: str) -> list[float]:
-    out = []
-    for v in value.split(","):
-        if v.strip():
-            try:
-                out.append(float(v))
-            except ValueError:
-                raise argparse.ArgumentTypeError(f"not a number: {v!r}") from None
-    return out
-
-
-def add_more_parsers(an_sub: Any) -> None:
-    from ..cli import _csv
-
-    sw = an_sub.add_parser("lr-sweep", help="run systems over a grid of learning rates and seeds; score and dev "
-                           "curves", argument_default=argparse.SUPPRESS)
-    sw.add_argument("--task", help="registered task (default rte)")
-    sw.add_argument("--lrs", type=_floats, help="learning-rate grid (default 1e-5,3e-5,1e-4,3e-4,1e-3,3e-3)")
-    sw.add_argument("--test-size", type=int, help="cap on test examples (default: all)")
-    sw.add_argument("--output-dir", help="results directory (default runs/analysis/lr-sweep); a rerun resumes")
-    _add_training_args(sw)
-    zs = an_sub.add_parser("zero-shot", help="train on English, evaluate unchanged on every language",
-                           argument_default=argparse.SUPPRESS)
-    zs.add_argument("--suites", type=_csv, help="xnli, pawsx, xquad (default xnli)")
-    zs.add_argument("--languages", type=_csv, help="languages to evaluate (default: every language of the suite)")
-    zs.add_argument("--eval-size", type=int, help="XNLI: rows held out and evaluated in every language (default 1000)")
-    zs.add_argument("--lr", type=float, help="adapter learning rate (default 1e-3)")
-    zs.add_argument("--full-lr", type=float, help="full fine-tuning learning rate (default 3e-5)")
-    zs.add_argument("--head-lr", type=float, help="head-only learning rate (default 1e-2)")
-    zs.add_argument("--output-dir", help="results directory (default runs/analysis/zero-shot); a rerun resumes")
-    _add_training_args(zs)
+    for name, text in HELP.items():
+        p = an_sub.add_parser(name, help=text, argument_default=argparse.SUPPRESS)
+        if name == "similarity":
+            p.add_argument("models", nargs="+", metavar="MODEL",
+                           help="BASE TUNED [TUNED...]: model directories, Hub ids or adapter directories (an adapter "
+                           "directory means its base model with the adapter active); 'bundled' = the bundled MiniLM")
+        p.add_argument("--config", help="YAML file with any of these options as keys (underscores); flags override it")
+        options.add_arguments(p, command_groups(name))
 
 
 def merge(args: argparse.Namespace) -> dict[str, Any]:
-    given = {k: v for k, v in vars(args).items() if k not in ("command", "analysis")}
-    return {**DEFAULTS[args.analysis], **given}
+    """Defaults, then the YAML file, then the flags given on the command line."""
+    from .. import options
+
+    given = {k: v for k, v in vars(args).items() if k not in ("command", "analysis", "config")}
+    return options.merge(command_groups(args.analysis), f"analyze {args.analysis}", given,
+                         getattr(args, "config", None))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -144,9 +146,9 @@ def _label(source: str, taken: set[str]) -> str:
 
 def cmd_similarity(opts: dict[str, Any]) -> int:
     """Per-layer similarity of each tuned model with the base model; writes JSON and a PNG."""
+    from ..console import say as _say
     from ..io import atomic_write_json
     from ..reporting import text_table
-    from ..runner import _say
     from .representations import (
         SimilarityOptions,
         layer_similarity,
@@ -156,6 +158,8 @@ def cmd_similarity(opts: dict[str, Any]) -> int:
     )
 
     models = list(opts["models"])
+    if not opts.get("probe"):
+        raise ConfigError("probe: give --probe FILE or TASK")
     if len(models) < 2:
         raise ConfigError("models: give BASE and at least one TUNED model")
     sim = SimilarityOptions(metrics=tuple(opts["metrics"]), tokens=opts["tokens"], correlation=opts["correlation"],
@@ -194,9 +198,9 @@ def cmd_similarity(opts: dict[str, Any]) -> int:
 
 def sweep(opts: dict[str, Any], log: Any, *, part: str = "lr", label_prefix: str = "") -> list[dict[str, Any]]:
     """Run (resumably) every system x lr x seed of ``opts`` on ``opts['task']``; returns the logged rows."""
+    from ..console import Progress
+    from ..console import say as _say
     from ..data.tasks import get_task, resolve_data_dir
-    from ..experiments.common import Progress
-    from ..runner import _say
     from .sweep import check_grid
     from .systems import low_resource_split, parse_system, train_system
 
@@ -286,10 +290,10 @@ def best_lr_runs(rows: list[dict[str, Any]], systems: list[str]) -> dict[str, li
 
 def cmd_lr_sweep(opts: dict[str, Any]) -> int:
     """Every system over the learning-rate grid and seeds: table, score-vs-lr PNG, dev-loss-vs-epoch PNG."""
+    from ..console import say as _say
     from ..data.tasks import get_task, resolve_data_dir
     from ..experiments.common import ResultLog
     from ..reporting import markdown_table
-    from ..runner import _say
     from .sweep import aggregate, check_grid, curves_plot, overfitting_summary, sweep_plot
     from .systems import parse_system
 
@@ -329,9 +333,9 @@ def cmd_lr_sweep(opts: dict[str, Any]) -> int:
 
 def zero_shot_runs(opts: dict[str, Any], log: Any, suite_name: str, *, part: str = "zero-shot") -> list[dict]:
     """Train each system x seed on English and evaluate every language (resumable); returns logged rows."""
+    from ..console import Progress
+    from ..console import say as _say
     from ..data.tasks import resolve_data_dir
-    from ..experiments.common import Progress
-    from ..runner import _say
     from .crosslingual import english_data, get_suite, zero_shot_eval
     from .systems import default_lr, parse_system, train_system
 
@@ -353,7 +357,7 @@ def zero_shot_runs(opts: dict[str, Any], log: Any, suite_name: str, *, part: str
         train, dev, heldout = cache[seed]
         label = f"{suite.name} seed={seed} {system.name}"
         progress.step(label)
-        lr = default_lr(system, opts["lr"], opts["full_lr"], opts["head_lr"])
+        lr = default_lr(system, opts["learning_rate"], opts["full_lr"], opts["head_lr"])
         model, tokenizer, row = train_system(
             system, suite.spec("en"), (train, dev, []), model=opts.get("model"), lr=lr, seed=seed,
             epochs=opts["epochs"], batch_size=opts["batch_size"], max_length=opts["max_length"],
@@ -372,10 +376,10 @@ def zero_shot_runs(opts: dict[str, Any], log: Any, suite_name: str, *, part: str
 
 def cmd_zero_shot(opts: dict[str, Any]) -> int:
     """Zero-shot cross-lingual table and PNG per suite."""
+    from ..console import say as _say
     from ..experiments.common import ResultLog
     from ..io import atomic_write_json
     from ..reporting import markdown_table
-    from ..runner import _say
     from .crosslingual import get_suite, zero_shot_plot, zero_shot_table
     from .systems import parse_system
 

@@ -316,9 +316,9 @@ def load_for_analysis(source: str | None, *, base: str | None = None) -> tuple[n
 
 def similarity_plot(path: str | Path, results: dict[str, SimilarityResult], title: str = "") -> Path:
     """Similarity against layer, one line per tuned model; one panel per metric."""
-    from ..reporting import _pyplot
+    from ..reporting import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     metrics = [m for m in METRICS if any(m in r.scores for r in results.values())]

@@ -77,9 +77,9 @@ def mean_curve(rows: Sequence[dict[str, Any]], key: str = "dev_loss") -> tuple[l
 def sweep_plot(path: str | Path, rows: Sequence[dict[str, Any]], systems: Sequence[str], *, title: str = "",
                ylabel: str = "test score x100") -> Path:
     """Score against learning rate (log axis), one line per system, seed std as error bars."""
-    from ..reporting import _pyplot
+    from ..reporting import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(5.8, 3.8))
@@ -104,9 +104,9 @@ def sweep_plot(path: str | Path, rows: Sequence[dict[str, Any]], systems: Sequen
 def curves_plot(path: str | Path, groups: dict[str, Sequence[dict[str, Any]]], *, key: str = "dev_loss",
                 title: str = "") -> Path:
     """``key`` (dev loss by default) against epoch, one line per group of runs (mean over the group)."""
-    from ..reporting import _pyplot
+    from ..reporting import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(5.8, 3.8))

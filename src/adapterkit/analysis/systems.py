@@ -2,7 +2,8 @@
 baselines every table shows: the trivial (majority class / constant) prediction and a frozen linear probe.
 
 A system is written ``NAME`` (a preset or a registered method, ``full`` or ``head``) or
-``METHOD:FIELD=VALUE,...`` (e.g. ``houlsby:bottleneck_size=128``).
+``METHOD:FIELD=VALUE;FIELD=VALUE`` (e.g. ``houlsby:bottleneck_size=128;activation=relu``; commas work
+too where the systems are not themselves a comma-separated list).
 """
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ def parse_system(text: str) -> System:
         return PRESETS[text]
     method, _, rest = text.partition(":")
     fields: dict[str, Any] = {}
-    for item in filter(None, (p.strip() for p in rest.split(","))):
+    for item in filter(None, (p.strip() for p in rest.replace(";", ",").split(","))):
         key, eq, value = item.partition("=")
         if not eq or not key:
             raise ConfigError(f"systems: {text!r}: expected METHOD:FIELD=VALUE,..., got {item!r}")
@@ -95,11 +96,12 @@ def epoch_curve(log_history: Sequence[dict[str, Any]]) -> list[dict[str, float |
 def train_system(system: System, spec: Any, data: tuple[list, list, list], *, model: str | None, lr: float,
                  seed: int, epochs: float, batch_size: int, max_length: int, output_dir: str | Path,
                  eval_batch_size: int = 64, precision: str = "fp32", progress: str = "log",
-                 label: str | None = None) -> tuple[Any, Any, dict[str, Any]]:
+                 backbone_dropout: bool = True, label: str | None = None) -> tuple[Any, Any, dict[str, Any]]:
     """Train ``system`` on ``data[0]`` (best epoch on ``data[1]``), score ``data[2]``; returns (model,
     tokenizer, row) with the test score and the per-epoch dev loss and dev score (``curve``)."""
-    from ..runner import _doc_stride, _say
+    from ..console import say as _say
     from ..training import TrainConfig, evaluate, train
+    from ..training import default_doc_stride as _doc_stride
 
     if lr <= 0:
         raise ConfigError(f"lr: must be > 0, got {lr}")
@@ -109,6 +111,7 @@ def train_system(system: System, spec: Any, data: tuple[list, list, list], *, mo
     config = TrainConfig(output_dir=str(output_dir), epochs=float(epochs), batch_size=batch_size,
                          eval_batch_size=eval_batch_size, learning_rate=lr, max_length=max_length, seed=seed,
                          train_mode=system.train_mode, save_total_limit=1, save_optimizer=False,
+                         backbone_dropout=backbone_dropout or system.train_mode != "adapters",
                          cleanup_checkpoints=True, progress=progress, precision=precision,
                          logging_steps=max(1, len(train_ex) // batch_size), doc_stride=_doc_stride(max_length))
     result = train(adapted, tokenizer, spec, train_ex, dev_ex or None, config, name=label)

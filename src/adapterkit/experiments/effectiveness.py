@@ -20,55 +20,54 @@ errors the other way, "inconclusive" otherwise (and with a single pair).
 """
 from __future__ import annotations
 
-import argparse
 import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from ..config import opt
 from ..errors import ConfigError
+from .common import option_groups
 
 DESCRIPTION = "Adapters vs full fine-tuning: low-resource, cross-lingual, overfitting, lr sensitivity, RSA/CKA"
 SYSTEMS = ("houlsby64", "houlsby256", "full")
 PARTS = ("low", "xnli", "lr")
-DEFAULTS: dict[str, Any] = {
-    "output_dir": "runs/effectiveness", "tasks": ["rte", "mrpc", "stsb", "cola", "sst2", "chemprot", "citation_intent"],
-    "sizes": [100, 300, 1000], "seeds": [42, 92, 111], "systems": list(SYSTEMS), "parts": list(PARTS),
-    "epochs": 20.0, "lr": 1e-3, "full_lr": 3e-5, "head_lr": 1e-2, "batch_size": 16, "dev_size": 200,
-    "test_size": 1000, "xnli_train_size": 1000, "xnli_eval_size": 1000, "xnli_epochs": 10.0, "languages": None,
-    "lr_task": "rte", "lr_size": 1000, "lrs": [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3], "lr_epochs": 10.0,
-    "similarity": True, "probe_size": 500, "tokens": "sample:2000", "correlation": "pearson",
-    "progress": "log", "report_only": False,
-}
-SETTINGS = ("model", "epochs", "lr", "full_lr", "batch_size", "max_length", "dev_size", "test_size",
-            "xnli_train_size", "xnli_eval_size", "xnli_epochs", "lr_epochs", "probe_size", "tokens", "correlation",
-            "precision")
+@dataclass
+class Options:
+    """Effectiveness options besides the common ones."""
+
+    parts: list[str] = opt(list(PARTS), "comma-separated parts: low (low-resource, curves, similarity), xnli, lr")
+    sizes: list[int] = opt([100, 300, 1000], "comma-separated training sizes of the low-resource part")
+    full_lr: float = opt(3e-5, "full fine-tuning learning rate")
+    head_lr: float = opt(1e-2, "head-only learning rate (not a default system)")
+    dev_size: int = opt(200, "dev examples carved from the training data (they select the epoch)")
+    test_size: int | None = opt(1000, "cap on test examples (0 or none: all)")
+    xnli_train_size: int = opt(1000, "English XNLI training examples")
+    xnli_eval_size: int = opt(1000, "XNLI rows held out and evaluated in every language")
+    xnli_epochs: float = opt(10.0, "epochs of the XNLI runs")
+    languages: list[str] | None = opt(None, "XNLI languages (default: all 15; missing files are reported)")
+    lr_task: str = opt("rte", "task of the learning-rate sweep")
+    lr_size: int = opt(1000, "training size of the learning-rate sweep")
+    lrs: list[float] = opt([1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3], "comma-separated learning-rate grid (all > 0)")
+    lr_epochs: float = opt(10.0, "epochs of the sweep runs")
+    similarity: bool = opt(True, "CKA/RSA per layer against the base model after each low-resource run")
+    probe_size: int = opt(500, "probe sentences (the task's test sentences) for CKA/RSA")
+    tokens: str = opt("sample:2000", "probe representations: all, sentence or sample:N tokens")
+    correlation: Literal["pearson", "spearman"] = opt("pearson", "RSA correlation")
+
+
+OPTIONS = option_groups(
+    {"output_dir": "runs/effectiveness", "tasks": ["rte", "mrpc", "stsb", "cola", "sst2", "chemprot", "citation_intent"],
+     "seeds": [42, 92, 111], "systems": list(SYSTEMS)},
+    Options,
+    {"epochs": 20.0, "learning_rate": 1e-3, "batch_size": 16},
+    {"epochs": "epochs of the low-resource runs (best dev epoch kept)"},
+)
+SETTINGS = ("model", "epochs", "learning_rate", "full_lr", "batch_size", "max_length", "dev_size", "test_size",
+            "backbone_dropout", "xnli_train_size", "xnli_eval_size", "xnli_epochs", "lr_epochs", "probe_size", "tokens",
+            "correlation", "precision")
 """Options that change results: a log is never extended under other values (see ResultLog)."""
 LOW_KEYS = ("part", "task", "size", "seed", "system")
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..analysis.commands import _floats
-    from ..cli import _bool, _csv
-    from .common import add_common_arguments, int_list
-
-    add_common_arguments(p, DEFAULTS, SYSTEMS)
-    p.add_argument("--parts", type=_csv, help="low, xnli, lr (default all)")
-    p.add_argument("--sizes", type=int_list, help="training sizes of the low-resource part (default 100,300,1000)")
-    p.add_argument("--full-lr", type=float, help="full fine-tuning learning rate (default 3e-5)")
-    p.add_argument("--dev-size", type=int, help="dev examples carved from the training data (default 200)")
-    p.add_argument("--test-size", type=int, help="cap on test examples (default 1000; 0 = all)")
-    p.add_argument("--xnli-train-size", type=int, help="English XNLI training examples (default 1000)")
-    p.add_argument("--xnli-eval-size", type=int, help="XNLI rows held out and evaluated per language (default 1000)")
-    p.add_argument("--xnli-epochs", type=float, help="epochs of the XNLI runs (default 10)")
-    p.add_argument("--languages", type=_csv, help="XNLI languages (default: all 15; missing files are reported)")
-    p.add_argument("--lr-task", help="task of the learning-rate sweep (default rte)")
-    p.add_argument("--lr-size", type=int, help="training size of the learning-rate sweep (default 1000)")
-    p.add_argument("--lrs", type=_floats, help="learning-rate grid (default 1e-5,3e-5,1e-4,3e-4,1e-3,3e-3)")
-    p.add_argument("--lr-epochs", type=float, help="epochs of the sweep runs (default 10)")
-    p.add_argument("--similarity", type=_bool, help="CKA/RSA per layer after each low-resource run (default true)")
-    p.add_argument("--probe-size", type=int, help="probe sentences for CKA/RSA (default 500)")
-    p.add_argument("--tokens", help="probe representations: all, sentence or sample:N (default sample:2000)")
-    p.add_argument("--correlation", choices=("pearson", "spearman"), help="RSA correlation (default pearson)")
 
 
 def _check(opts: dict[str, Any]) -> None:
@@ -85,13 +84,13 @@ def _check(opts: dict[str, Any]) -> None:
 
 def run(opts: dict[str, Any]) -> int:
     """Run the parts (resumable), then write results.md, results.json, the PNGs and the claims table."""
-    from ..runner import _say
-    from .common import ResultLog
+    from ..console import say as _say
+    from .common import ResultLog, logged_settings
 
     _check(opts)
     opts = {**opts, "test_size": opts.get("test_size") or None}
     out = Path(opts["output_dir"])
-    log = ResultLog(out / "runs.jsonl", {k: opts.get(k) for k in SETTINGS})
+    log = ResultLog(out / "runs.jsonl", logged_settings(opts, SETTINGS))
     if not opts["report_only"]:
         if "low" in opts["parts"]:
             run_low(opts, log)
@@ -121,9 +120,9 @@ def run_low(opts: dict[str, Any], log: Any) -> None:
     from ..analysis.commands import baselines
     from ..analysis.representations import SimilarityOptions, layer_similarity
     from ..analysis.systems import default_lr, low_resource_split, parse_system, train_system
+    from ..console import Progress
+    from ..console import say as _say
     from ..data.tasks import get_task, resolve_data_dir
-    from ..runner import _say
-    from .common import Progress
 
     data_dir = resolve_data_dir(opts.get("data_dir"))
     systems = [parse_system(s) for s in SYSTEMS if s in opts["systems"]]
@@ -142,11 +141,12 @@ def run_low(opts: dict[str, Any], log: Any) -> None:
         data = cache[(task, size, seed)]
         label = f"{task} N={size} seed={seed} {system.name}"
         progress.step(label)
-        lr = default_lr(system, opts["lr"], opts["full_lr"], opts["head_lr"])
+        lr = default_lr(system, opts["learning_rate"], opts["full_lr"], opts["head_lr"])
         model, tokenizer, row = train_system(
             system, spec, data, model=opts.get("model"), lr=lr, seed=seed, epochs=opts["epochs"],
             batch_size=opts["batch_size"], max_length=opts["max_length"], eval_batch_size=opts["eval_batch_size"],
             precision=opts["precision"], progress=opts["progress"], label=label,
+            backbone_dropout=opts.get("backbone_dropout", True),
             output_dir=Path(opts["output_dir"]) / "work" / label.replace(" ", "_"))
         if opts["similarity"]:
             if ("base",) not in cache:
@@ -327,9 +327,9 @@ def report(log: Any, opts: dict[str, Any]) -> None:
     """Markdown tables, JSON, the four PNG figures and the claims table, from the logged runs."""
     from ..analysis.crosslingual import SUITES, zero_shot_plot, zero_shot_table
     from ..analysis.sweep import aggregate, sweep_plot
+    from ..console import say as _say
     from ..io import atomic_write_json
     from ..reporting import grouped_bar_plot, markdown_table
-    from ..runner import _say
     from .common import series_for_plot, summarize
 
     out = Path(opts["output_dir"])
@@ -344,7 +344,7 @@ def report(log: Any, opts: dict[str, Any]) -> None:
     all_systems = [*systems, "linear probe", "trivial"]
     text = ["# On the effectiveness of adapter-based tuning: adapters vs full fine-tuning\n",
             f"Model: {opts.get('model') or 'bundled all-MiniLM-L6-v2'}. Systems: Houlsby adapters with bottleneck 64 "
-            f"and 256 (lr {opts['lr']:g}; backbone frozen, head trained), full fine-tuning (lr {opts['full_lr']:g}); "
+            f"and 256 (lr {opts['learning_rate']:g}; backbone frozen, head trained), full fine-tuning (lr {opts['full_lr']:g}); "
             f"baselines: trivial (majority class / constant) and a frozen linear probe on mean-pooled features. "
             f"{opts['epochs']:g} epochs (best dev epoch kept), batch {opts['batch_size']}, dev {opts['dev_size']} "
             f"carved from train, test cap {opts['test_size'] or 'none'}, precision {opts.get('precision', 'fp32')}; "
@@ -428,9 +428,9 @@ def rise_table(low: list[dict], sizes: list[int], systems: list[str]) -> list[di
 def curves_figure(path: Path, low: list[dict], settings: list[tuple], systems: list[str]) -> Path:
     """Dev loss against epoch: one panel per task and size, one line per system (mean over seeds)."""
     from ..analysis.sweep import mean_curve
-    from ..reporting import _pyplot
+    from ..reporting import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     panels = [s for s in settings if any((r["task"], r["size"]) == s for r in low)][:12]
     cols = min(3, len(panels))
     rows = math.ceil(len(panels) / cols)
@@ -473,9 +473,9 @@ def similarity_table(low: list[dict], systems: list[str]) -> list[dict[str, Any]
 
 
 def similarity_figure(path: Path, low: list[dict], systems: list[str]) -> Path:
-    from ..reporting import _pyplot
+    from ..reporting import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(9.0, 3.6))
     for ax, metric in zip(axes, ("cka", "rsa"), strict=True):
         for i, system in enumerate(systems):
