@@ -82,15 +82,10 @@ def build(system: System, model: str | None, spec: Any, seed: int) -> tuple[Any,
     return adapted, tokenizer
 
 
-def epoch_curve(log_history: Sequence[dict[str, Any]]) -> list[dict[str, float | None]]:
-    """Per evaluation (each epoch): epoch, step, dev loss and dev score, from a Trainer's log history."""
-    out = []
-    for entry in log_history:
-        if "eval_score" in entry or "eval_loss" in entry:
-            out.append({"epoch": float(entry.get("epoch") or 0.0), "step": int(entry.get("step") or 0),
-                        "dev_loss": float(entry["eval_loss"]) if "eval_loss" in entry else None,
-                        "dev_score": float(entry["eval_score"]) if "eval_score" in entry else None})
-    return out
+def epoch_curve(history: Sequence[dict[str, Any]]) -> list[dict[str, float | None]]:
+    """Per evaluation (each epoch): epoch, step, dev loss and dev score, from a training result's ``history``."""
+    return [{"epoch": float(h["epoch"]), "step": int(h["step"]), "dev_loss": h.get("loss"), "dev_score": h.get("score")}
+            for h in history]
 
 
 def train_system(system: System, spec: Any, data: tuple[list, list, list], *, model: str | None, lr: float,
@@ -123,7 +118,7 @@ def train_system(system: System, spec: Any, data: tuple[list, list, list], *, mo
     row = {"system": system.name, "method": system.method, "lr": lr, "seed": seed,
            "test_score": test.get("score"), "dev_score": result.score, "best_epoch": result.best_epoch,
            "trainable": counts["total"] if system.method == "full" else result.trainable_parameters,
-           "train_seconds": round(result.train_seconds, 2), "curve": epoch_curve(result.log_history)}
+           "train_seconds": round(result.train_seconds, 2), "curve": epoch_curve(result.history)}
     return adapted, tokenizer, row
 
 
