@@ -118,8 +118,11 @@ def merge(args: argparse.Namespace) -> dict[str, Any]:
     from .. import options
 
     given = {k: v for k, v in vars(args).items() if k not in ("command", "analysis", "config")}
-    return options.merge(command_groups(args.analysis), f"analyze {args.analysis}", given,
-                         getattr(args, "config", None))
+    groups = command_groups(args.analysis)
+    merged = options.defaults(groups)
+    if getattr(args, "config", None):
+        merged.update(options.read_yaml(args.config, groups, f"analyze {args.analysis}"))
+    return {**merged, **given}
 
 
 def run(args: argparse.Namespace) -> int:
