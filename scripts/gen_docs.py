@@ -1,4 +1,5 @@
-"""Write docs/methods.md and docs/training.md from the configs' fields and help texts.
+"""Write docs/methods.md and docs/training.md from the configs' fields and help texts, and the README's
+architecture table from the architecture table and the methods' ``unsupported`` declarations.
 
 Run ``.venv/bin/python scripts/gen_docs.py`` after changing a config; ``tests/test_docs.py`` fails while
 the pages are out of date.
@@ -37,12 +38,16 @@ def methods_page() -> str:
         cls = METHODS[name]
         summary = (cls.__doc__ or "").strip().splitlines()[0]
         lines += [f"## `{name}` ({cls.__module__.removeprefix('adapterkit.')}.{cls.__name__})", "", summary, "",
+                  f"Default learning rate (when `--lr` is not given): `{cls.default_learning_rate:g}`.", "",
                   *_rows(cls), ""]
+    from adapterkit.training import DEFAULT_LEARNING_RATES
+
     lines += [
         "## `full` and `head`", "",
         "Not adapters but training modes of the same path: `full` trains every parameter (full fine-tuning),",
         "`head` only the task head (a linear probe): `adapterkit train --method full`, or",
-        '`TrainConfig(train_mode="full")` in Python.', "",
+        '`TrainConfig(train_mode="full")` in Python. Default learning rates: '
+        + ", ".join(f"`{m}` `{DEFAULT_LEARNING_RATES[m]:g}`" for m in ("full", "head")) + ".", "",
     ]
     return "\n".join(lines)
 
@@ -68,6 +73,44 @@ def training_page() -> str:
     return "\n".join(lines)
 
 
+def architectures_table() -> str:
+    """The README's table of architectures and the methods each supports (from ``MethodConfig.unsupported``)."""
+    from adapterkit.architectures import ARCHITECTURES
+    from adapterkit.registry import METHODS, get_method
+
+    get_method("lora")  # registers the built-in methods
+    lines = ["| architecture (`model_type`) | layers | methods | not supported |", "|---|---|---|---|"]
+    seen: list[object] = []
+    for spec in ARCHITECTURES.values():
+        if any(spec is s for s in seen):
+            continue
+        seen.append(spec)
+        missing = {m: cls.unsupported(spec) for m, cls in sorted(METHODS.items()) if cls.unsupported(spec)}
+        types = ", ".join(f"`{t}`" for t in (spec.model_type, *spec.aliases))
+        layers = ", ".join(f"`{g.path}`" for g in spec.groups)
+        methods = f"all {len(METHODS)}" if not missing else f"{len(METHODS) - len(missing)} of {len(METHODS)}"
+        reasons = "; ".join(f"`{m}` ({why.split('; ', 1)[-1]})" for m, why in missing.items()) or "-"
+        lines.append(f"| {types} | {layers} | {methods} | {reasons} |")
+    return "\n".join(lines)
+
+
+#: Generated blocks inside hand-written pages: (file, marker name, generator).
+BLOCKS = [("README.md", "architectures", architectures_table)]
+
+
+def with_blocks(rel: str, text: str) -> str:
+    """``text`` of ``rel`` with every generated block between its markers rewritten."""
+    for path, name, make in BLOCKS:
+        if path != rel:
+            continue
+        start, end = f"<!-- generated:{name} (scripts/gen_docs.py) -->", f"<!-- /generated:{name} -->"
+        if start not in text or end not in text:
+            raise SystemExit(f"{rel}: markers {start} ... {end} missing")
+        head, rest = text.split(start, 1)
+        text = head + start + "\n" + make() + "\n" + end + rest.split(end, 1)[1]
+    return text
+
+
 PAGES = {"docs/methods.md": methods_page, "docs/training.md": training_page}
 
 
@@ -75,6 +118,10 @@ def main() -> None:
     for rel, page in PAGES.items():
         (ROOT / rel).write_text(page(), encoding="utf-8")
         print(f"wrote {rel}")
+    for rel in sorted({path for path, _, _ in BLOCKS}):
+        path = ROOT / rel
+        path.write_text(with_blocks(rel, path.read_text(encoding="utf-8")), encoding="utf-8")
+        print(f"updated the generated blocks of {rel}")
 
 
 if __name__ == "__main__":

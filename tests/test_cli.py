@@ -92,7 +92,8 @@ def test_train_eval_info_on_own_tsv(tmp_path: Path, capsys):
     assert not list(out.glob("checkpoint-*/model.safetensors"))
 
     assert main(["eval", str(out / "adapter"), "--model", str(model), "--train-file", str(train),
-                 "--dev-file", str(dev), "--text-columns", "sentence", "--split", "dev"]) == 0
+                 "--dev-file", str(dev), "--text-columns", "sentence", "--split", "dev", "--output-dir",
+                 str(tmp_path / "eval")]) == 0
     printed = capsys.readouterr().out
     assert "score" in printed and "accuracy" in printed
 
@@ -274,3 +275,123 @@ def test_an_unexpected_error_is_one_line(monkeypatch, capsys):
     monkeypatch.setenv("ADAPTERKIT_DEBUG", "1")
     with pytest.raises(TypeError):
         main(["info", "--list"])
+
+
+def _headerless(path: Path, n: int, seed: int) -> Path:
+    rows = write_tsv(path, n, seed).read_text().splitlines()[1:]
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def test_train_uses_every_named_file_and_eval_keeps_split_names(tmp_path: Path, capsys):
+    model = save_tiny_model(tmp_path / "tiny-bert", words=[*POS, *NEG, *FILL])
+    train, dev, test = (_headerless(tmp_path / f"{n}.tsv", k, i) for i, (n, k) in
+                        enumerate((("a", 24), ("b", 8), ("c", 10))))
+    common = ["--model", str(model), "--epochs", "1", "--batch-size", "8", "--max-length", "16", "--progress", "none",
+              "--text-columns", "0", "--label-column", "1"]
+    assert main(["train", "--train-file", str(train), "--dev-file", str(dev), "--test-file", str(test), "--dev-size",
+                 "4", *common, "--no-header"]) == 2
+    assert "drop --dev-size" in capsys.readouterr().err
+    assert main(["train", "--train-file", str(train), "--test-file", str(test), *common]) == 2
+    err = capsys.readouterr().err
+    assert "looks like data" in err and "--no-header" in err
+    out = tmp_path / "run"
+    assert main(["train", "--train-file", str(train), "--test-file", str(test), "--dev-size", "4", *common,
+                 "--no-header", "--output-dir", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"test: {test} (10 examples)" in printed and "20 train / 4 dev / 10 test" in printed
+    assert "official dev" not in printed
+    assert main(["train", "--test-file", str(test), *common, "--no-header"]) == 2
+    assert "without --train-file" in capsys.readouterr().err
+    assert main(["eval", str(out / "adapter"), "--test-file", str(test), "--split", "train", *common[:2],
+                 "--no-header", "--text-columns", "0", "--label-column", "1"]) == 2
+    assert "--split train but no --train-file" in capsys.readouterr().err
+
+
+def _pairs(path: Path, n: int, seed: int, labels: bool = True) -> Path:
+    """A headerless sentence-pair TSV: first sentence, second sentence[, label same/diff]."""
+    rng = random.Random(seed)
+    lines = []
+    for i in range(n):
+        a, same = rng.choice(POS + NEG), i % 2 == 0
+        b = rng.choice(POS if (a in POS) == same else NEG)
+        lines.append("\t".join([f"the movie was {a}", f"a plot very {b}", *(["same" if same else "diff"] if labels
+                                                                             else [])]))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_eval_and_predict_remember_the_training_options(tmp_path: Path, capsys):
+    model = save_tiny_model(tmp_path / "tiny-bert", words=[*POS, *NEG, *FILL])
+    out = tmp_path / "run"
+    assert main(["train", "--train-file", str(_pairs(tmp_path / "train.tsv", 24, 0)), "--no-header", "--text-columns",
+                 "0,1", "--label-column", "2", "--model", str(model), "--epochs", "1", "--batch-size", "8",
+                 "--max-length", "12", "--progress", "none", "--output-dir", str(out)]) == 0
+    meta = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert meta["extra"]["data"] == {"kind": "classification", "text_columns": ["0", "1"], "label_column": "2",
+                                     "labels": ["diff", "same"], "max_length": 12, "no_header": True,
+                                     "metric": "accuracy"}
+    test = _pairs(tmp_path / "test.tsv", 10, 1)
+    ev = tmp_path / "eval"
+    assert main(["eval", str(out / "adapter"), "--test-file", str(test), "--output-dir", str(ev)]) == 0
+    printed = capsys.readouterr().out
+    assert f"[test], 10 examples from {test}" in printed and "accuracy" in printed
+    metrics = json.loads((ev / "metrics.json").read_text())
+    rows = [json.loads(line) for line in (ev / "predictions.jsonl").read_text().splitlines()]
+    assert [r["index"] for r in rows] == list(range(10))
+    assert {r["gold"] for r in rows} == {"same", "diff"} and all(r["prediction"] in ("same", "diff") for r in rows)
+    assert metrics["metrics"]["accuracy"] == sum(r["gold"] == r["prediction"] for r in rows) / 10
+
+    unlabelled = _pairs(tmp_path / "new.tsv", 6, 2, labels=False)
+    preds = tmp_path / "preds.jsonl"
+    assert main(["predict", str(out / "adapter"), "--input", str(unlabelled), "--output", str(preds)]) == 0
+    rows = [json.loads(line) for line in preds.read_text().splitlines()]
+    assert len(rows) == 6 and all(r["prediction"] in ("same", "diff") and 0.5 <= r["score"] <= 1 for r in rows)
+
+    # an adapter saved before the data record: the head still gives kind and label names, flags the rest
+    del meta["extra"]["data"]
+    (out / "adapter" / "adapter_config.json").write_text(json.dumps(meta))
+    assert main(["eval", str(out / "adapter"), "--test-file", str(test), "--output-dir", str(ev)]) == 2
+    assert "column 'text' not found" in capsys.readouterr().err
+    assert main(["eval", str(out / "adapter"), "--test-file", str(test), "--no-header", "--text-columns", "0,1",
+                 "--label-column", "2", "--max-length", "12", "--output-dir", str(tmp_path / "eval-old")]) == 0
+    assert json.loads((tmp_path / "eval-old" / "metrics.json").read_text())["metrics"] == metrics["metrics"]
+
+
+def test_predict_regression_on_an_unlabelled_file(tmp_path: Path):
+    model = save_tiny_model(tmp_path / "tiny-bert", head="regression", words=[*POS, *NEG, *FILL])
+    train = tmp_path / "scores.csv"
+    train.write_text("review,stars\n" + "".join(f"the movie was {w},{4.5 if w in POS else 1.0}\n"
+                                                  for w in (POS + NEG) * 3))
+    out = tmp_path / "run"
+    assert main(["train", "--train-file", str(train), "--text-columns", "review", "--label-column", "stars",
+                 "--kind", "regression", "--model", str(model), "--epochs", "1", "--batch-size", "8",
+                 "--max-length", "12", "--progress", "none", "--output-dir", str(out)]) == 0
+    new = tmp_path / "new.jsonl"
+    new.write_text('{"review": "the movie was good"}\n{"review": "the movie was awful"}\n')
+    preds = tmp_path / "preds.jsonl"
+    assert main(["predict", str(out / "adapter"), "--input", str(new), "--output", str(preds)]) == 0
+    rows = [json.loads(line) for line in preds.read_text().splitlines()]
+    assert [r["index"] for r in rows] == [0, 1]
+    assert all(isinstance(r["prediction"], float) and r["score"] == r["prediction"] for r in rows)
+
+
+def test_help_and_info_show_the_default_learning_rates_that_train_uses(tmp_path: Path, capsys):
+    from adapterkit.runner import default_learning_rate
+
+    lr_help = next(a.help for a in build_parser()._subparsers._group_actions[0].choices["train"]._actions
+                   if a.dest == "learning_rate")
+    assert "0.001 for" in lr_help and "head" in lr_help.split("0.001 for")[1].split("e-")[0]
+    assert "5e-05 for full" in lr_help and "0.01 for prompt" in lr_help and "1e-4" not in lr_help
+    assert main(["info", "--list", "methods"]) == 0
+    listing = capsys.readouterr().out
+    assert "default lr" in listing
+    assert any(line.split()[:2] == ["head", "0.001"] for line in listing.splitlines())
+    model = save_tiny_model(tmp_path / "tiny-bert", words=[*POS, *NEG, *FILL])
+    train = write_tsv(tmp_path / "train.tsv", 16, 0)
+    for method in ("head", "pfeiffer"):
+        out = tmp_path / method
+        assert main(["train", "--train-file", str(train), "--text-columns", "sentence", "--method", method, "--model",
+                     str(model), "--epochs", "1", "--batch-size", "8", "--max-length", "12", "--progress", "none",
+                     "--output-dir", str(out)]) == 0
+        assert json.loads((out / "results.json").read_text())["learning_rate"] == default_learning_rate(method)

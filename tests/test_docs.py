@@ -24,6 +24,21 @@ def test_generated_pages_are_current(page: str) -> None:
     assert (ROOT / page).read_text(encoding="utf-8") == expected, f"{page} is stale: run scripts/gen_docs.py"
 
 
+def test_generated_blocks_are_current() -> None:
+    generator = _generator()
+    for rel in sorted({path for path, _, _ in generator.BLOCKS}):
+        text = (ROOT / rel).read_text(encoding="utf-8")
+        assert generator.with_blocks(rel, text) == text, f"{rel}: a generated block is stale: run scripts/gen_docs.py"
+
+
+def test_readme_architecture_table_says_prefix_tuning_skips_mpnet() -> None:
+    table = _generator().architectures_table()
+    mpnet = next(line for line in table.splitlines() if line.startswith("| `mpnet`"))
+    assert "| all " not in mpnet and "`prefix`" in mpnet and "AttentionInterface" in mpnet
+    bert = next(line for line in table.splitlines() if line.startswith("| `bert`"))
+    assert "| all " in bert
+
+
 def test_readme_starts_with_the_two_commands_and_ci_runs_the_second() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     commands = [line for line in readme.split("```")[1].strip().splitlines()]

@@ -316,3 +316,54 @@ def test_adapters_follow_the_model_to_a_device_before_and_after_add_adapter(mode
     assert all(p.dtype == torch.float64 for p in model.parameters())
     with torch.no_grad():
         assert model(**_batch(model_type)).logits.dtype == torch.float64
+
+
+@pytest.fixture
+def no_download(monkeypatch):
+    """Make any attempt to load from the Hub fail loudly: errors must come before from_pretrained."""
+    import transformers
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"from_pretrained called with {args}")
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", refuse)
+
+
+def test_a_missing_local_model_path_or_a_number_is_refused_clearly(tmp_path, no_download):
+    from adapterkit.model import load_base_model
+
+    for missing in (str(tmp_path / "runs" / "model"), "./no-such-model", "~/no-such-model-dir", "a/b/c"):
+        with pytest.raises(ConfigError, match=f"model: {missing}: no such directory"):
+            load_base_model(missing)
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(ConfigError, match="is a file, not a model directory"):
+        load_base_model(str(tmp_path / "file.txt"))
+    for number in ("5", 5, 3.5, "1e-3"):
+        with pytest.raises(ConfigError, match="is a number, not a model|is not a model"):
+            load_base_model(number)
+
+
+def test_an_unknown_hub_id_fails_at_once_offline_and_when_the_hub_is_unreachable(monkeypatch, no_download):
+    from huggingface_hub import constants
+
+    from adapterkit import model as model_module
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ConfigError, match="'someone/no-such-model' is neither a local directory nor in the Hugging "
+                       r"Face cache .*HF_HUB_OFFLINE"):
+        model_module.load_base_model("someone/no-such-model")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(model_module, "_hub_unreachable", lambda timeout=3.0: "huggingface.co cannot be reached: down")
+    with pytest.raises(ConfigError, match=r"'someone/no-such-model' is neither .* cannot be reached to download it"):
+        model_module.load_base_model("someone/no-such-model")
+    with pytest.raises(ConfigError, match="not a valid Hub id"):
+        model_module.load_base_model("bad name!")
+
+
+def test_a_cached_hub_model_loads_without_network_when_the_hub_is_unreachable(monkeypatch):
+    from adapterkit import model as model_module
+
+    monkeypatch.setattr(model_module, "_hub_unreachable", lambda timeout=3.0: "down")
+    monkeypatch.setattr("huggingface_hub.try_to_load_from_cache", lambda repo, name: "/cache/config.json")
+    assert model_module.resolve_model("org/cached-model") == ("org/cached-model", {"local_files_only": True})

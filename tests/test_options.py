@@ -119,8 +119,8 @@ def test_command_defaults_come_from_the_groups():
 
 
 def test_learning_rate_and_doc_stride_defaults_follow_other_fields():
-    assert TrainConfig().learning_rate == 1e-4
-    assert TrainConfig(train_mode="full").learning_rate == 2e-5
+    assert TrainConfig().learning_rate == 1e-3  # adapters; `adapterkit train` uses each method's own default
+    assert TrainConfig(train_mode="full").learning_rate == 5e-5
     assert TrainConfig(train_mode="head").learning_rate == 1e-3
     assert TrainConfig(train_mode="full", learning_rate=0.1).learning_rate == 0.1
     assert TrainConfig(max_length=48).doc_stride == 12 and TrainConfig(max_length=1024).doc_stride == 128

@@ -129,6 +129,31 @@ def test_cli_train_and_eval_on_own_squad_files(tmp_path: Path, tokenizer, capsys
                  "--k-shot", "4"]) == 2
     assert "k_shot" in capsys.readouterr().err
 
+    # eval and predict remember the kind, the columns and the max length; predict needs no answers
+    explicit, remembered = tmp_path / "eval-explicit", tmp_path / "eval-remembered"
+    assert main(["eval", str(out / "adapter"), "--model", str(model), "--test-file", str(dev_file), "--kind", "qa",
+                 "--max-length", str(MAX_LENGTH), "--output-dir", str(explicit)]) == 0
+    assert main(["eval", str(out / "adapter"), "--test-file", str(dev_file), "--output-dir", str(remembered)]) == 0
+    assert "f1" in capsys.readouterr().out
+    assert (json.loads((remembered / "predictions.json").read_text())
+            == json.loads((explicit / "predictions.json").read_text()))
+    metrics = json.loads((remembered / "metrics.json").read_text())
+    assert metrics["examples"] == 16 and metrics["split"] == "test" and 0 <= metrics["metrics"]["f1"] <= 1
+    pairs = list(zip(COUNTRIES[:5], CITIES[:5], strict=True))
+    contexts = [f"The capital of {c.title()} is {t.title()}." for c, t in pairs]
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text("".join(json.dumps({"question": f"What is the capital of {c.title()}?", "context": ctx})
+                                 + "\n" for (c, _), ctx in zip(pairs, contexts, strict=True)))
+    preds = tmp_path / "preds.jsonl"
+    assert main(["predict", str(out / "adapter"), "--input", str(questions), "--output", str(preds)]) == 0
+    rows = [json.loads(line) for line in preds.read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["1", "2", "3", "4", "5"]
+    for row, ctx in zip(rows, contexts, strict=True):
+        assert isinstance(row["score"], float) and row["prediction"]
+        start, stop = row["start"], row["start"] + len(row["prediction"])
+        assert ctx[start:stop] == row["prediction"]
+        assert (start == 0 or not ctx[start - 1].isalnum()) and (stop == len(ctx) or not ctx[stop].isalnum())
+
 
 def test_classification_adapter_loads_on_qa_head(tmp_path: Path):
     cls = AdaptedModel(tiny_model("bert", num_labels=3, vocab_size=MINILM_VOCAB))

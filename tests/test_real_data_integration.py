@@ -49,7 +49,7 @@ def test_rte_lora_cli_train_with_dev_size_then_eval(tmp_path: Path, data_dir: Pa
     assert 0.0 <= results["dev"]["score"] <= 1.0
 
     assert main(["eval", str(out / "adapter"), "--data-dir", str(data_dir), "--split", "dev",
-                 "--max-length", "64"]) == 0
+                 "--max-length", "64", "--output-dir", str(tmp_path / "eval")]) == 0
     printed = capsys.readouterr().out
     assert "on rte [dev], 277 examples" in printed
     accuracy = next(float(line.split()[-1]) for line in printed.splitlines() if line.startswith("accuracy"))

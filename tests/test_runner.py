@@ -17,6 +17,8 @@ import pytest
 
 import adapterkit.runner as runner
 from adapterkit.cli import main
+from adapterkit.errors import ConfigError
+from adapterkit.options import DataOptions
 from adapterkit.testing import save_tiny_model
 from adapterkit.zoo import ZooSource, build_zoo
 
@@ -277,3 +279,86 @@ def test_sigint_prints_one_line_and_leaves_a_resumable_run(files, tmp_path: Path
     check_resume_compatible(checkpoint, 40, 20, 8)  # 20 epochs of 16 examples in batches of 8
     with run_lock(out):
         pass
+
+
+# --- which task and which splits (no model is loaded) ---
+
+
+def resolve_task(opts: dict, purpose: str = "train"):
+    return runner.resolve_task(DataOptions(**opts), purpose)
+
+
+def _file(path: Path, n: int, offset: int = 0) -> str:
+    rows = [f"text {offset + i}\t{['neg', 'pos'][i % 2]}" for i in range(n)]
+    path.write_text("text\tlabel\n" + "\n".join(rows) + "\n")
+    return str(path)
+
+
+@pytest.fixture
+def split_files(tmp_path: Path) -> dict[str, str]:
+    return {"train_file": _file(tmp_path / "a.tsv", 40), "dev_file": _file(tmp_path / "b.tsv", 12, 100),
+            "test_file": _file(tmp_path / "c.tsv", 18, 200)}
+
+
+def _split(opts: dict, **kw):
+    spec = resolve_task(opts)
+    return runner.split_data(spec, None, k_shot=opts.get("k_shot"), train_size=None, dev_size=opts.get("dev_size"), seed=0,
+                      own_files=True, **kw)
+
+
+def test_three_files_are_used_as_named(split_files):
+    train, dev, test, notes = _split(dict(split_files))
+    assert (len(train), len(dev), len(test)) == (40, 12, 18)
+    assert {e["text"] for e in test} == {f"text {200 + i}" for i in range(18)}
+    assert any(split_files["test_file"] in n and "18 examples" in n for n in notes)
+    assert not any("official dev" in n for n in notes)
+
+
+def test_dev_file_with_dev_size_is_refused_naming_what_to_drop(split_files):
+    with pytest.raises(ConfigError, match="--dev-file already gives the dev set; drop --dev-size"):
+        resolve_task({**split_files, "dev_size": 6})
+    opts = {k: v for k, v in split_files.items() if k != "test_file"}
+    with pytest.raises(ConfigError, match="drop --dev-size"):
+        resolve_task({**opts, "dev_size": 6})
+
+
+def test_dev_size_carves_from_train_and_keeps_the_test_file(split_files):
+    opts = {"train_file": split_files["train_file"], "test_file": split_files["test_file"], "dev_size": 8}
+    train, dev, test, notes = _split(opts)
+    assert (len(train), len(dev), len(test)) == (32, 8, 18)
+    assert {e["text"] for e in dev} <= {f"text {i}" for i in range(40)}
+    assert any("carved from the train file" in n and split_files["train_file"] in n for n in notes)
+    assert any(n.startswith("test: " + split_files["test_file"]) for n in notes)
+
+
+@pytest.mark.parametrize("alone", ["test_file", "dev_file"])
+def test_a_dev_or_test_file_alone_is_not_trained_on(split_files, alone):
+    with pytest.raises(ConfigError, match=r"without --train-file.*would be trained on"):
+        resolve_task({alone: split_files[alone]})
+    assert resolve_task({alone: split_files[alone]}, "eval").splits == (alone.removesuffix("_file"),)
+
+
+def test_a_task_together_with_files_is_refused(split_files):
+    with pytest.raises(ConfigError, match="not --task and --test-file"):
+        resolve_task({"task": "sst2", "test_file": split_files["test_file"]})
+
+
+def test_headerless_files_through_the_options(tmp_path):
+    path = tmp_path / "plain.tsv"
+    path.write_text("a fine film\tpos\na dull film\tneg\n")
+    spec = resolve_task({"train_file": str(path), "no_header": True, "text_columns": ["0"], "label_column": "1"})
+    assert spec.labels == ("neg", "pos") and not spec.header
+
+
+def test_each_method_has_its_own_default_learning_rate():
+    from adapterkit.methods.bottleneck import PfeifferConfig
+    from adapterkit.methods.lora import LoRAConfig
+    from adapterkit.methods.prompt import PromptTuningConfig
+    from adapterkit.runner import default_learning_rate
+    from adapterkit.training import DEFAULT_LEARNING_RATES
+
+    assert default_learning_rate("pfeiffer") == PfeifferConfig.default_learning_rate == 1e-3
+    assert default_learning_rate("lora") == LoRAConfig.default_learning_rate == 1e-3
+    assert default_learning_rate("prompt") == PromptTuningConfig.default_learning_rate == 1e-2
+    assert default_learning_rate("full") == DEFAULT_LEARNING_RATES["full"] == 5e-5
+    assert default_learning_rate("head") == DEFAULT_LEARNING_RATES["head"] == 1e-3

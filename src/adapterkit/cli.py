@@ -1,4 +1,4 @@
-"""The ``adapterkit`` command: ``train``, ``eval``, ``pretrain``, ``info``, ``demo``, ``zoo``, ``analyze``,
+"""The ``adapterkit`` command: ``train``, ``eval``, ``predict``, ``pretrain``, ``info``, ``demo``, ``zoo``, ``analyze``,
 ``experiment``, ``push`` and ``convert``.
 
 The flags of every command are generated from options dataclasses (:mod:`adapterkit.options`):
@@ -28,8 +28,6 @@ from .runner import (
     RESULT_COLUMNS,
     RESULT_DIGITS,
     check_sizes,
-    evaluate_split,
-    resolve_task,
     run_training,
     split_data,
     system_method,
@@ -45,8 +43,25 @@ class EvalOptions:
 
     adapter: str | None = opt(None, "adapter directory (adapter_config.json + safetensors), or a Hugging Face Hub "
                               "repo id owner/name[@revision] (downloaded; HF_HUB_OFFLINE=1: the cache only)")
-    split: str | None = opt(None, "split to evaluate (default: test if the task has one, else dev)")
-    output_dir: str = opt("runs/eval", "where predictions.json (QA) and, for gated adapters, gates.json/png go")
+    split: str | None = opt(
+        None, "split to evaluate (default: test if the task has one, else dev; with your own files, the one given)")
+    output_dir: str = opt("runs/eval", "where metrics.json and the predictions go (predictions.jsonl; QA: "
+                          "predictions.json, id -> answer) and, for gated adapters, gates.json/png")
+
+
+@dataclass
+class PredictOptions:
+    """What ``adapterkit predict`` predicts on and where the predictions go."""
+
+    adapter: str | None = opt(None, "adapter directory (adapter_config.json + safetensors), or a Hugging Face Hub "
+                              "repo id owner/name[@revision]")
+    input: str | None = opt(None, "CSV/TSV/JSONL/Parquet file (QA: SQuAD JSON or JSON lines) to predict on; no "
+                            "labels needed")
+    output: str | None = opt(None, "JSON lines file to write: one prediction with its score per input row")
+
+
+REMEMBERED_HELP = " (default: as the adapter was trained)"
+"""eval and predict take these data options from the adapter unless given."""
 
 
 @dataclass
@@ -88,8 +103,12 @@ def _zoo_groups() -> tuple[Group, ...]:
 def command_groups(command: str, experiment: str | None = None) -> tuple[Group, ...]:
     """The option groups of ``adapterkit COMMAND`` (``experiment`` names the experiment)."""
     if command == "train":
-        return (Group(ModelOptions), Group(DataOptions),
-                Group(TrainConfig, exclude=("train_mode",)))  # train_mode follows --method (full, head, or adapters)
+        from .runner import default_learning_rates_text
+
+        lr_field = TrainConfig.help()["learning_rate"]
+        lr_help = f"{lr_field}; per method: {default_learning_rates_text()}"
+        return (Group(ModelOptions), Group(DataOptions),  # train_mode follows --method (full, head, or adapters)
+                Group(TrainConfig, exclude=("train_mode",), help={"learning_rate": lr_help}))
     if command == "pretrain":
         from .pretraining import PRETRAIN_TRAINING, PretrainOptions
 
@@ -101,9 +120,21 @@ def command_groups(command: str, experiment: str | None = None) -> tuple[Group, 
                 Group(TrainConfig, only=PRETRAIN_TRAINING, defaults={"epochs": 1.0, "learning_rate": 1e-4,
                                                                      "output_dir": "runs/pretrain", "progress": "bar"},
                       help={"output_dir": "checkpoints and the result (OUTPUT/model or OUTPUT/adapter)"}))
+    remembered = {"kind": None, "label_column": None, "no_header": None}
     if command == "eval":
         return (Group(EvalOptions, positional=("adapter",)), Group(ModelOptions, only=("model",)),
-                Group(DataOptions, exclude=("k_shot", "train_size", "dev_size")), Group(TrainConfig, only=EVAL_TRAINING))
+                Group(DataOptions, exclude=("k_shot", "train_size", "dev_size"), defaults=remembered,
+                      help={k: DataOptions_help(k) + REMEMBERED_HELP for k in ("kind", "label_column", "no_header",
+                                                                              "text_columns", "labels")}),
+                Group(TrainConfig, only=EVAL_TRAINING, defaults={"max_length": None},
+                      help={"max_length": "maximum tokens per example" + REMEMBERED_HELP}))
+    if command == "predict":
+        fields = ("no_header", "text_columns", "label_column", "labels", "kind")
+        return (Group(PredictOptions, positional=("adapter",)), Group(ModelOptions, only=("model",)),
+                Group(DataOptions, only=fields, defaults=remembered,
+                      help={k: DataOptions_help(k) + REMEMBERED_HELP for k in fields}),
+                Group(TrainConfig, only=EVAL_TRAINING, defaults={"max_length": None},
+                      help={"max_length": "maximum tokens per example" + REMEMBERED_HELP}))
     if command == "demo":
         return (Group(DemoOptions), Group(ModelOptions, only=("model",)),
                 Group(DataOptions, only=("data_dir", "k_shot", "dev_size"), defaults={"k_shot": 32},
@@ -120,12 +151,20 @@ def command_groups(command: str, experiment: str | None = None) -> tuple[Group, 
     raise ConfigError(f"command {command!r}: has no options")
 
 
+def DataOptions_help(name: str) -> str:  # noqa: N802 - reads as the class it documents
+    """The help text of DataOptions field ``name``."""
+    import dataclasses
+
+    return next(f.metadata.get("help", "") for f in dataclasses.fields(DataOptions) if f.name == name)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (defaults are applied after merging with ``--config``)."""
     parser = argparse.ArgumentParser(prog="adapterkit", description="Adapters for Hugging Face transformer models.")
     sub = parser.add_subparsers(dest="command", required=True)
     helps = {"train": "train an adapter (or the full model, or the head) on a task",
-             "eval": "evaluate a saved adapter on a task split",
+             "eval": "evaluate a saved adapter on a task split or your file (options as the adapter was trained)",
+             "predict": "predict with a saved adapter on a file without labels (one JSON line per row)",
              "pretrain": "continue masked-LM pretraining (DAPT on a corpus, TAPT on a task's text)",
              "info": "show an adapter directory, or list methods/tasks/architectures",
              "demo": "few-shot comparison: Pfeiffer adapter vs full fine-tuning (vs LoRA)",
@@ -211,9 +250,12 @@ def train_mode_of(method: str) -> str:
 
 def cmd_train(opts: dict[str, Any]) -> int:
     from .reporting import text_table
+    from .runner import default_learning_rate
 
     model = options.build(ModelOptions, opts)
-    config = options.build(TrainConfig, opts, train_mode=train_mode_of(system_method(model)))
+    method = system_method(model)
+    config = options.build(TrainConfig, opts, train_mode=train_mode_of(method),
+                           learning_rate=opts.get("learning_rate") or default_learning_rate(method))
     row = run_training(options.build(DataOptions, opts), model, config)
     cols = {k: v for k, v in RESULT_COLUMNS.items() if row.get(k) is not None}
     say("")
@@ -227,63 +269,20 @@ def cmd_train(opts: dict[str, Any]) -> int:
 # --- eval -----------------------------------------------------------------------------------------
 
 
-def saved_label_names(head: dict[str, Any]) -> list[str] | None:
-    """A saved classification head's label names in id order (None for other heads or default names)."""
-    id2label = head.get("id2label") or {}
-    n = head.get("num_labels")
-    if head.get("problem_type") not in (None, "single_label_classification") or not isinstance(n, int) or n < 2:
-        return None
-    names = [id2label.get(str(i)) for i in range(n)]
-    if any(not isinstance(name, str) for name in names) or names == [f"LABEL_{i}" for i in range(n)]:
-        return None
-    return names
-
-
 def cmd_eval(opts: dict[str, Any]) -> int:
-    from .data.tasks import load_split, resolve_data_dir
-    from .interop.hub import resolve_adapter_dir
-    from .io import load_adapter, read_adapter_config, resolve_base_model
+    from .predict import run_eval
     from .reporting import text_table
-    from .runner import clamp_max_length, load_model, split_source
 
-    if not opts.get("adapter"):
-        raise ConfigError("adapter: give the adapter directory (or Hub repo id) to evaluate")
-    opts = {**opts, "adapter": str(resolve_adapter_dir(opts["adapter"]))}
-    meta = read_adapter_config(opts["adapter"])
-    data = options.build(DataOptions, opts)
-    if not data.task and not any((data.train_file, data.dev_file, data.test_file, data.hub_dataset)):
-        saved_task = (meta.get("extra") or {}).get("task")
-        if not saved_task:
-            raise ConfigError("task: give --task or --test-file (the adapter does not record its task)")
-        data.task = saved_task
-    saved_labels = saved_label_names(meta.get("head") or {})
-    if saved_labels and not data.task and not data.labels and data.kind == "classification":
-        data.labels = saved_labels  # the head's label ids: a row with another label is an error naming it
-    spec = resolve_task(data)
-    source = Path(opts["adapter"]) / "adapter_config.json"
-    if saved_labels and spec.kind == "classification" and len(saved_labels) != spec.num_labels:
-        raise AdapterLoadError(f"{source}: head.num_labels: the head was saved for {len(saved_labels)} labels "
-                               f"{saved_labels}; task {spec.name!r} has {spec.num_labels} {list(spec.labels or ())}")
-    split = opts.get("split") or ("test" if "test" in spec.splits else "dev")
-    data_dir = resolve_data_dir(data.data_dir)
-    examples = load_split(spec, split, data_dir)
-    model_path, tried = (opts["model"], []) if opts.get("model") else resolve_base_model(meta, opts["adapter"])
-    try:
-        adapted, tokenizer = load_model(spec, model_path)
-    except OSError as exc:
-        if not tried:
-            raise
-        raise AdapterLoadError(f"{source}: base_model.name_or_path: {model_path!r} is not a local directory (tried "
-                               f"{', '.join(tried)}) and cannot be loaded as a Hub id ({exc}); give the base model "
-                               "with --model") from None
-    name = load_adapter(adapted, opts["adapter"])
-    say(f"adapter {name!r} on {spec.name} [{split}], {len(examples)} examples")
-    config = clamp_max_length(options.build(TrainConfig, opts, output_dir=opts["output_dir"]), adapted.model, tokenizer)
-    metrics = evaluate_split(adapted, tokenizer, spec, examples, config,
-                             predictions=Path(opts["output_dir"]) / "predictions.json",
-                             source=split_source(spec, split, data_dir), gate_report=Path(opts["output_dir"]))
+    metrics = run_eval(opts)
     if metrics is not None:
         say(text_table([{"metric": k, "value": v} for k, v in metrics.items()], ["metric", "value"]))
+    return 0
+
+
+def cmd_predict(opts: dict[str, Any]) -> int:
+    from .predict import run_predict
+
+    run_predict(opts)
     return 0
 
 
@@ -302,11 +301,14 @@ def cmd_info(args: argparse.Namespace) -> int:
         if what in ("all", "methods"):
             from . import methods  # noqa: F401  (importing registers the built-in methods)
             from .registry import METHODS
+            from .runner import default_learning_rate
 
             rows = [{"method": n, "description": _first_line(c.__doc__)} for n, c in sorted(METHODS.items())]
             rows += [{"method": "full", "description": "full fine-tuning (every parameter trains)"},
                      {"method": "head", "description": "train the task head only (linear probe)"}]
-            say("Methods:\n" + text_table(rows, ["method", "description"]))
+            for row in rows:
+                row["default lr"] = f"{default_learning_rate(row['method']):g}"
+            say("Methods:\n" + text_table(rows, ["method", "default lr", "description"]))
         if what in ("all", "tasks"):
             from .data.tasks import TASKS
 
@@ -486,11 +488,32 @@ def cmd_convert(args: argparse.Namespace) -> int:
 # --- entry point ----------------------------------------------------------------------------------
 
 
+def _show_data_warnings() -> None:
+    """Print each DataWarning (an assumption about the user's files) as one ``note:`` line on stderr."""
+    import warnings
+
+    from .errors import DataWarning
+
+    if getattr(warnings.showwarning, "_adapterkit", False):
+        return
+    previous = warnings.showwarning
+
+    def show(message: Any, category: type, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+        if issubclass(category, DataWarning):
+            print(f"adapterkit: note: {message}", file=sys.stderr, flush=True)
+        else:
+            previous(message, category, filename, lineno, file, line)
+
+    show._adapterkit = True  # type: ignore[attr-defined]
+    warnings.showwarning = show
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``adapterkit`` command; returns the exit status (errors print one line and return 2)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     quiet_transformers()
+    _show_data_warnings()
     opts: dict[str, Any] = {}
     try:
         if args.command == "info":
@@ -508,6 +531,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_train(opts)
         if args.command == "eval":
             return cmd_eval(opts)
+        if args.command == "predict":
+            return cmd_predict(opts)
         if args.command == "pretrain":
             from .pretraining import run_pretraining
 

@@ -143,6 +143,11 @@ class MethodConfig(abc.ABC):
 
     layers: tuple[int, ...] | None = opt(None, "layer indices that get the method's modules (default: all)")
     learning_rate: float | None = opt(None, "learning rate for this adapter's parameters (default: the trainer's)")
+    #: The trainer's base learning rate when none is given (``--lr``): the adapter and the task head train
+    #: at it. 1e-3 suits freshly initialised adapters on small data sets (1e-4, the rate often quoted for
+    #: adapters on large data sets, barely moves them in a few hundred steps; see the README's
+    #: "Default learning rates"). A subclass sets its own.
+    default_learning_rate: ClassVar[float] = 1e-3
 
     def __post_init__(self) -> None:
         check(self.layers is None or len(self.layers) > 0, "layers", "must name at least one layer, or be null for all")
@@ -160,6 +165,12 @@ class MethodConfig(abc.ABC):
         """Optimizer groups over this adapter's ``modules`` ((key prefix, module) pairs, as built). The
         default is one group ``adapter`` at ``learning_rate``; parameters no group claims get that rate too."""
         return [ParamGroup("adapter", [p for _, m in modules for p in m.parameters()], self.learning_rate)]
+    @classmethod
+    def unsupported(cls, arch: Any) -> str | None:
+        """Why this method cannot attach to models of architecture ``arch`` (an ``ArchitectureSpec``), or
+        None when it can. The README's architecture table is generated from this, and the architecture tests
+        check it against what actually attaches and trains."""
+        return None
 
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.method, **{f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}}

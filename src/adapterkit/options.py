@@ -41,13 +41,17 @@ class DataOptions:
     hub_dataset: str | None = opt(
         None, "a Hugging Face Hub data set, DATASET or DATASET:CONFIG (needs internet); splits "
         "train/validation/test become train/dev/test")
+    no_header: bool = opt(
+        False, "your CSV/TSV files have no header row: name columns by index (--text-columns 0 --label-column 1)")
     text_columns: list[str] | None = opt(None, "comma-separated text column(s), 1 or 2 (default: text)")
     label_column: str = opt("label", "label column")
     labels: list[str] | None = opt(None, "comma-separated label names in id order (default: from the file)")
     kind: Literal["classification", "regression", "qa"] = opt("classification", "task kind for your own files")
     k_shot: int | None = opt(None, "keep k training examples per class")
     train_size: int | None = opt(None, "keep N training examples (stratified)")
-    dev_size: int | None = opt(None, "carve N dev examples from train; the official dev becomes the test set")
+    dev_size: int | None = opt(
+        None, "carve N dev examples from train (a registered task's official dev set then becomes its test set; "
+        "your --test-file stays the test set; not with --dev-file)")
 
 
 @dataclass
@@ -203,6 +207,8 @@ def add_arguments(parser: argparse.ArgumentParser, groups: Sequence[Group]) -> N
                 kwargs["choices"] = list(typing.get_args(annotation))
             elif choices:
                 kwargs["metavar"] = "{" + ",".join(choices) + "}"
+            if annotation is bool or annotation == (bool | None):
+                kwargs.update(nargs="?", const=True)  # a bare --flag means true
             if f.name in group.positional:
                 parser.add_argument(f.name, nargs="?", **kwargs)
             else:

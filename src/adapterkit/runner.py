@@ -28,14 +28,35 @@ NO_CHECKPOINTS = {"save_total_limit": 1, "save_optimizer": False, "cleanup_check
 # --- data -----------------------------------------------------------------------------------------
 
 
-def resolve_task(data: DataOptions) -> Any:
-    """The TaskSpec named by ``data.task`` or described by ``data.train_file`` / ``data.hub_dataset`` and friends."""
+USER_FILES = (("train", "train_file", "--train-file"), ("dev", "dev_file", "--dev-file"),
+              ("test", "test_file", "--test-file"))
+
+
+def user_files(data: DataOptions) -> dict[str, str]:
+    """split -> file of the user's own files given as ``--train-file/--dev-file/--test-file``."""
+    return {split: str(getattr(data, key)) for split, key, _ in USER_FILES if getattr(data, key)}
+
+
+def resolve_task(data: DataOptions, purpose: str = "train") -> Any:
+    """The TaskSpec named by ``data.task`` or described by ``data.train_file`` / ``data.hub_dataset`` and friends.
+
+    Every file the user names is used as the split it is named for. ``purpose="train"`` needs a train file
+    (a test or dev file alone would be trained on) and refuses ``--dev-file`` with ``--dev-size``;
+    ``purpose="eval"`` takes any of the three files.
+    """
     from .data.tasks import get_task, task_from_file
 
-    sources = [flag for flag, value in (("--task", data.task), ("--train-file", data.train_file),
-                                        ("--hub-dataset", data.hub_dataset)) if value]
+    files = user_files(data)
+    sources = []
+    if data.task:
+        sources.append("--task")
+    if files:
+        sources.append(" and ".join(flag for split, _, flag in USER_FILES if split in files))
+    if data.hub_dataset:
+        sources.append("--hub-dataset")
     if len(sources) > 1:
-        raise ConfigError(f"task: give one of --task, --train-file or --hub-dataset, not {' and '.join(sources)}")
+        raise ConfigError(f"task: give one of --task, your own files (--train-file/--dev-file/--test-file) or "
+                          f"--hub-dataset, not {' and '.join(sources)}")
     if data.task:
         return get_task(data.task)
     if data.hub_dataset:
@@ -46,12 +67,20 @@ def resolve_task(data: DataOptions) -> Any:
             raise ConfigError("labels: --hub-dataset needs --labels (the label values in id order) for classification")
         return task_from_hub(dataset, config or None, data.text_columns, data.label_column, kind=data.kind,
                              labels=data.labels)
-    first = data.train_file or data.dev_file or data.test_file
-    if not first:
+    if not files:
         raise ConfigError("task: give --task NAME, --train-file FILE or --hub-dataset NAME")
-    return task_from_file(Path(first).stem, train=first, dev=data.dev_file if data.train_file else None,
-                          test=data.test_file, text_columns=data.text_columns, label_column=data.label_column,
-                          labels=data.labels, kind=data.kind)
+    if purpose == "train":
+        if "train" not in files:
+            given = " and ".join(flag for split, _, flag in USER_FILES if split in files)
+            raise ConfigError(f"train_file: {given} without --train-file: training needs its own file (the "
+                              f"{' and '.join(files)} file would be trained on); add --train-file FILE")
+        if "dev" in files and data.dev_size:
+            raise ConfigError("dev_size: --dev-file already gives the dev set; drop --dev-size (or drop --dev-file "
+                              "to carve --dev-size examples out of --train-file)")
+    first = next(iter(files.values()))
+    return task_from_file(Path(first).stem, train=files.get("train"), dev=files.get("dev"), test=files.get("test"),
+                          text_columns=data.text_columns, label_column=data.label_column or "label",
+                          labels=data.labels, kind=data.kind or "classification", header=not data.no_header)
 
 
 def adapter_overrides(value: Any) -> dict[str, Any]:
@@ -82,8 +111,14 @@ def adapter_overrides(value: Any) -> dict[str, Any]:
 
 
 def split_data(spec: Any, data_dir: Any, *, k_shot: int | None, train_size: int | None, dev_size: int | None,
-               seed: int, need_train: bool = True) -> tuple[list, list | None, list | None, list[str]]:
-    """(train, dev, test, notes): dev carved from train when ``dev_size`` (official dev -> test), then sampling."""
+               seed: int, need_train: bool = True, own_files: bool = False
+               ) -> tuple[list, list | None, list | None, list[str]]:
+    """(train, dev, test, notes): dev carved from train when ``dev_size``, then sampling.
+
+    For a registered task, carving a dev set makes the official dev set the test set. With
+    ``own_files`` (the user's --train-file/--dev-file/--test-file) every file stays the split it was
+    given as, and the notes name the files.
+    """
     from .data.sampling import carve_dev, subsample
     from .data.sampling import k_shot as sample_k
     from .data.tasks import load_task
@@ -95,16 +130,30 @@ def split_data(spec: Any, data_dir: Any, *, k_shot: int | None, train_size: int 
     data = load_task(spec, data_dir, [s for s in ("train", "dev", "test") if s in splits])
     train, dev, test = data.get("train", []), data.get("dev"), data.get("test")
     notes: list[str] = []
-    if dev_size:
+    if dev_size and own_files:
+        if data.get("dev"):
+            raise ConfigError("dev_size: --dev-file already gives the dev set; drop --dev-size (or drop --dev-file "
+                              "to carve --dev-size examples out of --train-file)")
         train, dev = carve_dev(train, dev_size, seed)
+        notes.append(f"dev: {len(dev)} examples carved from the train file {spec.files['train']}")
+    elif dev_size:
+        train, dev = carve_dev(train, dev_size, seed)
+        dropped = " instead of the task's test split" if data.get("dev") and test else ""
         test = data.get("dev") or test
-        notes.append(f"dev: {len(dev)} examples carved from train; test: the official dev set ({len(test or [])})")
+        notes.append(f"dev: {len(dev)} examples carved from train; test: the official dev set ({len(test or [])})"
+                     + dropped)
     if k_shot:
         train = sample_k(train, k_shot, seed)
         notes.append(f"train: {k_shot} examples per class ({len(train)})")
     if train_size:
         train = subsample(train, train_size, seed)
         notes.append(f"train: {len(train)} examples")
+    if own_files:
+        for split, examples in (("train", train), ("dev", dev), ("test", test)):
+            if split in spec.files and examples is not None:
+                notes.append(f"{split}: {spec.files[split]} ({len(examples)} examples)")
+        if test is None:
+            notes.append("test: none (no --test-file)")
     return train, dev, test, notes
 
 
@@ -173,6 +222,29 @@ def load_model(spec: Any, model: str | None) -> tuple[Any, Any]:
     hf_model, tokenizer = load_base_model(model, spec.kind, spec.num_labels if spec.kind == "classification" else 1,
                                           spec.id2label or None)
     return AdaptedModel(hf_model), tokenizer
+
+
+def default_learning_rate(method: str) -> float:
+    """The learning rate ``train`` uses for ``method`` when none is given: the method config's
+    ``default_learning_rate``, or for ``full`` and ``head`` the train mode's (``training.DEFAULT_LEARNING_RATES``)."""
+    from .training import DEFAULT_LEARNING_RATES
+
+    if method in ("full", "head"):
+        return DEFAULT_LEARNING_RATES[method]
+    from .registry import get_method
+
+    return float(get_method(method).default_learning_rate)
+
+
+def default_learning_rates_text() -> str:
+    """``0.01 for prompt, 0.001 for adaptable, ..., 5e-05 for full``: each method's default learning rate."""
+    from . import methods  # noqa: F401  (importing registers the built-in methods)
+    from .registry import METHODS
+
+    by_lr: dict[float, list[str]] = {}
+    for name in [*sorted(METHODS), "full", "head"]:
+        by_lr.setdefault(default_learning_rate(name), []).append(name)
+    return ", ".join(f"{lr:g} for {', '.join(names)}" for lr, names in sorted(by_lr.items(), reverse=True))
 
 
 def system_method(model: ModelOptions) -> str:
@@ -288,6 +360,7 @@ def run_system(adapted: Any, tokenizer: Any, spec: Any, data: tuple[list, list |
     if spec.kind == "qa" and dev_ex and not has_qa_references(dev_ex):
         say("data: no reference answers in the dev examples: training without dev-based selection")
         dev_ex = None
+    adapted.set_train_mode(config.train_mode)  # so that the count below is what trains
     trainable = adapted.count_parameters()["trainable"] if config.train_mode != "full" else "all"
     say(f"[{label}] {len(train_ex)} train / {len(dev_ex or [])} dev / {len(test_ex or [])} test examples; "
         f"trainable parameters {trainable}")
@@ -327,14 +400,16 @@ def _run_training(data: DataOptions, model: ModelOptions, config: Any, *, spec: 
 
     from .data.tasks import resolve_data_dir
     from .io import atomic_write_json, save_adapter
+    from .predict import data_record
 
+    own = spec is None and examples is None and bool(user_files(data))
     spec = spec or resolve_task(data)
     data_dir = resolve_data_dir(data.data_dir)
     if spec.kind == "qa" and data.k_shot:
         raise ConfigError("k_shot: QA examples have no classes; use --train-size N")
     if examples is None:
         train_ex, dev_ex, test_ex, notes = split_data(spec, data_dir, k_shot=data.k_shot, train_size=data.train_size,
-                                                      dev_size=data.dev_size, seed=config.seed)
+                                                      dev_size=data.dev_size, seed=config.seed, own_files=own)
         for note in notes:
             say(f"data: {note}")
         examples = (train_ex, dev_ex, test_ex)
@@ -344,12 +419,13 @@ def _run_training(data: DataOptions, model: ModelOptions, config: Any, *, spec: 
     adapted, tokenizer, adapter_name = build_system(spec, model)
     config = clamp_max_length(config, adapted.model, tokenizer)
     out = Path(config.output_dir)
-    test_split = "dev" if data.dev_size and "dev" in spec.splits else "test"
+    test_split = "dev" if data.dev_size and "dev" in spec.splits and not own else "test"
     run = run_system(adapted, tokenizer, spec, examples, config, label=label,
                      predictions=out / "predictions.json" if spec.kind == "qa" else None,
                      test_source=split_source(spec, test_split, data_dir), gate_report=out)
     result = run.result
-    summary = {"task": spec.name, "method": method, "dev": result.metrics, "test": run.test,
+    summary = {"task": spec.name, "method": method, "learning_rate": config.learning_rate, "dev": result.metrics,
+               "test": run.test,
                "best_epoch": result.best_epoch, "train_seconds": result.train_seconds,
                "trainable_parameters": result.trainable_parameters, "total_parameters": run.total_parameters}
     if spec.kind == "qa" and examples[2]:
@@ -361,6 +437,7 @@ def _run_training(data: DataOptions, model: ModelOptions, config: Any, *, spec: 
                     "precision": config.precision, "best_epoch": result.best_epoch}
         save_adapter(adapted, adapter_name, out / "adapter", include_head=True,
                      extra={"task": spec.name, "metric": spec.metric, "dev": result.metrics, "test": run.test,
+                            "data": data_record(spec, config.max_length),
                             "training": {k: v for k, v in training.items() if v is not None},
                             "trainable_parameters": result.trainable_parameters})
     elif not config.cleanup_checkpoints:

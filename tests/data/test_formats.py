@@ -33,7 +33,63 @@ def test_tsv_headerless_with_crlf(tmp_path):
     assert rows[0] == {"premise": "a premise", "hypothesis": "a hypothesis", "label": "neutral"}
     assert rows[1]["label"] == "entailment"
     default = read_tsv(path, header=False)
-    assert list(default[0]) == ["column_0", "column_1", "column_2"]
+    assert list(default[0]) == ["0", "1", "2"]  # column indices, as --text-columns 0 names them
+
+
+ROWS = [
+    ["text", "label"],
+    ['He said "hi", then left', "pos"],
+    ["a tab\there and a newline\nthere", "neg"],
+    ['"fully quoted"', "pos"],
+    ["plain text", "neg"],
+]
+
+
+def test_tsv_written_by_the_csv_module_reads_back_exactly(tmp_path):
+    import csv
+
+    path = tmp_path / "written.tsv"
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        csv.writer(fh, delimiter="\t").writerows(ROWS)
+    assert '""' in path.read_text()  # the writer doubled the quotes inside quoted fields
+    rows = read_tsv(path)
+    assert [[r["text"], r["label"]] for r in rows] == ROWS[1:]
+
+
+def test_tsv_written_by_pandas_reads_back_exactly(tmp_path):
+    import pandas as pd
+
+    path = tmp_path / "pandas.tsv"
+    pd.DataFrame(ROWS[1:], columns=ROWS[0]).to_csv(path, sep="\t", index=False)
+    rows = read_table(path)
+    assert [[r["text"], r["label"]] for r in rows] == ROWS[1:]
+
+
+def test_ambiguous_quoting_is_assumed_standard_and_said(tmp_path):
+    from adapterkit.errors import DataWarning
+
+    path = tmp_path / "quoted.tsv"
+    path.write_text('text\tlabel\n"a quoted review"\tpos\nplain\tneg\n')
+    with pytest.warns(DataWarning, match=r"quoted\.tsv: assumed standard CSV quoting.*line 2"):
+        rows = read_tsv(path)
+    assert rows[0]["text"] == "a quoted review"
+
+
+def test_csv_quoted_lines_in_an_unbalanced_file_are_kept_literally_with_a_warning(tmp_path):
+    from adapterkit.errors import DataWarning
+
+    path = tmp_path / "mixed.tsv"
+    path.write_text('text\tlabel\n"say ""hi"""\tpos\n"unbalanced\tneg\n')
+    with pytest.warns(DataWarning, match=r"mixed\.tsv: read quote marks literally: line 2"):
+        rows = read_tsv(path)
+    assert rows[1]["text"] == '"unbalanced'
+
+
+def test_headerless_csv_has_index_column_names(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text('"hello, world",pos\nbye,neg\n')
+    assert read_csv(path, header=False) == [{"0": "hello, world", "1": "pos"}, {"0": "bye", "1": "neg"}]
+    assert read_table(path, fmt="csv_noheader") == read_csv(path, header=False)
 
 
 def test_tsv_wrong_field_count_names_file_and_line(tmp_path):

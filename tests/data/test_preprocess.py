@@ -104,6 +104,38 @@ def test_qa_needs_fast_tokenizer():
         encode_qa_eval(Slow(), QA)
 
 
+SPANISH = "La Constitución española de 1978, aprobada en referéndum."
+
+
+def _spanish_features(pieces: list[tuple[int, int]]) -> list[dict]:
+    return [{"example_id": "es1", "offset_mapping": [None, *[list(p) for p in pieces]]}]
+
+
+def _logits(n: int, start: int, end: int) -> tuple[np.ndarray, np.ndarray]:
+    s, e = np.zeros((1, n)), np.zeros((1, n))
+    s[0, start], e[0, end] = 5.0, 5.0
+    return s, e
+
+
+def test_qa_predictions_snap_to_word_boundaries_on_spanish_text():
+    from adapterkit.data.preprocess import postprocess_qa_scored, snap_to_words
+
+    # sub-word pieces as a WordPiece tokenizer cuts them: "La", "Constituci", "ón", "española", "de", "1978", ","
+    pieces = [(0, 2), (3, 13), (13, 15), (16, 24), (25, 27), (28, 32), (32, 33)]
+    example = [{"id": "es1", "context": SPANISH}]
+    feats = _spanish_features(pieces)
+    ends_inside = _logits(len(pieces) + 1, 2, 2)  # "Constituci"
+    assert postprocess_qa(example, feats, *ends_inside)["es1"] == "Constitución"
+    assert postprocess_qa(example, feats, *ends_inside, snap_words=False)["es1"] == "Constituci"
+    starts_inside = _logits(len(pieces) + 1, 3, 4)  # "ón española"
+    assert postprocess_qa(example, feats, *starts_inside)["es1"] == "Constitución española"
+    whole = _logits(len(pieces) + 1, 6, 6)  # "1978": the comma after it is not added
+    scored = postprocess_qa_scored(example, feats, *whole)["es1"]
+    assert scored["text"] == "1978" and SPANISH[scored["start"]:].startswith("1978") and scored["score"] == 10.0
+    assert snap_to_words(SPANISH, 17, 20) == (16, 24)  # "spa" inside "española"
+    assert snap_to_words(SPANISH, 15, 24) == (16, 24)  # leading space trimmed
+
+
 def test_qa_question_longer_than_the_window_is_cut_with_a_warning(tokenizer):
     """A question that leaves no more than doc_stride context tokens would make the tokenizer panic."""
     context = "Paris is the capital of France and it is a large city by the river."

@@ -397,3 +397,55 @@ def test_xquad_with_answers_is_the_default_and_falls_back_to_xtreme(tmp_path: Pa
     assert len(load_split("xquad_en", "test", both)) == 12  # the with-answers file wins
     with pytest.raises(DataError, match=r"xquad\.de\.json: file not found .*nor its fallback"):
         load_split("xquad_de", "test", both)
+
+
+def test_headerless_files_take_column_indices(tmp_path):
+    for name, sep in (("plain.tsv", "\t"), ("plain.csv", ",")):
+        path = tmp_path / name
+        path.write_text(f"a fine film{sep}pos\na dull film{sep}neg\nsuperb{sep}pos\n")
+        spec = task_from_file("plain", path, text_columns=["0"], label_column="1", header=False)
+        examples = load_split(spec, "train")
+        assert [(e["text"], spec.labels[e["label"]]) for e in examples] == [
+            ("a fine film", "pos"), ("a dull film", "neg"), ("superb", "pos")]
+    yaml_style = load_task_from_config({"name": "p", "train": str(path), "text_columns": [0], "label_column": 1,
+                                        "header": False})
+    assert yaml_style.text_columns == ("0",) and len(load_split(yaml_style, "train")) == 3
+    jsonl = tmp_path / "d.jsonl"
+    jsonl.write_text('{"text": "a", "label": "x"}\n{"text": "b", "label": "y"}\n')
+    with pytest.raises(ConfigError, match=r"d\.jsonl: no_header: only CSV and TSV"):
+        task_from_file("d", jsonl, header=False)
+
+
+def test_a_first_row_of_data_suggests_no_header(tmp_path):
+    path = tmp_path / "plain.tsv"
+    path.write_text("a fine film\tpos\na dull film\tneg\nsuperb\tpos\n")
+    with pytest.raises(DataError, match=r"plain\.tsv: column 'text' not found.*looks like data.*--no-header"):
+        task_from_file("plain", path)
+    with pytest.raises(DataError, match=r"plain\.tsv: column '0' not found.*--no-header"):
+        task_from_file("plain", path, text_columns=["0"], label_column="1")
+    headed = tmp_path / "headed.tsv"
+    headed.write_text("review\tstars\na fine film\tpos\n")
+    with pytest.raises(DataError, match=r"'0' is a column index.*--no-header.*first row names the columns"):
+        task_from_file("headed", headed, text_columns=["0"], label_column="stars")
+    with pytest.raises(DataError) as info:  # a real header: no suggestion
+        task_from_file("headed", headed)
+    assert "no-header" not in str(info.value)
+
+
+def test_jsonl_true_false_labels_keep_their_names(tmp_path):
+    path = tmp_path / "bool.jsonl"
+    path.write_text('{"text": "yes it is", "label": true}\n{"text": "no it is not", "label": false}\n')
+    spec = task_from_file("bool", path)
+    assert spec.labels == ("false", "true")
+    assert [spec.labels[e["label"]] for e in load_split(spec, "train")] == ["true", "false"]
+    zero_one = task_from_file("bool01", path, labels=["0", "1"])  # a 0/1 label set still reads booleans
+    assert [e["label"] for e in load_split(zero_one, "train")] == [1, 0]
+
+
+def test_task_from_file_uses_each_file_as_named(tmp_path):
+    path = tmp_path / "test.tsv"
+    path.write_text("text\tlabel\na\tpos\nb\tneg\n")
+    spec = task_from_file("t", None, test=path)
+    assert spec.splits == ("test",) and spec.labels == ("neg", "pos")
+    with pytest.raises(ConfigError, match="give at least one file"):
+        task_from_file("t", None)

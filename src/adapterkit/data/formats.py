@@ -6,17 +6,19 @@ line or field) when the file is missing, truncated or malformed.
 from __future__ import annotations
 
 import csv
+import io
 import json
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from adapterkit.errors import DataError
+from adapterkit.errors import DataError, DataWarning
 
 Row = dict[str, Any]
 
 #: Format names accepted by :func:`read_table` (``fmt=``).
-FORMATS = ("tsv", "tsv_noheader", "csv", "jsonl", "json", "parquet", "squad")
+FORMATS = ("tsv", "tsv_noheader", "csv", "csv_noheader", "jsonl", "json", "parquet", "squad")
 
 _EXTENSIONS = {
     ".tsv": "tsv",
@@ -34,55 +36,102 @@ def _check_file(path: str | Path) -> Path:
     return path
 
 
+def _parse(text: str, delimiter: str, quoting: int) -> list[tuple[int, list[str]]]:
+    """(line number, fields) of every non-blank record; raises csv.Error on malformed quoting."""
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting, strict=True)
+    return [(reader.line_num, record) for record in reader if record and record != [""]]
+
+
+def _consistent(records: list[tuple[int, list[str]]]) -> bool:
+    return len({len(r) for _, r in records}) <= 1
+
+
+def _looks_csv_quoted(value: str) -> bool:
+    return len(value) >= 2 and value[0] == value[-1] == '"' and '""' in value
+
+
+def _tsv_records(path: Path, text: str) -> list[tuple[int, list[str]]]:
+    """Parse a TSV file, reading standard (CSV-dialect) quoting when the file uses it.
+
+    GLUE-style files have stray, unbalanced quote marks and must be read literally; files written by
+    Python's ``csv`` module or pandas quote fields that hold tabs, newlines or quotes (doubling the
+    quotes inside). Standard quoting is used when it parses the whole file into rows of one width;
+    when both readings work but differ, a :class:`DataWarning` says which was assumed.
+    """
+    literal = _parse(text, "\t", csv.QUOTE_NONE)
+    if '"' not in text:
+        return literal
+    try:
+        standard = _parse(text, "\t", csv.QUOTE_MINIMAL)
+        standard_error = None if _consistent(standard) else "rows of different widths"
+    except csv.Error as exc:
+        standard, standard_error = [], str(exc)
+    if standard_error is None:
+        if _consistent(literal) and len(literal) == len(standard):
+            changed = [(line, a, b) for (line, ra), (_, rb) in zip(literal, standard, strict=True)
+                       for a, b in zip(ra, rb, strict=False) if a != b]
+            # Quotes that protect a tab, a newline or a doubled quote can only be CSV quoting; a field
+            # that is merely wrapped in quotes could also be text that starts and ends with quote marks.
+            if changed and not any(ch in b for _, _, b in changed for ch in '\t\n\r"'):
+                line, before, _ = changed[0]
+                warnings.warn(DataWarning(
+                    f"{path}: assumed standard CSV quoting: the quote marks around {len(changed)} fields are read "
+                    f"as quoting and dropped (e.g. line {line}: {before[:40]!r}); texts that really begin and end "
+                    "with quote marks must be written with the quotes doubled inside quotes"), stacklevel=4)
+        return standard
+    suspicious = next(((line, v) for line, r in literal for v in r if _looks_csv_quoted(v)), None)
+    if suspicious is not None:
+        warnings.warn(DataWarning(
+            f"{path}: read quote marks literally: line {suspicious[0]} looks CSV-quoted ({suspicious[1][:40]!r}) but "
+            f"the file is not valid CSV quoting as a whole ({standard_error})"), stacklevel=4)
+    return literal
+
+
 def _read_delimited(
-    path: Path, delimiter: str, quoting: int, header: bool, fieldnames: Sequence[str] | None
+    path: Path, delimiter: str, header: bool, fieldnames: Sequence[str] | None
 ) -> list[Row]:
-    rows: list[Row] = []
-    names: list[str] | None = list(fieldnames) if fieldnames is not None else None
-    need_header = header
     try:
         with path.open(encoding="utf-8-sig", newline="") as fh:
-            reader = csv.reader(fh, delimiter=delimiter, quoting=quoting, strict=True)
-            for record in reader:
-                line = reader.line_num
-                if not record or record == [""]:
-                    continue  # blank line (e.g. trailing newline)
-                if need_header:
-                    if names is None:
-                        names = [c.strip() for c in record]
-                    need_header = False
-                    continue
-                if names is None:
-                    names = [f"column_{i}" for i in range(len(record))]
-                if len(record) != len(names):
-                    raise DataError(
-                        f"{path}: line {line}: expected {len(names)} fields {names}, found {len(record)}"
-                    )
-                rows.append(dict(zip(names, record, strict=True)))
+            text = fh.read()
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not valid UTF-8 text ({exc})") from exc
+    try:
+        records = _tsv_records(path, text) if delimiter == "\t" else _parse(text, delimiter, csv.QUOTE_MINIMAL)
     except csv.Error as exc:
         raise DataError(f"{path}: malformed delimited file ({exc})") from exc
+    rows: list[Row] = []
+    names: list[str] | None = list(fieldnames) if fieldnames is not None else None
+    for i, (line, record) in enumerate(records):
+        if header and i == 0:
+            if names is None:
+                names = [c.strip() for c in record]
+            continue
+        if names is None:
+            names = [str(k) for k in range(len(record))]
+        if len(record) != len(names):
+            raise DataError(f"{path}: line {line}: expected {len(names)} fields {names}, found {len(record)}")
+        rows.append(dict(zip(names, record, strict=True)))
     return rows
 
 
 def read_tsv(path: str | Path, header: bool = True, fieldnames: Sequence[str] | None = None) -> list[Row]:
-    """Read a GLUE-style TSV file.
+    """Read a TSV file (GLUE-style, or written by Python's ``csv`` module / pandas).
 
-    The file is decoded as ``utf-8-sig`` (a byte-order mark is dropped) and parsed with
-    ``csv.QUOTE_NONE`` because GLUE files contain unbalanced quotes. With ``header=False`` the
-    column names come from ``fieldnames`` (or ``column_0``, ``column_1``, ...); with a header and
-    ``fieldnames`` given, ``fieldnames`` replace the header's names. A row whose field count differs
-    from the header is an error naming the file and line.
+    The file is decoded as ``utf-8-sig`` (a byte-order mark is dropped). Quote marks are kept as
+    they are (GLUE files contain unbalanced quotes) unless the file is valid CSV-dialect quoting as a
+    whole, e.g. quoted fields holding tabs, newlines or doubled quotes (see :func:`_tsv_records`).
+    With ``header=False`` the column names come from ``fieldnames`` (or ``"0"``, ``"1"``, ...: the
+    column indices); with a header and ``fieldnames`` given, ``fieldnames`` replace the header's
+    names. A row whose field count differs from the header is an error naming the file and line.
     """
     path = _check_file(path)
-    return _read_delimited(path, "\t", csv.QUOTE_NONE, header, fieldnames)
+    return _read_delimited(path, "\t", header, fieldnames)
 
 
-def read_csv(path: str | Path) -> list[Row]:
-    """Read a comma-separated file with a header row (standard CSV quoting, BOM tolerated)."""
+def read_csv(path: str | Path, header: bool = True, fieldnames: Sequence[str] | None = None) -> list[Row]:
+    """Read a comma-separated file (standard CSV quoting, BOM tolerated); header handling as :func:`read_tsv`."""
     path = _check_file(path)
-    return _read_delimited(path, ",", csv.QUOTE_MINIMAL, True, None)
+    return _read_delimited(path, ",", header, fieldnames)
 
 
 def read_jsonl(path: str | Path) -> list[Row]:
@@ -230,7 +279,8 @@ def read_table(
 
     Extensions: ``.tsv``, ``.csv``, ``.jsonl``, ``.parquet``; ``.json`` is SQuAD JSON, a JSON array
     or JSON lines; ``.txt`` is JSON lines when its first line parses as JSON, else TSV.
-    ``fmt="tsv_noheader"`` reads a headerless TSV with ``fieldnames``.
+    ``fmt="tsv_noheader"`` / ``"csv_noheader"`` read a headerless file with ``fieldnames`` (default: the
+    column indices ``"0"``, ``"1"``, ...).
     """
     path = Path(path)
     fmt = fmt or detect_format(path)
@@ -239,7 +289,9 @@ def read_table(
     if fmt == "tsv_noheader":
         return read_tsv(path, header=False, fieldnames=fieldnames)
     if fmt == "csv":
-        return read_csv(path)
+        return read_csv(path, header=True, fieldnames=fieldnames)
+    if fmt == "csv_noheader":
+        return read_csv(path, header=False, fieldnames=fieldnames)
     if fmt == "jsonl":
         return read_jsonl(path)
     if fmt == "json":

@@ -212,20 +212,42 @@ def _column(features: Any, name: str) -> list[Any]:
         raise DataError(f"postprocess_qa: features: column {name!r} missing (use encode_qa_eval)") from None
 
 
-def postprocess_qa(
+def snap_to_words(context: str, start: int, end: int) -> tuple[int, int]:
+    """Widen the character span ``[start, end)`` of ``context`` so it neither begins nor ends inside a word.
+
+    A word is a run of letters and digits (any script), so a span that a sub-word tokenizer cut in the
+    middle of "Constitución" is widened to the whole word, as the SQuAD evaluation (which compares
+    whole words) expects; punctuation next to the span is not added. Surrounding white space is trimmed.
+    """
+    while start < end and context[start].isspace():
+        start += 1
+    while end > start and context[end - 1].isspace():
+        end -= 1
+    if start >= end:
+        return start, end
+    while start > 0 and context[start - 1].isalnum() and context[start].isalnum():
+        start -= 1
+    while end < len(context) and context[end].isalnum() and context[end - 1].isalnum():
+        end += 1
+    return start, end
+
+
+def postprocess_qa_scored(
     examples: Sequence[Example],
     features: Any,
     start_logits: Any,
     end_logits: Any,
     n_best: int = 20,
     max_answer_len: int = 30,
-) -> dict[str, str]:
-    """Best answer text per example id from per-feature start/end logits.
+    snap_words: bool = True,
+) -> dict[str, dict[str, Any]]:
+    """Best answer per example id: ``{"text", "start", "score"}`` (character start in the context, and
+    the span's start + end logit; text ``""``, start -1 and score None when no span is valid).
 
     ``features`` is the output of :func:`encode_qa_eval` (a Dataset or a list of dicts with
-    ``example_id`` and ``offset_mapping``); the logits have one row per feature (rows may be
-    padded past a feature's length). Spans score ``start + end`` logit; an example with no valid
-    span gets ``""``.
+    ``example_id`` and ``offset_mapping``); the logits have one row per feature (rows may be padded
+    past a feature's length). With ``snap_words`` the chosen span is widened to word boundaries
+    (:func:`snap_to_words`).
     """
     feature_ids = _column(features, "example_id")
     offsets_all = _column(features, "offset_mapping")
@@ -237,12 +259,12 @@ def postprocess_qa(
     by_example: dict[str, list[int]] = collections.defaultdict(list)
     for i, ex_id in enumerate(feature_ids):
         by_example[str(ex_id)].append(i)
-    predictions: dict[str, str] = {}
+    predictions: dict[str, dict[str, Any]] = {}
     for example in examples:
         ex_id = str(example["id"])
         context = example["context"]
         best_score = -np.inf
-        best_text = ""
+        best: tuple[int, int] | None = None
         for fi in by_example.get(ex_id, []):
             offsets = offsets_all[fi]
             s_log = np.asarray(start_logits[fi])[: len(offsets)]
@@ -258,9 +280,31 @@ def postprocess_qa(
                     score = float(s_log[s] + e_log[e])
                     if score > best_score:
                         best_score = score
-                        best_text = context[offsets[s][0] : offsets[e][1]]
-        predictions[ex_id] = best_text
+                        best = (offsets[s][0], offsets[e][1])
+        if best is None:
+            predictions[ex_id] = {"text": "", "start": -1, "score": None}
+            continue
+        lo, hi = snap_to_words(context, *best) if snap_words else best
+        predictions[ex_id] = {"text": context[lo:hi], "start": lo, "score": best_score}
     return predictions
+
+
+def postprocess_qa(
+    examples: Sequence[Example],
+    features: Any,
+    start_logits: Any,
+    end_logits: Any,
+    n_best: int = 20,
+    max_answer_len: int = 30,
+    snap_words: bool = True,
+) -> dict[str, str]:
+    """Best answer text per example id from per-feature start/end logits (see :func:`postprocess_qa_scored`).
+
+    Spans score ``start + end`` logit and are widened to word boundaries of the context; an example
+    with no valid span gets ``""``.
+    """
+    scored = postprocess_qa_scored(examples, features, start_logits, end_logits, n_best, max_answer_len, snap_words)
+    return {ex_id: p["text"] for ex_id, p in scored.items()}
 
 
 def encode_mlm(tokenizer: Any, texts: Sequence[str], max_length: int = 128, packing: bool = True) -> Any:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from adapterkit.data.formats import FORMATS, read_table
+from adapterkit.data.formats import FORMATS, detect_format, read_table
 from adapterkit.data.sampling import carve_dev
 from adapterkit.errors import ConfigError, DataError
 from adapterkit.metrics import METRICS
@@ -66,6 +66,9 @@ class TaskSpec:
     article_split: tuple[float, float, float] | None = field(default=None)
     #: split -> file read when the split's own file is absent (e.g. an older release of the data).
     fallback_files: dict[str, str] | None = field(default=None)
+    #: False: CSV/TSV files have no header row; columns are named by index ("0", "1", ...) unless
+    #: ``fieldnames`` names them.
+    header: bool = True
 
     def __post_init__(self) -> None:
         where = f"task {self.name!r}"
@@ -174,7 +177,7 @@ def label_key(value: Any) -> str:
     if isinstance(value, str):
         return value.strip()
     if isinstance(value, bool):
-        return str(int(value))
+        return "true" if value else "false"  # JSON spelling: the user's label names are kept
     if isinstance(value, numbers.Integral):
         return str(int(value))
     if isinstance(value, float) and value.is_integer():
@@ -191,13 +194,40 @@ def _sorted_labels(values: Iterable[str]) -> tuple[str, ...]:
         return tuple(sorted(vals))
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def header_looks_like_data(rows: Sequence[Mapping[str, Any]]) -> bool:
+    """True when the column names read from a header row look like a row of data: a name that is a
+    number, a name with several words, or a name that also appears as a value in its own column."""
+    names = [str(n) for n in rows[0]] if rows else []
+    for name in names:
+        if _is_number(name) or len(name.split()) >= 4:
+            return True
+        if any(str(row.get(name)) == name for row in rows[:1000]):
+            return True
+    return False
+
+
 def _check_columns(path: object, rows: Sequence[Mapping[str, Any]], columns: Iterable[str]) -> None:
     if not rows:
         raise DataError(f"{path}: no data rows")
     present = list(rows[0])
     for col in columns:
         if col not in rows[0]:
-            raise DataError(f"{path}: column {col!r} not found; columns are {present}")
+            hint = ""
+            if header_looks_like_data(rows):
+                hint = ("; the first row looks like data, not a header: if the file has no header row, pass "
+                        "--no-header (header: false) and name columns by index, e.g. --text-columns 0 --label-column 1")
+            elif str(col).isdigit():
+                hint = (f"; {col!r} is a column index, which works only for files without a header row "
+                        "(--no-header); this file's first row names the columns")
+            raise DataError(f"{path}: column {col!r} not found; columns are {present}{hint}")
 
 
 def _text(path: object, i: int, row: Mapping[str, Any], col: str) -> str:
@@ -336,31 +366,39 @@ def _warn_missing_markers(source: object, examples: Sequence[Example], fields: S
                   f"{text!r}, which often marks a missing value; kept as text", file=sys.stderr, flush=True)
 
 
-def rows_to_examples(spec: TaskSpec, rows: Sequence[Mapping[str, Any]], source: object) -> list[Example]:
+def rows_to_examples(spec: TaskSpec, rows: Sequence[Mapping[str, Any]], source: object, *,
+                     labelled: bool = True) -> list[Example]:
     """Convert raw file rows to examples of ``spec.kind``; ``source`` names the file in errors.
+
+    ``labelled=False`` reads inputs to predict on: no label column is needed (classification and
+    regression examples have no ``label``; QA rows need no ``answers``, and without an ``id``
+    column the row number is the id).
 
     Refused with a DataError naming the file, row and column: empty or NaN texts, NUL bytes, NaN or
     infinite labels, non-integer class labels (1.5), and QA answers whose ``answer_start`` does not
     point at the answer text. Texts such as ``NaN`` or ``null`` are kept, with a warning.
     """
-    examples = _rows_to_examples(spec, rows, source)
+    examples = _rows_to_examples(spec, rows, source, labelled)
     _warn_missing_markers(source, examples, ("question", "context") if spec.kind == "qa" else ("text", "text_pair"))
     return examples
 
 
-def _rows_to_examples(spec: TaskSpec, rows: Sequence[Mapping[str, Any]], source: object) -> list[Example]:
+def _rows_to_examples(spec: TaskSpec, rows: Sequence[Mapping[str, Any]], source: object,
+                      labelled: bool = True) -> list[Example]:
     cols = spec.text_columns
     if spec.kind == "qa":
         q_col, c_col = cols
-        _check_columns(source, rows, ("id", q_col, c_col, "answers"))
+        _check_columns(source, rows, ("id", q_col, c_col, "answers") if labelled else (q_col, c_col))
         qa_out = []
         for i, row in enumerate(rows, start=1):
             context = _text(source, i, row, c_col)
+            answers = row.get("answers")
             example = {
-                "id": _text(source, i, row, "id"),
+                "id": _text(source, i, row, "id") if labelled or "id" in row else str(i),
                 "question": _text(source, i, row, q_col),
                 "context": context,
-                "answers": _answers(source, i, row.get("answers"), context),
+                "answers": _answers(source, i, answers, context) if labelled or answers
+                else {"text": [], "answer_start": []},
             }
             if row.get("title") is not None:
                 example["title"] = str(row["title"])  # the SQuAD article, for splits by article
@@ -368,8 +406,12 @@ def _rows_to_examples(spec: TaskSpec, rows: Sequence[Mapping[str, Any]], source:
         return qa_out
     assert spec.label_column is not None
     lab_col = spec.label_column
-    _check_columns(source, rows, (*cols, lab_col))
     pair_col = cols[1] if len(cols) == 2 else None
+    if not labelled:
+        _check_columns(source, rows, cols)
+        return [{"text": _text(source, i, row, cols[0]), "text_pair": _text(source, i, row, pair_col) if pair_col
+                 else None} for i, row in enumerate(rows, start=1)]
+    _check_columns(source, rows, (*cols, lab_col))
     index = spec.label2id
     out: list[Example] = []
     for i, row in enumerate(rows, start=1):
@@ -388,6 +430,8 @@ def _rows_to_examples(spec: TaskSpec, rows: Sequence[Mapping[str, Any]], source:
             key = label_key(raw)
             if key not in index and _as_number(key) is not None:
                 key = _class_label_key(source, i, lab_col, raw)
+            if key not in index and isinstance(raw, bool) and str(int(raw)) in index:
+                key = str(int(raw))  # true/false in a task whose labels are 0/1
             if key not in index:
                 raise DataError(
                     f"{source}: row {i}: column {lab_col!r}: label {raw!r} is not one of the task's "
@@ -396,7 +440,7 @@ def _rows_to_examples(spec: TaskSpec, rows: Sequence[Mapping[str, Any]], source:
             label = index[key]
         else:
             try:
-                label = int(_class_label_key(source, i, lab_col, raw))
+                label = int(raw) if isinstance(raw, bool) else int(_class_label_key(source, i, lab_col, raw))
             except ValueError:
                 raise DataError(
                     f"{source}: row {i}: column {lab_col!r}: label {raw!r} is not an id and the task "
@@ -456,9 +500,32 @@ def _file_path(spec: TaskSpec, split: str, data_dir: str | Path | None, file: st
     return path
 
 
+def read_rows(path: str | Path, fmt: str | None = None, fieldnames: Sequence[str] | None = None,
+              header: bool = True) -> list[Mapping[str, Any]]:
+    """Rows of a data file; ``header=False`` reads a headerless CSV/TSV (columns named by index)."""
+    if not header:
+        fmt = fmt or detect_format(path)
+        fmt = {"tsv": "tsv_noheader", "csv": "csv_noheader"}.get(fmt, fmt)
+        if fmt not in ("tsv_noheader", "csv_noheader"):
+            raise ConfigError(f"{path}: no_header: only CSV and TSV files can be read without a header row "
+                              f"(this file is {fmt})")
+    return read_table(path, fmt=fmt, fieldnames=fieldnames)
+
+
+def load_inputs(spec: TaskSpec, path: str | Path) -> list[Example]:
+    """Examples to predict on from ``path`` (read like ``spec``'s files); labels are not needed."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    fmt = spec.fmt if spec.fmt not in (None, "hub") else None
+    if fmt is None and spec.kind == "qa" and path.suffix.lower() == ".json":
+        fmt = "squad"
+    return rows_to_examples(spec, read_rows(path, fmt, spec.fieldnames, spec.header), path, labelled=False)
+
+
 def _read_split_file(spec: TaskSpec, split: str, data_dir: str | Path | None) -> list[Example]:
     path = task_file(spec, split, data_dir)
-    rows = read_table(path, fmt=spec.fmt, fieldnames=spec.fieldnames)
+    rows = read_rows(path, spec.fmt, spec.fieldnames, spec.header)
     examples = rows_to_examples(spec, rows, path)
     if spec.article_split is not None:
         from adapterkit.data.sampling import split_by_group
@@ -502,12 +569,14 @@ def load_task(
 def _as_columns(text_columns: Sequence[str] | str | None, kind: str) -> tuple[str, ...]:
     if text_columns is None:
         return ("question", "context") if kind == "qa" else ("text",)
-    return (text_columns,) if isinstance(text_columns, str) else tuple(text_columns)
+    cols = (text_columns,) if isinstance(text_columns, (str, int)) else tuple(text_columns)
+    # column indices of headerless files may come as numbers from YAML
+    return tuple(str(c) if isinstance(c, int) and not isinstance(c, bool) else c for c in cols)
 
 
 def task_from_file(
     name: str,
-    train: str | Path,
+    train: str | Path | None,
     dev: str | Path | None = None,
     test: str | Path | None = None,
     text_columns: Sequence[str] | str | None = None,
@@ -518,16 +587,21 @@ def task_from_file(
     fmt: str | None = None,
     fieldnames: Sequence[str] | None = None,
     base_dir: str | Path | None = None,
+    header: bool = True,
 ) -> TaskSpec:
     """A TaskSpec for a user's own CSV/TSV/JSONL/Parquet (or SQuAD v1.1 JSON, for ``kind="qa"``) files.
 
-    Relative paths are resolved against ``base_dir`` (default: the current directory) and stored
-    absolute. ``text_columns`` defaults to ``("text",)`` (QA: ``("question", "context")``). For
-    classification without ``labels`` the label set is read from the train file and sorted
-    (numerically when every label is an integer).
+    Every file given becomes the split it is given as; ``train`` may be None (e.g. to evaluate a test
+    file). Relative paths are resolved against ``base_dir`` (default: the current directory) and
+    stored absolute. ``text_columns`` defaults to ``("text",)`` (QA: ``("question", "context")``).
+    ``header=False`` reads headerless CSV/TSV files whose columns are named by index (``"0"``,
+    ``"1"``, ...). For classification without ``labels`` the label set is read from the train file
+    (else the first file given) and sorted (numerically when every label is an integer).
     """
     if kind not in KINDS:
         raise ConfigError(f"task {name!r}: kind: unknown kind {kind!r}; known kinds are {list(KINDS)}")
+    if isinstance(label_column, int) and not isinstance(label_column, bool):
+        label_column = str(label_column)  # a column index of a headerless file, from YAML
     base = Path(base_dir).expanduser() if base_dir is not None else Path.cwd()
     files: dict[str, str] = {}
     for split, value in (("train", train), ("dev", dev), ("test", test)):
@@ -538,6 +612,9 @@ def task_from_file(
         if not path.is_file():
             raise DataError(f"{path}: file not found (task {name!r}, split {split!r})")
         files[split] = str(path)
+    if not files:
+        raise ConfigError(f"task {name!r}: train: give at least one file (train, dev or test)")
+    first = next(iter(files.values()))
     cols = _as_columns(text_columns, kind)
     if kind == "qa":
         label_column = None
@@ -546,11 +623,11 @@ def task_from_file(
     elif kind == "classification" and labels is None:
         if not label_column:
             raise ConfigError(f"task {name!r}: label_column: required for kind {kind!r}")
-        rows = read_table(files["train"], fmt=fmt, fieldnames=fieldnames)
-        _check_columns(files["train"], rows, (*cols, label_column))
-        keys = [_class_label_key(files["train"], i, label_column, _label_value(files["train"], i, row, label_column))
+        rows = read_rows(first, fmt, fieldnames, header)
+        _check_columns(first, rows, (*cols, label_column))
+        keys = [_class_label_key(first, i, label_column, _label_value(first, i, row, label_column))
                 for i, row in enumerate(rows, 1)]
-        _check_label_spellings(files["train"], keys)
+        _check_label_spellings(first, keys)
         labels = _sorted_labels(keys)
     return TaskSpec(
         name=name,
@@ -562,7 +639,8 @@ def task_from_file(
         files=files,
         fmt=fmt,
         fieldnames=tuple(fieldnames) if fieldnames else None,
-        description=f"user task from {files['train']}",
+        description=f"user task from {first}",
+        header=header,
     )
 
 
@@ -630,7 +708,7 @@ def _load_hub_split(spec: TaskSpec, split: str) -> list[Example]:
 
 _CONFIG_KEYS = {
     "name", "train", "dev", "test", "text_columns", "label_column", "labels", "kind", "metric", "fmt",
-    "fieldnames", "hub", "splits",
+    "fieldnames", "hub", "splits", "header",
 }
 
 
@@ -686,6 +764,7 @@ def load_task_from_config(config: Mapping[str, Any], base_dir: str | Path | None
         fmt=config.get("fmt"),
         fieldnames=config.get("fieldnames"),
         base_dir=base_dir,
+        header=bool(config.get("header", True)),
     )
 
 

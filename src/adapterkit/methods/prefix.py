@@ -226,6 +226,7 @@ class PrefixTuningConfig(MethodConfig):
     """Trainable key/value prefixes in every self-attention layer, optionally through a shared MLP."""
 
     method: ClassVar[str] = "prefix"
+    default_learning_rate: ClassVar[float] = 1e-3
     prefix_length: int = opt(10, "number of prefix positions per layer")
     reparameterize: bool = opt(True, "produce the prefixes with an MLP shared by all layers (Li & Liang 2021)")
     bottleneck_size: int = opt(512, "hidden width of the reparameterisation MLP")
@@ -244,12 +245,17 @@ class PrefixTuningConfig(MethodConfig):
         check(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)")
         check(self.layers is None or len(self.layers) > 0, "layers", "must name at least one layer, or be null for all")
 
+    @classmethod
+    def unsupported(cls, arch: Any) -> str | None:
+        if not arch.prefix_supported:
+            return (f"method {cls.method!r}: model type {arch.model_type!r} is not supported; its attention does not "
+                    "go through transformers' AttentionInterface")
+        return None
+
     def build(self, ctx: BuildContext) -> list[Attachment]:
-        if not ctx.spec.prefix_supported:
-            raise ConfigError(
-                f"method {self.method!r}: model type {ctx.spec.model_type!r} is not supported; its attention does not "
-                "go through transformers' AttentionInterface"
-            )
+        reason = self.unsupported(ctx.spec)
+        if reason:
+            raise ConfigError(reason)
         indices = ctx.layer_indices(self.layers)
         for i in indices:
             layer = ctx.layers[i]

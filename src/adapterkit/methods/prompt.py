@@ -134,6 +134,7 @@ class PromptTuningConfig(MethodConfig):
     """Soft prompt tokens in the input embeddings; the backbone stays frozen."""
 
     method: ClassVar[str] = "prompt"
+    default_learning_rate: ClassVar[float] = 1e-2  # soft prompts need a high rate (Lester et al. 2021 use 0.3)
     num_tokens: int = opt(10, "number of soft prompt tokens")
     init: Literal["vocab", "random", "text"] = opt(
         "vocab", "vocab: embeddings of random vocabulary tokens; random: normal(0, 0.02); text: embeddings of init_text"

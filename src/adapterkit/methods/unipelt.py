@@ -86,6 +86,11 @@ class UniPELTConfig(MethodConfig):
             out.append(("prompt", self.prompt))
         return out
 
+    @classmethod
+    def unsupported(cls, arch: Any) -> str | None:
+        reason = PrefixTuningConfig.unsupported(arch)  # the default components (APL) hold a prefix; "AL" builds
+        return reason.replace("'prefix'", f"{cls.method!r} with a prefix component (P)") if reason else None
+
     def build(self, ctx: BuildContext) -> list[Attachment]:
         attachments: list[Attachment] = []
         for _, config in self.parts():

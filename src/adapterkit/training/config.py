@@ -9,8 +9,9 @@ from typing import Any, Literal
 from ..config import check, field_help, opt
 
 PRECISIONS = ("fp32", "bf16", "fp16")
-DEFAULT_LEARNING_RATES = {"adapters": 1e-4, "full": 2e-5, "head": 1e-3}
-"""The learning rate of each train_mode when none is given."""
+DEFAULT_LEARNING_RATES = {"adapters": 1e-3, "full": 5e-5, "head": 1e-3}
+"""The learning rate of each train_mode when none is given (``adapterkit train`` uses the method's own,
+``MethodConfig.default_learning_rate``; see the README's "Default learning rates")."""
 
 
 def default_doc_stride(max_length: int) -> int:
@@ -29,8 +30,8 @@ class TrainConfig:
     batch_size: int = opt(16, "training batch size per device")
     eval_batch_size: int = opt(64, "evaluation batch size per device")
     learning_rate: float | None = opt(
-        None, "base learning rate (adapters may set their own); default by train_mode: 1e-4 adapters, 2e-5 full, "
-        "1e-3 head", aliases=("lr",))
+        None, "base learning rate (adapters may set their own); default by train_mode: 1e-3 adapters, 5e-5 full, "
+        "1e-3 head (`adapterkit train`: the method's own, see `adapterkit info --list methods`)", aliases=("lr",))
     weight_decay: float = opt(0.0, "AdamW weight decay")
     warmup_ratio: float = opt(0.06, "fraction of the training steps with a linear warm-up, in [0, 1)")
     max_grad_norm: float = opt(1.0, "gradient clipping norm (0 disables)")
