@@ -1,8 +1,8 @@
 """Evaluate and predict with a saved adapter: the data options it remembers, and prediction files.
 
-``adapterkit train`` records in the adapter's metadata (``extra.data``) how its examples were read:
-task kind, text and label columns, label names, whether the files had a header, and the maximum
-length. ``adapterkit eval`` and ``adapterkit predict`` use these whenever the command line does not
+``adapterkit train`` records in the adapter's metadata (``extra.data``, :func:`adapterkit.runner.data_record`)
+how its examples were read: task kind, text and label columns, label names, whether the files had a header,
+and the maximum length. ``adapterkit eval`` and ``adapterkit predict`` use these whenever the command line does not
 say otherwise, so an adapter is evaluated on a new file without repeating the options. Adapters saved
 before the record existed keep working: their kind and label names are read from the saved head,
 the rest comes from the flags.
@@ -28,13 +28,6 @@ from .errors import ConfigError
 REMEMBERED = ("kind", "text_columns", "label_column", "labels", "max_length", "no_header")
 #: Used when neither the command line nor the adapter says.
 FALLBACKS: dict[str, Any] = {"kind": "classification", "label_column": "label", "max_length": 128, "no_header": False}
-
-
-def data_record(spec: Any, max_length: int) -> dict[str, Any]:
-    """What an adapter remembers about its data (saved by ``train`` as ``extra.data``)."""
-    return {"kind": spec.kind, "text_columns": list(spec.text_columns), "label_column": spec.label_column,
-            "labels": list(spec.labels) if spec.labels else None, "max_length": int(max_length),
-            "no_header": not getattr(spec, "header", True), "metric": spec.metric}
 
 
 def remembered_options(meta: dict[str, Any]) -> dict[str, Any]:

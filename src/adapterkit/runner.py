@@ -224,6 +224,14 @@ def load_model(spec: Any, model: str | None) -> tuple[Any, Any]:
     return AdaptedModel(hf_model), tokenizer
 
 
+def data_record(spec: Any, max_length: int) -> dict[str, Any]:
+    """What an adapter remembers about its data (saved by ``train`` as ``extra.data``; read back by
+    :func:`adapterkit.predict.remembered_options`)."""
+    return {"kind": spec.kind, "text_columns": list(spec.text_columns), "label_column": spec.label_column,
+            "labels": list(spec.labels) if spec.labels else None, "max_length": int(max_length),
+            "no_header": not getattr(spec, "header", True), "metric": spec.metric}
+
+
 def default_learning_rate(method: str) -> float:
     """The learning rate ``train`` uses for ``method`` when none is given: the method config's
     ``default_learning_rate``, or for ``full`` and ``head`` the train mode's (``training.DEFAULT_LEARNING_RATES``)."""
@@ -400,7 +408,6 @@ def _run_training(data: DataOptions, model: ModelOptions, config: Any, *, spec: 
 
     from .data.tasks import resolve_data_dir
     from .io import atomic_write_json, save_adapter
-    from .predict import data_record
 
     own = spec is None and examples is None and bool(user_files(data))
     spec = spec or resolve_task(data)
