@@ -255,7 +255,8 @@ def cmd_train(opts: dict[str, Any]) -> int:
     model = options.build(ModelOptions, opts)
     method = system_method(model)
     config = options.build(TrainConfig, opts, train_mode=train_mode_of(method),
-                           learning_rate=opts.get("learning_rate") or default_learning_rate(method))
+                           learning_rate=default_learning_rate(method) if opts.get("learning_rate") is None
+                           else opts["learning_rate"])
     row = run_training(options.build(DataOptions, opts), model, config)
     cols = {k: v for k, v in RESULT_COLUMNS.items() if row.get(k) is not None}
     say("")

@@ -80,7 +80,9 @@ def load_for_inference(opts: dict[str, Any], meta: dict[str, Any], spec: Any) ->
     head = meta.get("head") or {}
     saved = head.get("num_labels")
     if spec.kind == "classification" and isinstance(saved, int) and saved >= 2 and saved != spec.num_labels:
-        raise AdapterLoadError(f"{source}: head.num_labels: the head was saved for {saved} labels; task "
+        names = [(head.get("id2label") or {}).get(str(i)) for i in range(saved)]
+        shown = f" {names}" if all(isinstance(n, str) for n in names) else ""
+        raise AdapterLoadError(f"{source}: head.num_labels: the head was saved for {saved} labels{shown}; task "
                                f"{spec.name!r} has {spec.num_labels} {list(spec.labels or ())}")
     model_path, tried = (opts["model"], []) if opts.get("model") else resolve_base_model(meta, opts["adapter"])
     try:
