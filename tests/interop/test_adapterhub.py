@@ -366,3 +366,9 @@ def test_real_lora_and_prefix_refusals(tmp_path: Path, fixture: str, change: dic
     (directory / "adapter_config.json").write_text(json.dumps(meta))
     with pytest.raises(AdapterLoadError, match=f"adapter_config.json: {field}: "):
         import_adapterhub(directory)
+
+
+def test_old_module_path_still_imports() -> None:
+    import adapterkit.adapterhub as legacy
+
+    assert legacy.load_adapterhub_adapter is load_adapterhub_adapter and legacy.import_adapterhub is import_adapterhub
