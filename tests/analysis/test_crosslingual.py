@@ -123,3 +123,11 @@ def test_xquad_zero_shot_uses_only_the_other_half(tmp_path: Path) -> None:
                                           max_length=32)
     assert set(results) == {"en", "de"} and all(r["n"] == 1 and r["metric"] == "squad_f1" for r in results.values())
     assert missing == [str(root / "qa/xquad/xquad.es.json")]
+
+
+def test_relative_data_dir(setup: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    data, _ = setup
+    monkeypatch.chdir(data.parent)
+    train, _, heldout = english_data(SUITES["xnli"], Path(data.name), seed=1, train_size=None, dev_size=5,
+                                     eval_size=20)
+    assert len(train) == 35 and len(heldout) == 20

@@ -86,7 +86,7 @@ def english_data(suite: Suite, data_dir: str | Path, *, seed: int, train_size: i
     (row indices for parallel files, question ids for QA, None when the evaluation files are separate)."""
     from ..data.sampling import carve_dev, subsample
 
-    root = Path(data_dir)
+    root = Path(data_dir).resolve()  # the per-language specs take absolute paths
     heldout: Any = None
     if suite.train_file is None:
         path = root / suite.eval_file.format(lang="en")
@@ -133,7 +133,7 @@ def zero_shot_eval(model: Any, tokenizer: Any, suite: Suite, data_dir: str | Pat
     results: dict[str, dict[str, Any]] = {}
     missing: list[str] = []
     for lang in languages or suite.languages:
-        path = Path(data_dir) / suite.eval_file.format(lang=lang)
+        path = Path(data_dir).resolve() / suite.eval_file.format(lang=lang)
         if not path.is_file():
             message = f"{path}: file not found: {suite.name} language {lang!r} skipped"
             warnings.warn(message, stacklevel=2)

@@ -196,7 +196,7 @@ def run_xnli(opts: dict[str, Any], log: Any) -> None:
                                          dev_size=opts["dev_size"], eval_size=xopts["eval_size"])
         tests, specs = {}, {}
         for lang in opts.get("languages") or suite.languages:
-            path = Path(data_dir) / suite.eval_file.format(lang=lang)
+            path = Path(data_dir).resolve() / suite.eval_file.format(lang=lang)
             if path.is_file():
                 specs[lang] = suite.spec(lang, path)
                 tests[lang] = select(suite, load_split(specs[lang], "test", None), heldout)
