@@ -367,3 +367,34 @@ def test_a_cached_hub_model_loads_without_network_when_the_hub_is_unreachable(mo
     monkeypatch.setattr(model_module, "_hub_unreachable", lambda timeout=3.0: "down")
     monkeypatch.setattr("huggingface_hub.try_to_load_from_cache", lambda repo, name: "/cache/config.json")
     assert model_module.resolve_model("org/cached-model") == ("org/cached-model", {"local_files_only": True})
+
+
+def test_switching_touches_only_the_adapters_involved(model: AdaptedModel, monkeypatch) -> None:
+    """With many adapters attached, add (inactive), switch and delete never walk the whole model (constant
+    time in the number attached: benchmarks/bench_many_adapters.py), and leave the same state as a full
+    recompute: at every site the active adapters there, and only the active adapter (and the head) trainable."""
+    names = [f"a{i}" for i in range(12)]
+    model.add_adapter("first", PfeifferConfig(reduction_factor=16))  # the first change freezes the backbone
+    for name in names:
+        model.add_adapter(name, LoRAConfig(r=1) if name[1:] in ("3", "7") else PfeifferConfig(reduction_factor=16),
+                          activate=False)
+
+    def whole_model_walk(*args, **kwargs):
+        raise AssertionError("walked every wrapper of the model")
+
+    monkeypatch.setattr(injection, "wrappers", whole_model_walk)
+    monkeypatch.setattr(injection, "set_active", whole_model_walk)
+    for name in ["a3", "a5", "a7", "a3", "first"]:
+        model.set_active_adapters(name)
+    model.set_active_adapters("a5", "a7")
+    model.delete_adapter("a7")
+    model.add_adapter("late", PfeifferConfig(reduction_factor=16), activate=False)
+    monkeypatch.undo()
+
+    assert model.active_adapters == ("a5",)
+    for wrapper in injection.wrappers(model.model).values():
+        assert [n for n in wrapper.active if n in wrapper.adapters] == [n for n in ("a5",) if n in wrapper.adapters]
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    model.set_train_mode(model.train_mode)  # the full recompute
+    assert trainable == {n for n, p in model.named_parameters() if p.requires_grad}
+    assert any(".a5." in n for n in trainable) and not any(".a3." in n or ".late." in n for n in trainable)

@@ -140,8 +140,8 @@ class AdaptedModel(nn.Module):
                 self.delete_adapter(name)
                 raise
         else:
-            self._apply_active(self.active_adapters)
-            self.set_train_mode(self.train_mode)
+            self._apply_active(self.active_adapters, changed=(name,))
+            self._refresh_trainable((name,))
 
     def delete_adapter(self, name: str) -> None:
         """Remove ``name`` everywhere; wrapped modules with no adapter left are restored."""
@@ -165,12 +165,43 @@ class AdaptedModel(nn.Module):
             self._require(name)
         for system in self.system_attachments.values():
             system.check(self, tuple(names))
+        previous = self.active_adapters
         self.active_adapters = tuple(names)
-        self._apply_active(self.active_adapters)
-        self.set_train_mode(self.train_mode)
+        self._apply_active(self.active_adapters, changed=(*previous, *names))
+        self._refresh_trainable((*previous, *names))
 
-    def _apply_active(self, names: tuple[str, ...]) -> None:
-        injection.set_active(self.model, (*names, *self.system_attachments))
+    def _apply_active(self, names: tuple[str, ...], changed: Iterable[str] | None = None) -> None:
+        """Make ``names`` (then the system attachments) active at the wrappers that host an adapter in ``changed``
+        (None: at every wrapper). Switching therefore costs the size of the adapters involved, not the number
+        attached: every other wrapper hosts none of the adapters active before or after."""
+        active = (*names, *self.system_attachments)
+        if changed is None:
+            injection.set_active(self.model, active)
+            return
+        paths = dict.fromkeys(path for name in changed for path, _ in self._attachments.get(name, ()) if path)
+        for path in paths:
+            wrapper = injection.get_module(self.model, path)
+            if isinstance(wrapper, injection.AdaptedModule):
+                wrapper.active = active
+
+    def _refresh_trainable(self, names: Iterable[str]) -> None:
+        """``set_train_mode(self.train_mode)`` for the parameters of adapters ``names`` only; the whole model the
+        first time (the backbone is frozen once, then only the adapters whose state changes are touched)."""
+        if not getattr(self, "_train_mode_applied", False):
+            self.set_train_mode(self.train_mode)
+            return
+        names = [n for n in dict.fromkeys(names) if n in self.adapter_configs]
+        if self.train_mode == "full":
+            for name in names:
+                for p in self.adapter_parameters(name).values():
+                    p.requires_grad_(True)
+            return
+        active = set()
+        if self.train_mode == "adapters":
+            active = {id(p) for n in self.active_adapters for p in self.adapter_parameters(n).values()}
+        for name in names:
+            for p in self.adapter_parameters(name).values():
+                p.requires_grad_(id(p) in active)
 
     def add_system_attachment(self, system: SystemAttachment, sites: list[tuple[str, injection.AdapterModule]]) -> None:
         """Attach ``system``'s modules (module path, module) under its reserved name and keep them active."""
@@ -277,6 +308,7 @@ class AdaptedModel(nn.Module):
         if mode not in ("adapters", "full", "head"):
             raise ConfigError(f"train mode {mode!r}: use adapters, full or head")
         self.train_mode = mode
+        self._train_mode_applied = True
         if mode == "full":
             for p in self.parameters():
                 p.requires_grad_(True)
