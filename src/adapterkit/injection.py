@@ -248,6 +248,7 @@ def attach(model: nn.Module, path: str, name: str, adapter: AdapterModule, *, la
     )
     wrapper.adapters[name] = adapter
     wrapper.refresh()
+    sites_index(model).setdefault(name, set()).add(path)
     try:
         adapter.bind(wrapper)
     except Exception:
@@ -269,12 +270,22 @@ def detach(model: nn.Module, path: str, name: str) -> None:
     adapter = wrapper.adapters[name] if name in wrapper.adapters else None
     if adapter is not None:
         del wrapper.adapters[name]
+    sites_index(model).get(name, set()).discard(path)
     wrapper.active = tuple(n for n in wrapper.active if n != name)
     if len(wrapper.adapters) == 0:
         unwrap(model, path)
     if adapter is not None:
         adapter.unbind(wrapper)
         adapter.__dict__.pop("_binding", None)
+
+
+def sites_index(model: nn.Module) -> dict[str, set[str]]:
+    """Adapter name -> the module paths where :func:`attach` put it in ``model`` (kept by attach and detach), so
+    that switching adapters visits their sites only, not every module."""
+    index = model.__dict__.get("_adapterkit_sites")
+    if index is None:
+        index = model.__dict__["_adapterkit_sites"] = {}
+    return index
 
 
 def wrappers(model: nn.Module) -> dict[str, AdaptedModule]:

@@ -178,7 +178,9 @@ class AdaptedModel(nn.Module):
         if changed is None:
             injection.set_active(self.model, active)
             return
-        paths = dict.fromkeys(path for name in changed for path, _ in self._attachments.get(name, ()) if path)
+        index = injection.sites_index(self.model)
+        paths = dict.fromkeys(path for name in changed for path in (
+            *(p for p, _ in self._attachments.get(name, ()) if p), *sorted(index.get(name, ()))))
         for path in paths:
             wrapper = injection.get_module(self.model, path)
             if isinstance(wrapper, injection.AdaptedModule):
