@@ -43,16 +43,20 @@ def methods_page() -> str:
     from adapterkit.training import DEFAULT_LEARNING_RATES
 
     lines += [
-        "## `full` and `head`", "",
+        "## `full` and `head`; the `probe` and `majority` baselines", "",
         "Not adapters but training modes of the same path: `full` trains every parameter (full fine-tuning),",
-        "`head` only the task head (a linear probe): `adapterkit train --method full`, or",
+        "`head` only the task head on the frozen backbone: `adapterkit train --method full`, or",
         '`TrainConfig(train_mode="full")` in Python. Default learning rates: '
-        + ", ".join(f"`{m}` `{DEFAULT_LEARNING_RATES[m]:g}`" for m in ("full", "head")) + ".", "",
+        + ", ".join(f"`{m}` `{DEFAULT_LEARNING_RATES[m]:g}`" for m in ("full", "head")) + ". Two baselines train",
+        "nothing by gradient: `probe` fits a logistic regression (ridge for regression) on the frozen head features",
+        "by LBFGS, its L2 strength chosen on dev, and `majority` predicts the most frequent training label",
+        "(`adapterkit train --method probe`).", "",
     ]
     return "\n".join(lines)
 
 
 def training_page() -> str:
+    from adapterkit.heads import HeadConfig
     from adapterkit.options import DataOptions, ModelOptions
     from adapterkit.training import TrainConfig
 
@@ -69,6 +73,11 @@ def training_page() -> str:
         *_rows(DataOptions, flags=True), "",
         "## Model options (`adapterkit.options.ModelOptions`)", "",
         *_rows(ModelOptions, flags=True), "",
+        "## Head options (`adapterkit.heads.HeadConfig`)", "",
+        "How the sequence-classification head pools the backbone's hidden states (`adapterkit train`, `demo` and the",
+        "experiments); chosen when the model is loaded (`load_base_model(..., pooling=, normalize=)`) and saved with",
+        "an adapter's head. See the README's \"Heads and pooling\" section and `adapterkit.heads`.", "",
+        *_rows(HeadConfig, flags=True), "",
     ]
     return "\n".join(lines)
 

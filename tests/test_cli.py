@@ -395,3 +395,20 @@ def test_help_and_info_show_the_default_learning_rates_that_train_uses(tmp_path:
                      str(model), "--epochs", "1", "--batch-size", "8", "--max-length", "12", "--progress", "none",
                      "--output-dir", str(out)]) == 0
         assert json.loads((out / "results.json").read_text())["learning_rate"] == default_learning_rate(method)
+
+
+def test_demo_baselines_pooling_lp_init_and_patience(tmp_path: Path, capsys):
+    model = save_tiny_model(tmp_path / "tiny-bert", head="base", words=[*POS, *NEG, *FILL])
+    out = tmp_path / "demo"
+    assert main(["demo", "--model", str(model), "--methods", "majority,probe,pfeiffer", "--epochs", "4",
+                 "--pooling", "mean", "--lp-init", "true", "--patience", "1", "--output-dir", str(out),
+                 "--progress", "none"]) == 0
+    printed = capsys.readouterr().out
+    assert "head: mean pooling; LP-FT init" in printed
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert [r["system"] for r in rows] == ["majority", "probe", "pfeiffer"]
+    assert rows[0]["trainable"] == 0 and rows[1]["trainable"] == 2 * 33 and rows[1]["best_epoch"] is None
+    assert 0 <= rows[1]["test_score"] <= 1
+    with pytest.raises(SystemExit):  # argparse: not a choice
+        main(["demo", "--model", str(model), "--pooling", "average"])
+

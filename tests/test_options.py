@@ -111,7 +111,7 @@ def test_bad_values_name_the_file_and_the_key(tmp_path: Path):
 def test_command_defaults_come_from_the_groups():
     demo = merge_options(build_parser().parse_args(["demo"]))
     assert demo["epochs"] == 20.0 and demo["max_length"] == 64 and demo["k_shot"] == 32
-    assert demo["methods"] == ["pfeiffer", "full", "lora"]
+    assert demo["methods"] == ["majority", "probe", "head", "pfeiffer", "lora", "full"]
     zoo = merge_options(build_parser().parse_args(["zoo", "build"]))
     assert (zoo["epochs"], zoo["learning_rate"], zoo["batch_size"]) == (2.0, 1e-3, 32)
     mera = merge_options(build_parser().parse_args(["experiment", "mera", "--k-shots", "4,8"]))

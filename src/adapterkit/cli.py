@@ -22,6 +22,7 @@ from . import options
 from .config import opt
 from .console import Progress, quiet_transformers, say
 from .errors import AdapterKitError, AdapterLoadError, ConfigError
+from .heads import HeadConfig
 from .options import DataOptions, Group, ModelOptions
 from .runner import (
     NO_CHECKPOINTS,
@@ -69,7 +70,8 @@ class DemoOptions:
     """The systems of ``adapterkit demo`` and where its table and plot go."""
 
     output_dir: str = opt("runs/demo", "where the table and plot go")
-    methods: list[str] = opt(["pfeiffer", "full", "lora"], "comma-separated systems")
+    methods: list[str] = opt(["majority", "probe", "head", "pfeiffer", "lora", "full"],
+                             "comma-separated systems (also houlsby, prompt)")
     test_size: int | None = opt(None, "cap on test examples (default: all)")
 
 
@@ -107,7 +109,7 @@ def command_groups(command: str, experiment: str | None = None) -> tuple[Group, 
 
         lr_field = TrainConfig.help()["learning_rate"]
         lr_help = f"{lr_field}; per method: {default_learning_rates_text()}"
-        return (Group(ModelOptions), Group(DataOptions),  # train_mode follows --method (full, head, or adapters)
+        return (Group(ModelOptions), Group(DataOptions), Group(HeadConfig),  # train_mode follows --method (full, head, or adapters)
                 Group(TrainConfig, exclude=("train_mode",), help={"learning_rate": lr_help}))
     if command == "pretrain":
         from .pretraining import PRETRAIN_TRAINING, PretrainOptions
@@ -139,7 +141,8 @@ def command_groups(command: str, experiment: str | None = None) -> tuple[Group, 
         return (Group(DemoOptions), Group(ModelOptions, only=("model",)),
                 Group(DataOptions, only=("data_dir", "k_shot", "dev_size"), defaults={"k_shot": 32},
                       help={"dev_size": "dev examples carved from train (default: as many as the training examples)"}),
-                Group(TrainConfig, only=("epochs", "seed", *EVAL_TRAINING, "progress"),
+                Group(HeadConfig),
+                Group(TrainConfig, only=("epochs", "seed", *EVAL_TRAINING, "lp_init", "patience", "progress"),
                       defaults={"epochs": 20.0, "max_length": 64}))
     if command == "zoo":
         return _zoo_groups()
@@ -167,7 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
              "predict": "predict with a saved adapter on a file without labels (one JSON line per row)",
              "pretrain": "continue masked-LM pretraining (DAPT on a corpus, TAPT on a task's text)",
              "info": "show an adapter directory, or list methods/tasks/architectures",
-             "demo": "few-shot comparison: Pfeiffer adapter vs full fine-tuning (vs LoRA)",
+             "demo": "few-shot comparison: adapters vs full fine-tuning, the head alone, a linear probe and the "
+                     "majority class",
              "zoo": "build or list an adapter zoo (source adapters with task, track and scores)",
              "push": "upload a saved adapter directory to a Hugging Face Hub repository",
              "convert": "convert an adapter between adapterkit, peft and AdapterHub formats"}
@@ -257,7 +261,7 @@ def cmd_train(opts: dict[str, Any]) -> int:
     config = options.build(TrainConfig, opts, train_mode=train_mode_of(method),
                            learning_rate=default_learning_rate(method) if opts.get("learning_rate") is None
                            else opts["learning_rate"])
-    row = run_training(options.build(DataOptions, opts), model, config)
+    row = run_training(options.build(DataOptions, opts), model, config, head=options.build(HeadConfig, opts))
     cols = {k: v for k, v in RESULT_COLUMNS.items() if row.get(k) is not None}
     say("")
     say(text_table([row], cols, RESULT_DIGITS))
@@ -306,9 +310,12 @@ def cmd_info(args: argparse.Namespace) -> int:
 
             rows = [{"method": n, "description": _first_line(c.__doc__)} for n, c in sorted(METHODS.items())]
             rows += [{"method": "full", "description": "full fine-tuning (every parameter trains)"},
-                     {"method": "head", "description": "train the task head only (linear probe)"}]
+                     {"method": "head", "description": "train the task head only, on the frozen backbone"},
+                     {"method": "probe", "description": "baseline: logistic regression on the frozen features"},
+                     {"method": "majority", "description": "baseline: the most frequent training label"}]
             for row in rows:
-                row["default lr"] = f"{default_learning_rate(row['method']):g}"
+                row["default lr"] = f"{default_learning_rate(row['method']):g}" if row["method"] not in (
+                    "probe", "majority") else "-"
             say("Methods:\n" + text_table(rows, ["method", "default lr", "description"]))
         if what in ("all", "tasks"):
             from .data.tasks import TASKS
@@ -362,6 +369,9 @@ DEMO_SYSTEMS = {
     "lora": ("lora", 1e-3, {}),
     "full": ("full", 1e-4, {}),
     "head": ("head", 1e-2, {}),
+    "prompt": ("prompt", 3e-2, {}),
+    "probe": ("probe", None, {}),
+    "majority": ("majority", None, {}),
 }
 
 
@@ -404,6 +414,7 @@ def cmd_demo(opts: dict[str, Any]) -> int:
     say(f"demo: {source}; model {opts.get('model') or 'bundled all-MiniLM-L6-v2'}; systems {', '.join(systems)}")
     for note in notes:
         say(f"data: {note}")
+    head = options.build(HeadConfig, opts)
     rows = []
     progress = Progress(len(systems))
     for name in systems:
@@ -413,7 +424,7 @@ def cmd_demo(opts: dict[str, Any]) -> int:
                                output_dir=str(out / name), logging_steps=4, **NO_CHECKPOINTS)
         model = ModelOptions(model=opts.get("model"), method=method, adapter_config=fields or None)
         rows.append(run_training(DataOptions(data_dir=opts.get("data_dir")), model, config, spec=spec,
-                                 examples=(train_ex, dev_ex, test_ex), label=name))
+                                 examples=(train_ex, dev_ex, test_ex), label=name, head=head))
         progress.finish()
     total = time.perf_counter() - start
     title = f"{spec.name}: {len(train_ex)} train examples ({k} per class), {opts.get('model') or 'all-MiniLM-L6-v2'}"

@@ -173,6 +173,7 @@ def save_adapter(model: AdaptedModel, name: str, directory: str | Path, *, inclu
             "num_labels": getattr(cfg, "num_labels", None),
             "id2label": {str(k): v for k, v in (getattr(cfg, "id2label", None) or {}).items()},
             "problem_type": getattr(cfg, "problem_type", None),
+            **model.head_config.to_dict(),  # pooling + normalize: eval rebuilds the same head
         }
     # Every tensor file is written to a temporary file first; only when all are written (a full disk fails
     # here, leaving the old files as they were) are they renamed into place, and the config last.
@@ -304,10 +305,17 @@ def load_adapter(model: AdaptedModel, directory: str | Path, name: str | None = 
     tensors = read_tensors(directory / WEIGHTS_NAME)
     check_weights(directory / WEIGHTS_NAME, tensors)
     head = directory / HEAD_NAME if load_head and (directory / HEAD_NAME).exists() else None
+    previous = (model.head_config, model.pooled_head)
     if head is not None:
         check_head_labels(meta, head, source)
-    return add_with_weights(model, name or meta["name"], config, tensors, directory / WEIGHTS_NAME, head=head,
-                            activate=activate)
+        set_saved_head(model, meta, source)
+    try:
+        return add_with_weights(model, name or meta["name"], config, tensors, directory / WEIGHTS_NAME, head=head,
+                                activate=activate)
+    except Exception:  # leave the model's head as it was too
+        model.head_config, model.pooled_head = previous
+        model.set_train_mode(model.train_mode)
+        raise
 
 
 def add_with_weights(model: AdaptedModel, name: str, config: Any, tensors: dict[str, torch.Tensor], source: object,
@@ -347,6 +355,33 @@ def check_head_labels(meta: dict[str, Any], head_path: Path, source: Path) -> No
             f"{source}: head.num_labels: {num_labels}, but no tensor in {head_path.name} has {num_labels} "
             f"outputs (output sizes there: {sizes})"
         )
+
+
+def saved_head_config(meta: dict[str, Any], source: object) -> Any:
+    """The head an adapter was saved with; adapters saved before pooling was recorded used the model's own
+    head (``hf``)."""
+    from .heads import HeadConfig
+
+    saved = meta.get("head") or {}
+    if not isinstance(saved, dict):
+        raise AdapterLoadError(f"{source}: head: expected an object")
+    fields = {k: saved[k] for k in ("pooling", "normalize") if k in saved}
+    try:
+        return HeadConfig.from_dict({"pooling": "hf", **fields}, f"{source}: head")
+    except ConfigError as exc:
+        raise AdapterLoadError(str(exc)) from None
+
+
+def set_saved_head(model: AdaptedModel, meta: dict[str, Any], source: object) -> None:
+    """Give ``model`` the head (pooling) recorded in ``meta``, so its saved head weights fit and act the same."""
+    config = saved_head_config(meta, source)
+    if config.pooling in ("auto", "sentence-transformers"):
+        raise AdapterLoadError(f"{source}: head.pooling: {config.pooling!r} is not a concrete mode")
+    if config != model.head_config:
+        try:
+            model.set_head(config)
+        except ConfigError as exc:
+            raise AdapterLoadError(f"{source}: head: {exc}") from None
 
 
 def load_head_weights(model: AdaptedModel, path: Path) -> None:

@@ -19,6 +19,7 @@ from .architectures import ArchitectureSpec, find_layers, get_architecture
 from .config import MethodConfig, ParamGroup
 from .context import forward_context
 from .errors import ConfigError
+from .heads import HeadConfig, PooledHead, find_pooler, head_loss
 from .methods.base import Attachment, BuildContext, HasNeurons, Mergeable, NeuronGroup
 
 TrainMode = Literal["adapters", "full", "head"]
@@ -75,6 +76,60 @@ class AdaptedModel(nn.Module):
         the head still train with theirs; saves the dropout cost and makes the backbone deterministic."""
         self.system_attachments: dict[str, SystemAttachment] = {}
         """Reserved name -> system attachment (e.g. the frozen-layer cache), kept active across activations."""
+        self.head_config = HeadConfig("hf", False)
+        """The head in use: ``hf`` is the model's own; any other pooling runs ``pooled_head``."""
+        self.pooled_head: PooledHead | None = None
+        resolved = getattr(model, "adapterkit_head", None)  # set by load_base_model
+        if resolved is not None and resolved.pooling != "hf":
+            self.set_head(resolved)
+
+    # -- the task head --------------------------------------------------------------------------
+    def set_head(self, config: HeadConfig) -> None:
+        """Use ``config``'s pooling for the sequence-classification head (a fresh linear layer), or the
+        model's own head for ``hf``. ``auto`` must be resolved first (``heads.resolve``)."""
+        if config.pooling in ("auto", "sentence-transformers"):
+            raise ConfigError(f"pooling: {config.pooling!r}: resolve it first (adapterkit.heads.resolve)")
+        if config.pooling == "hf":
+            self.pooled_head = None
+            self.head_config = HeadConfig("hf", False)
+            self.set_train_mode(self.train_mode)
+            return
+        cfg = self.model.config
+        name = type(self.model).__name__
+        if self.model.base_model is self.model or not name.endswith("ForSequenceClassification"):
+            raise ConfigError(f"pooling: {config.pooling!r}: needs a sequence-classification model, got {name}")
+        if getattr(cfg, "is_encoder_decoder", False):
+            raise ConfigError(f"pooling: {config.pooling!r}: encoder-decoder models keep their own head (use hf)")
+        if config.pooling == "cls+pooler" and find_pooler(self.model) is None:
+            raise ConfigError(f"pooling: cls+pooler: {name} has no pooler; use cls, mean or max")
+        dropout = _attr(cfg, "classifier_dropout", "hidden_dropout_prob", "seq_classif_dropout", "dropout_rate")
+        dropout = float(dropout) if isinstance(dropout, (int, float)) else 0.1
+        head = PooledHead(config, self.build_context().hidden_size, int(cfg.num_labels), dropout,
+                          float(getattr(cfg, "initializer_range", 0.02) or 0.02))
+        ref = next(self.model.parameters())
+        self.pooled_head = head.to(device=ref.device)
+        self.head_config = config
+        self.set_train_mode(self.train_mode)
+
+    def pooled_features(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """The vectors the pooled head's linear layer sees for a batch (no dropout applied)."""
+        if self.pooled_head is None:
+            raise ConfigError("pooling: the model uses its own head (hf); features need a pooled head")
+        kwargs.pop("labels", None)
+        keys = self.forward_context_keys()
+        extras = {k: kwargs.pop(k) for k in [k for k in kwargs if k in keys]}
+        with forward_context(attention_mask=kwargs.get("attention_mask"), **extras):
+            hidden, mask = self._backbone_hidden(args, kwargs)
+            return self.pooled_head.features(hidden, mask, find_pooler(self.model))
+
+    def _backbone_hidden(self, args: tuple, kwargs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        kwargs = {k: v for k, v in kwargs.items() if k not in ("return_dict", "output_attentions")}
+        mask = kwargs.get("attention_mask")
+        if mask is None and len(args) > 1:
+            mask = args[1]
+        out = self.model.base_model(*args, **kwargs)
+        hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+        return hidden, mask
 
     # -- construction -------------------------------------------------------------------------
     def build_context(self) -> BuildContext:
@@ -283,7 +338,19 @@ class AdaptedModel(nn.Module):
     def head_parameters(self) -> dict[str, nn.Parameter]:
         """The task head by canonical name (wrapper ``base_layer`` segments removed, so the names are
         the plain Hugging Face ones whatever adapters are attached): everything outside the backbone,
-        plus a pooler; embeddings tied to an output layer are excluded."""
+        plus a pooler; embeddings tied to an output layer are excluded. With a pooled head: its own
+        parameters (``pooled_head.*``), plus the backbone's pooler for ``cls+pooler``."""
+        if self.pooled_head is not None:
+            out = {f"pooled_head.{n}": p for n, p in self.pooled_head.named_parameters()}
+            if self.head_config.pooling == "cls+pooler":
+                pooler = find_pooler(self.model)
+                ids = {id(p) for p in pooler.parameters()} if pooler is not None else set()
+                out.update({canonical_name(n): p for n, p in self.model.named_parameters() if id(p) in ids})
+            return out
+        return self._own_head_parameters()
+
+    def _own_head_parameters(self) -> dict[str, nn.Parameter]:
+        """The model's own (Hugging Face) head by canonical name."""
         if self.model.base_model is self.model:
             return {}
         embed_ptrs = {p.data_ptr() for p in self.model.get_input_embeddings().parameters()}
@@ -298,9 +365,13 @@ class AdaptedModel(nn.Module):
         return out
 
     def head_parameter_names(self) -> list[str]:
-        """Names (in ``self.model``, as ``named_parameters`` gives them) of the task head."""
+        """Names (in ``self.model``, as ``named_parameters`` gives them) of the task head; a pooled head's
+        own parameters are listed as ``pooled_head.*``."""
         head = {id(p) for p in self.head_parameters().values()}
-        return [n for n, p in self.model.named_parameters() if id(p) in head]
+        names = [n for n, p in self.model.named_parameters() if id(p) in head]
+        if self.pooled_head is not None:
+            names += [f"pooled_head.{n}" for n, _ in self.pooled_head.named_parameters()]
+        return names
 
     def head_state_dict(self) -> dict[str, torch.Tensor]:
         return {n: p.detach() for n, p in self.head_parameters().items()}
@@ -314,6 +385,8 @@ class AdaptedModel(nn.Module):
         if mode == "full":
             for p in self.parameters():
                 p.requires_grad_(True)
+            for p in self._unused_parameters():
+                p.requires_grad_(False)
             return
         for p in self.parameters():
             p.requires_grad_(False)
@@ -323,6 +396,14 @@ class AdaptedModel(nn.Module):
             for name in self.active_adapters:
                 for p in self.adapter_parameters(name).values():
                     p.requires_grad_(True)
+
+    def _unused_parameters(self) -> list[nn.Parameter]:
+        """The model's own head when a pooled head replaces it (it never gets a gradient)."""
+        if self.pooled_head is None:
+            return []
+        own = self._own_head_parameters()
+        used = {id(p) for p in self.head_parameters().values()}
+        return [p for p in own.values() if id(p) not in used]
 
     def parameter_groups(self, base_lr: float, weight_decay: float = 0.0) -> list[dict[str, Any]]:
         """Optimizer groups: per active adapter, the groups its config returns (``MethodConfig.parameter_groups``:
@@ -446,11 +527,26 @@ class AdaptedModel(nn.Module):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """The model's forward, inside a :class:`~adapterkit.context.ForwardContext` carrying the per-call
         inputs: batch keys in :meth:`forward_context_keys` (e.g. ``task_ids``) are taken out of ``kwargs``
-        and put in the context; the attention mask is in it too."""
+        and put in the context; the attention mask is in it too. With a pooled head: backbone, pooling,
+        linear layer (and the loss) instead of the model's own head."""
         keys = self.forward_context_keys()
         extras = {k: kwargs.pop(k) for k in [k for k in kwargs if k in keys]}
         with forward_context(attention_mask=kwargs.get("attention_mask"), **extras):
-            return self.model(*args, **kwargs)
+            if self.pooled_head is None:
+                return self.model(*args, **kwargs)
+            return self._pooled_forward(args, kwargs)
+
+    def _pooled_forward(self, args: tuple, kwargs: dict[str, Any]) -> Any:
+        from transformers.modeling_outputs import SequenceClassifierOutput
+
+        labels = kwargs.pop("labels", None)
+        hidden, mask = self._backbone_hidden(args, kwargs)
+        logits = self.pooled_head(self.pooled_head.features(hidden, mask, find_pooler(self.model)))
+        loss = None
+        if labels is not None:
+            cfg = self.model.config
+            loss = head_loss(logits, labels, getattr(cfg, "problem_type", None), int(cfg.num_labels))
+        return SequenceClassifierOutput(loss=loss, logits=logits)
 
     def base_model_info(self) -> dict[str, Any]:
         cfg = self.model.config
@@ -580,27 +676,36 @@ def _saved_num_labels(name_or_path: str | None) -> int | None:
 
 @_clear_load_errors
 def load_base_model(name_or_path: str | None = None, kind: str = "classification", num_labels: int = 2,
-                    id2label: dict[int, str] | None = None, **kwargs: Any) -> tuple[nn.Module, Any]:
+                    id2label: dict[int, str] | None = None, *, pooling: str = "auto", normalize: bool = False,
+                    **kwargs: Any) -> tuple[nn.Module, Any]:
     """Load a Hugging Face model with a task head, and its tokenizer.
 
     ``kind``: classification, regression (one output, MSE loss) or qa (start/end span head).
     ``name_or_path`` is any Hub id or local directory; None means the bundled MiniLM (see
     :func:`resolve_model` for how a missing directory or an unreachable Hub is reported).
+    ``pooling`` / ``normalize``: the sequence head (see :mod:`adapterkit.heads`); ``auto`` chooses from the
+    model (mean pooling for sentence-transformers models such as the bundled MiniLM). The resolved
+    :class:`~adapterkit.heads.HeadConfig` is kept on the model as ``adapterkit_head``, and
+    :class:`AdaptedModel` builds that head.
     """
     from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification, AutoTokenizer
 
+    from . import heads
+
+    requested = heads.HeadConfig(pooling, normalize)  # validates before the (slow) load
     path, where = resolve_model(name_or_path)
-    kwargs = {**where, **kwargs}
+    kwargs = {**where, **kwargs, "output_loading_info": True}
     tokenizer = AutoTokenizer.from_pretrained(path, **where)
     if kind == "qa":
-        model = AutoModelForQuestionAnswering.from_pretrained(path, **kwargs)
+        model, info = AutoModelForQuestionAnswering.from_pretrained(path, **kwargs)
     elif kind == "regression":
-        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, problem_type="regression", **kwargs)
+        model, info = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, problem_type="regression",
+                                                                         **kwargs)
     elif kind == "classification":
         extra = {}
         if id2label:
             extra = {"id2label": dict(id2label), "label2id": {v: k for k, v in id2label.items()}}
-        model = AutoModelForSequenceClassification.from_pretrained(
+        model, info = AutoModelForSequenceClassification.from_pretrained(
             path, num_labels=num_labels, problem_type="single_label_classification", **extra, **kwargs
         )
     else:
@@ -609,4 +714,5 @@ def load_base_model(name_or_path: str | None = None, kind: str = "classification
         tokenizer.pad_token = tokenizer.eos_token
     if getattr(model.config, "pad_token_id", None) is None and tokenizer.pad_token_id is not None:
         model.config.pad_token_id = tokenizer.pad_token_id
+    model.adapterkit_head = heads.resolve(requested, model, path, kind, (info or {}).get("missing_keys", ()))
     return model, tokenizer

@@ -60,7 +60,8 @@ class ModelOptions:
 
     model: str | None = opt(None, "Hugging Face model id or local path (default: the bundled all-MiniLM-L6-v2)")
     method: str | None = opt(
-        None, "a registered adapter method, or 'full' or 'head' (default: pfeiffer, or the method of --init-adapter)")
+        None, "a registered adapter method, 'full' or 'head', or a baseline: 'probe' (logistic regression on the "
+        "frozen features) or 'majority' (default: pfeiffer, or the method of --init-adapter)")
     adapter_config: Any = opt(None, "JSON object or path to a JSON/YAML file overriding method fields")
     adapter_name: str | None = opt(None, "name of the adapter (default: the method name)")
     init_adapter: str | None = opt(

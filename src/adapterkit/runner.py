@@ -21,6 +21,8 @@ RESULT_DIGITS = {"test_score": 4, "dev_score": 4, "best_epoch": 0, "trainable_pc
 RESULT_COLUMNS = {"system": "System", "test_score": "Test score", "dev_score": "Dev score (best)",
                   "best_epoch": "Best epoch", "trainable": "Trainable params", "trainable_pct": "% of model",
                   "train_seconds": "Train time (s)"}
+BASELINES = ("probe", "majority")
+"""Systems that train nothing by gradient: a linear probe on frozen features, and the majority class."""
 NO_CHECKPOINTS = {"save_total_limit": 1, "save_optimizer": False, "cleanup_checkpoints": True, "resume": False}
 """TrainConfig options of runs whose checkpoints are not kept (demo, zoo, experiments)."""
 
@@ -215,12 +217,14 @@ def clamp_max_length(config: Any, model: Any, tokenizer: Any) -> Any:
     return config.replace(**changes)
 
 
-def load_model(spec: Any, model: str | None) -> tuple[Any, Any]:
-    """(AdaptedModel, tokenizer) of base model ``model`` (None: the bundled MiniLM) with ``spec``'s head."""
+def load_model(spec: Any, model: str | None, head: Any = None) -> tuple[Any, Any]:
+    """(AdaptedModel, tokenizer) of base model ``model`` (None: the bundled MiniLM) with ``spec``'s head, pooled as
+    ``head`` (a :class:`~adapterkit.heads.HeadConfig`; None: ``auto``, the model's own pooling)."""
     from .model import AdaptedModel, load_base_model
 
     hf_model, tokenizer = load_base_model(model, spec.kind, spec.num_labels if spec.kind == "classification" else 1,
-                                          spec.id2label or None)
+                                          spec.id2label or None, pooling=head.pooling if head else "auto",
+                                          normalize=bool(head.normalize) if head else False)
     return AdaptedModel(hf_model), tokenizer
 
 
@@ -269,21 +273,22 @@ def system_method(model: ModelOptions) -> str:
     return saved
 
 
-def build_system(spec: Any, model: ModelOptions) -> tuple[Any, Any, str | None]:
+def build_system(spec: Any, model: ModelOptions, head: Any = None) -> tuple[Any, Any, str | None]:
     """(AdaptedModel, tokenizer, adapter name or None) for ``model``: a new adapter of its method, the saved
-    adapter ``model.init_adapter``, or none ("full" and "head")."""
+    adapter ``model.init_adapter``, or none ("full", "head" and the baselines "probe", "majority"); the task
+    head pooled as ``head`` (a HeadConfig, None: auto)."""
     from .registry import get_method
 
     method = system_method(model)
     config = None
     if model.init_adapter:
         pass  # method and fields from the saved adapter
-    elif method in ("full", "head"):
+    elif method in ("full", "head", *BASELINES):
         if model.adapter_config:
             raise ConfigError(f"adapter_config: method {method!r} has no adapter fields")
     else:
         config = get_method(method).from_dict(adapter_overrides(model.adapter_config), "adapter_config")
-    adapted, tokenizer = load_model(spec, model.model)
+    adapted, tokenizer = load_model(spec, model.model, head)
     name = None
     if model.init_adapter:
         from .io import load_adapter
@@ -370,6 +375,10 @@ def run_system(adapted: Any, tokenizer: Any, spec: Any, data: tuple[list, list |
         dev_ex = None
     adapted.set_train_mode(config.train_mode)  # so that the count below is what trains
     trainable = adapted.count_parameters()["trainable"] if config.train_mode != "full" else "all"
+    head = getattr(adapted, "head_config", None)
+    if head is not None and spec.kind != "qa":
+        say(f"[{label}] head: {head.pooling} pooling" + (", L2-normalised" if head.normalize else "")
+            + ("; LP-FT init" if config.lp_init else ""))
     say(f"[{label}] {len(train_ex)} train / {len(dev_ex or [])} dev / {len(test_ex or [])} test examples; "
         f"trainable parameters {trainable}")
     result = train(adapted, tokenizer, spec, train_ex, dev_ex, config, callbacks=callbacks, extra_loss=extra_loss,
@@ -385,10 +394,72 @@ def run_system(adapted: Any, tokenizer: Any, spec: Any, data: tuple[list, list |
     return SystemRun(result, test, adapted.count_parameters()["total"])
 
 
+def run_baseline(method: str, adapted: Any, tokenizer: Any, spec: Any, data: tuple, config: Any, *,
+                 label: str | None = None) -> dict[str, Any]:
+    """``probe`` (logistic/ridge regression on the frozen head features, L2 strength chosen on dev; with the
+    model's own head, ``hf``, on its input features: [CLS] through the pooler where there is one) or
+    ``majority`` (the most frequent training label; regression: the training mean) on ``data`` =
+    (train, dev, test), evaluated under ``config``'s options; a result row like :meth:`SystemRun.row`'s,
+    plus the ``dev`` and ``test`` metrics."""
+    import numpy as np
+
+    from .metrics import compute_metrics
+
+    train_ex, dev_ex, test_ex = data
+    label = label or method
+    if spec.kind not in ("classification", "regression"):
+        raise ConfigError(f"method {method!r}: task kind {spec.kind!r}: baselines need classification or regression")
+    start = time.perf_counter()
+    total = adapted.count_parameters()["total"]
+    length, batch, precision = config.max_length, config.eval_batch_size, config.precision
+    if method == "probe":
+        from .heads import HeadConfig, find_pooler
+        from .training import example_features, probe_fit
+
+        if adapted.pooled_head is None:  # the model's own head: probe the features it sees ([CLS] via the pooler)
+            adapted.set_head(HeadConfig("cls+pooler" if find_pooler(adapted.model) is not None else "cls"))
+        fit = probe_fit(adapted, tokenizer, spec, train_ex, dev_ex, length, batch, precision)
+
+        def logits_of(examples: list) -> np.ndarray:
+            return fit.predict(example_features(adapted, tokenizer, spec, examples, length, batch, precision)).numpy()
+
+        trainable = int(fit.weight.numel() + fit.bias.numel())
+        note = f"l2 {fit.l2:g}"
+    elif method == "majority":
+        if spec.kind == "regression":
+            constant = np.asarray([[float(np.mean([float(ex["label"]) for ex in train_ex]))]])
+        else:
+            counts = np.bincount([int(ex["label"]) for ex in train_ex], minlength=max(2, spec.num_labels))
+            constant = np.eye(len(counts))[[int(np.argmax(counts))]]
+
+        def logits_of(examples: list) -> np.ndarray:
+            return np.repeat(constant, len(examples), axis=0)
+
+        trainable, note = 0, "constant prediction"
+    else:
+        raise ConfigError(f"method {method!r}: not a baseline; baselines: {list(BASELINES)}")
+
+    def score(examples: list | None) -> dict[str, float] | None:
+        if not examples:
+            return None
+        return compute_metrics(spec, logits_of(examples), np.asarray([ex["label"] for ex in examples]))
+
+    dev_metrics, test_metrics = score(dev_ex), score(test_ex)
+    seconds = time.perf_counter() - start
+    if test_metrics:
+        say(f"[{label}] test score {test_metrics['score']:.4f} ({spec.metric}, {len(test_ex)} examples; {note})")
+    return {"test_score": test_metrics["score"] if test_metrics else None,
+            "dev_score": dev_metrics["score"] if dev_metrics else None, "best_epoch": None,
+            "trainable": trainable, "trainable_pct": 100.0 * trainable / total, "train_seconds": round(seconds, 2),
+            "history": [], "dev": dev_metrics, "test": test_metrics}
+
+
 def run_training(data: DataOptions, model: ModelOptions, config: Any, *, spec: Any = None,
-                 examples: tuple | None = None, label: str | None = None) -> dict[str, Any]:
+                 examples: tuple | None = None, label: str | None = None, head: Any = None) -> dict[str, Any]:
     """``adapterkit train``: split the data, build the system, :func:`run_system`, save the adapter (or model)
-    and ``results.json`` to ``config.output_dir``; returns the result row.
+    and ``results.json`` to ``config.output_dir``; returns the result row. ``head``: the task head's
+    :class:`~adapterkit.heads.HeadConfig` (None: auto). The baselines (``probe``, ``majority``) train nothing
+    and save only ``results.json``.
 
     The output directory is locked for the run (a second process is refused, naming the holder), and a
     previous run there is refused unless ``config.resume`` or ``config.overwrite`` is set (runs that keep
@@ -399,11 +470,11 @@ def run_training(data: DataOptions, model: ModelOptions, config: Any, *, spec: A
     check_sizes(k_shot=data.k_shot, train_size=data.train_size, dev_size=data.dev_size)
     with claim_output_dir(config.output_dir, resume=config.resume,
                           overwrite=bool(config.overwrite or config.cleanup_checkpoints)):
-        return _run_training(data, model, config, spec=spec, examples=examples, label=label)
+        return _run_training(data, model, config, spec=spec, examples=examples, label=label, head=head)
 
 
 def _run_training(data: DataOptions, model: ModelOptions, config: Any, *, spec: Any = None,
-                  examples: tuple | None = None, label: str | None = None) -> dict[str, Any]:
+                  examples: tuple | None = None, label: str | None = None, head: Any = None) -> dict[str, Any]:
     from transformers import set_seed
 
     from .data.tasks import resolve_data_dir
@@ -423,15 +494,22 @@ def _run_training(data: DataOptions, model: ModelOptions, config: Any, *, spec: 
     method = system_method(model)
     label = label or method
     set_seed(config.seed)
-    adapted, tokenizer, adapter_name = build_system(spec, model)
+    adapted, tokenizer, adapter_name = build_system(spec, model, head)
     config = clamp_max_length(config, adapted.model, tokenizer)
     out = Path(config.output_dir)
+    if method in BASELINES:
+        row = run_baseline(method, adapted, tokenizer, spec, examples, config, label=label)
+        atomic_write_json(out / "results.json", {"task": spec.name, "method": method,
+                                                 "head": adapted.head_config.to_dict(), "dev": row.pop("dev"),
+                                                 "test": row.pop("test")})
+        return {"system": label, **row}
     test_split = "dev" if data.dev_size and "dev" in spec.splits and not own else "test"
     run = run_system(adapted, tokenizer, spec, examples, config, label=label,
                      predictions=out / "predictions.json" if spec.kind == "qa" else None,
                      test_source=split_source(spec, test_split, data_dir), gate_report=out)
     result = run.result
-    summary = {"task": spec.name, "method": method, "learning_rate": config.learning_rate, "dev": result.metrics,
+    summary = {"task": spec.name, "method": method, "learning_rate": config.learning_rate,
+               "head": adapted.head_config.to_dict(), "dev": result.metrics,
                "test": run.test,
                "best_epoch": result.best_epoch, "train_seconds": result.train_seconds,
                "trainable_parameters": result.trainable_parameters, "total_parameters": run.total_parameters}
@@ -450,5 +528,10 @@ def _run_training(data: DataOptions, model: ModelOptions, config: Any, *, spec: 
     elif not config.cleanup_checkpoints:
         adapted.model.save_pretrained(out / "model")
         tokenizer.save_pretrained(out / "model")
+        if adapted.pooled_head is not None:  # the pooled head is not part of the Hugging Face model: saved beside it
+            from .io import atomic_save_tensors
+
+            atomic_save_tensors(out / "model" / "pooled_head.safetensors", adapted.head_state_dict(), {"format": "pt"})
+            atomic_write_json(out / "model" / "pooled_head.json", adapted.head_config.to_dict())
     atomic_write_json(out / "results.json", {**summary, "history": result.history})
     return {"system": label, **run.row()}

@@ -74,3 +74,30 @@ def test_result_log_written_before_settings_is_not_labelled(tmp_path) -> None:
     ResultLog(path).add({"task": "t", "seed": 1, "system": "a"})
     assert len(ResultLog(path, {"epochs": 3.0}).rows) == 1
     assert not (tmp_path / "settings.json").exists()  # its runs' settings are unknown: nothing is claimed
+
+
+def test_result_log_legacy_settings_refuse_a_new_default(tmp_path) -> None:
+    path = tmp_path / "runs.jsonl"
+    ResultLog(path, {"epochs": 10.0}).add({"system": "a"})  # a log from before pooling was a setting
+    with pytest.raises(ConfigError, match=r"settings\.json: pooling: .*'hf'.*'auto'"):
+        ResultLog(path, {"epochs": 10.0, "pooling": "auto"}, legacy={"pooling": "hf"})
+    assert len(ResultLog(path, {"epochs": 10.0, "pooling": "hf"}, legacy={"pooling": "hf"}).rows) == 1
+
+
+def test_baseline_rows_use_the_model_head(tmp_path) -> None:
+    from adapterkit.data.tasks import TaskSpec
+    from adapterkit.experiments.common import baseline_row
+    from adapterkit.model import AdaptedModel, load_base_model
+    from adapterkit.testing import save_tiny_model
+
+    hf, tok = load_base_model(str(save_tiny_model(tmp_path / "m")), pooling="max")
+    spec = TaskSpec("t", "classification", ("text",), "label", ("0", "1"), "accuracy", {"train": "unused"})
+    data = tuple([{"text": t, "label": i % 2} for i, t in enumerate(["good movie", "bad movie"] * n)] for n in (4, 2, 3))
+    opts = {"epochs": 1.0, "batch_size": 4, "max_length": 16, "progress": "none", "cache_frozen_layers": True,
+            "backbone_dropout": False}
+    common = dict(label="x", seed=1, output_dir=tmp_path / "w")
+    for system in ("majority", "probe", "head"):
+        row = baseline_row(system, AdaptedModel(hf), tok, spec, data, opts, **common)
+        assert 0 <= row["test_score"] <= 1 and {"dev_score", "trainable", "train_seconds", "history"} <= set(row)
+    with pytest.raises(ConfigError, match="not a baseline"):
+        baseline_row("lora", AdaptedModel(hf), tok, spec, data, opts, **common)

@@ -331,3 +331,19 @@ def test_the_trainer_overrides_no_private_method_and_edits_no_dict():
         for node in ast.walk(tree):
             if isinstance(node, ast.Attribute):
                 assert node.attr != "__dict__", f"{path.name}:{node.lineno} touches __dict__"
+
+
+def test_patience_stops_early_and_is_validated(tmp_path: Path, tok):
+    from adapterkit.heads import HeadConfig
+
+    adapted = tiny_adapted()
+    adapted.set_head(HeadConfig("mean"))
+    # a learning rate too small to change the dev score: no evaluation after the first is better
+    result = train(adapted, tok, SPEC, examples(16, 0), examples(8, 1),
+                   config(tmp_path, epochs=6, learning_rate=1e-9, patience=2, save_total_limit=1))
+    assert [h["epoch"] for h in result.history] == [1.0, 2.0, 3.0]  # stopped after 2 evaluations without gain
+    assert result.best_epoch == 1.0
+    with pytest.raises(ConfigError, match="patience"):
+        config(tmp_path, patience=0)
+    with pytest.raises(ConfigError, match="patience: needs eval_each_epoch"):
+        config(tmp_path, patience=2, eval_each_epoch=False)

@@ -17,6 +17,7 @@ EXPERIMENTS: Registry[str] = Registry("experiment")
 EXPERIMENTS.register("mera", "adapterkit.experiments.mera")
 EXPERIMENTS.register("adaptable", "adapterkit.experiments.adaptable")
 EXPERIMENTS.register("effectiveness", "adapterkit.experiments.effectiveness")
+EXPERIMENTS.register("fewshot", "adapterkit.experiments.fewshot")
 
 
 def register_experiment(name: str, module: str) -> None:

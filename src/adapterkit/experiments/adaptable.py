@@ -3,6 +3,8 @@
 For each task, training size N and seed: N examples are drawn from the training set and split 75/25
 into train and dev (dev selects the epoch), and the official dev set is the test set. Systems:
 
+- ``majority``, ``probe``, ``head``: baselines (the majority class or training mean; a linear probe on the
+  frozen features; the head trained on the frozen backbone), with the same head (``--pooling``);
 - ``pfeiffer``: a standard Pfeiffer adapter in every layer;
 - ``adapterdrop``: the same, dropping the adapters of the lowest n layers (n random per step) in training;
 - ``aa``: adaptable adapter (rational activations + Gumbel layer switch); its selected layers (adapter
@@ -21,7 +23,7 @@ from ..errors import ConfigError
 from .common import option_groups
 
 DESCRIPTION = "Adaptable adapters: rational activations + layer switch vs standard adapters and AdapterDrop"
-SYSTEMS = ("pfeiffer", "adapterdrop", "aa", "aa-focused")
+SYSTEMS = ("majority", "probe", "head", "pfeiffer", "adapterdrop", "aa", "aa-focused")
 
 
 @dataclass
@@ -43,7 +45,7 @@ OPTIONS = option_groups(
     ("cache_frozen_layers",),
 )
 SETTINGS = ("model", "epochs", "learning_rate", "batch_size", "max_length", "test_size", "backbone_dropout",
-            "precision")
+            "precision", "pooling", "normalize")
 """Options that change results: a log is never extended under other values (see ResultLog)."""
 KEYS = ("task", "size", "seed", "system")
 
@@ -94,7 +96,15 @@ def run(opts: dict[str, Any]) -> int:
     from ..data.tasks import get_task, resolve_data_dir
     from ..methods.adaptable import selection_record, switched_modules, write_selection
     from ..runner import load_model
-    from .common import ResultLog, logged_settings, run_cell
+    from .common import (
+        BASELINE_SYSTEMS,
+        LEGACY_SETTINGS,
+        ResultLog,
+        baseline_row,
+        head_of,
+        logged_settings,
+        run_cell,
+    )
 
     unknown = [s for s in opts["systems"] if s not in SYSTEMS]
     if unknown:
@@ -103,7 +113,7 @@ def run(opts: dict[str, Any]) -> int:
         raise ConfigError("cache_frozen_layers: needs --backbone-dropout false (cached layers must be deterministic)")
     data_dir = resolve_data_dir(opts.get("data_dir"))
     out = Path(opts["output_dir"])
-    log = ResultLog(out / "runs.jsonl", logged_settings(opts, SETTINGS))
+    log = ResultLog(out / "runs.jsonl", logged_settings(opts, SETTINGS), legacy=LEGACY_SETTINGS)
     order = [s for s in SYSTEMS if s in opts["systems"]]  # AA before AA-focused
     # seeds outermost: an experiment stopped early (or extended with more seeds later) has whole seeds
     plan = [(t, n, s, sys) for s in opts["seeds"] for t in opts["tasks"] for n in opts["sizes"] for sys in order]
@@ -124,9 +134,16 @@ def run(opts: dict[str, Any]) -> int:
         label = f"{task} N={size} seed={seed} {system}"
         progress.step(label)
         selection_path = out / "selections" / f"{task}_{size}_{seed}.json"
-        config = adapter_config(system, opts, selection_path)
+        config = adapter_config(system, opts, selection_path) if system not in BASELINE_SYSTEMS else None
         set_seed(seed)
-        adapted, tokenizer = load_model(spec, opts.get("model"))
+        adapted, tokenizer = load_model(spec, opts.get("model"), head_of(opts))
+        if system in BASELINE_SYSTEMS:
+            row = baseline_row(system, adapted, tokenizer, spec, data, opts, label=label, seed=seed,
+                               output_dir=out / "work" / label.replace(" ", "_"))
+            log.add({"task": task, "size": size, "seed": seed, "system": system, **row,
+                     "train": len(data[0]), "dev": len(data[1]), "test": len(data[2])})
+            progress.finish()
+            continue
         mode, extra = "adapters", {}
         if config is None:
             mode, extra = "head", {"note": "AA selected no layer: head only"}
@@ -162,7 +179,7 @@ def report(rows: list[dict[str, Any]], opts: dict[str, Any]) -> None:
     from ..console import say
     from ..data.tasks import get_task
     from ..reporting import grouped_bar_plot, markdown_table
-    from .common import series_for_plot, summarize
+    from .common import HEAD_LR, series_for_plot, summarize
 
     out = Path(opts["output_dir"])
     settings = [(t, n) for t in opts["tasks"] for n in opts["sizes"]]
@@ -179,7 +196,8 @@ def report(rows: list[dict[str, Any]], opts: dict[str, Any]) -> None:
     text = ["# Adaptable adapters: low-data comparison\n",
             f"Model: {opts.get('model') or 'bundled all-MiniLM-L6-v2'}. N examples split 75/25 into train/dev; test = "
             f"official dev set. {opts['epochs']:g} epochs, batch {opts['batch_size']}, adapter lr {opts['learning_rate']:g} "
-            f"(AA switch 0.05, rational 0.01), backbone dropout {opts['backbone_dropout']}, precision "
+            f"(AA switch 0.05, rational 0.01; head baseline {HEAD_LR:g}), head pooling {opts.get('pooling') or 'auto'}, "
+            f"backbone dropout {opts['backbone_dropout']}, precision "
             f"{opts.get('precision', 'fp32')}, test cap {opts.get('test_size') or 'none'}; seeds "
             f"{', '.join(map(str, opts['seeds']))}. Scores x100 (mean ± std over seeds); metrics: "
             f"{', '.join(f'{t} {get_task(t).metric}' for t in opts['tasks'])}.\n",

@@ -32,14 +32,55 @@ TRAINING_OPTIONS = ("epochs", "learning_rate", "batch_size", "backbone_dropout",
 
 
 def option_groups(defaults: dict[str, Any], options: type, training: dict[str, Any],
-                  training_help: dict[str, str] | None = None, more_training: tuple[str, ...] = ()) -> tuple[Group, ...]:
+                  training_help: dict[str, str] | None = None, more_training: tuple[str, ...] = (),
+                  head: bool = True) -> tuple[Group, ...]:
     """An experiment's option groups: :class:`ExperimentOptions` with its ``defaults``, its own ``options``
-    dataclass, and TrainConfig's :data:`TRAINING_OPTIONS` (+ ``more_training``) with its ``training`` defaults."""
+    dataclass, TrainConfig's :data:`TRAINING_OPTIONS` (+ ``more_training``) with its ``training`` defaults,
+    and (``head``) the task head's pooling (:class:`~adapterkit.heads.HeadConfig`)."""
+    from ..heads import HeadConfig
     from ..training import TrainConfig
 
     return (Group(ExperimentOptions, defaults=defaults), Group(options),
             Group(TrainConfig, only=(*TRAINING_OPTIONS, *more_training), defaults=training,
-                  help={"learning_rate": "adapter learning rate", **(training_help or {})}))
+                  help={"learning_rate": "adapter learning rate", **(training_help or {})}),
+            *((Group(HeadConfig),) if head else ()))
+
+
+HEAD_SETTINGS = ("pooling", "normalize")
+"""The head options, which change results; logs from before they existed ran with the ``hf`` head
+(see ``LEGACY_SETTINGS``)."""
+LEGACY_SETTINGS = {"pooling": "hf", "normalize": False}
+BASELINE_SYSTEMS = ("majority", "probe", "head")
+"""Systems every experiment table shows beside its own: the majority class, a linear probe on the frozen
+features (logistic regression), and the head trained on the frozen backbone."""
+HEAD_LR = 1e-2
+"""Learning rate of the ``head`` baseline."""
+
+
+def head_of(opts: dict[str, Any]) -> Any:
+    """The experiment's :class:`~adapterkit.heads.HeadConfig` from its options."""
+    from ..heads import HeadConfig
+
+    return HeadConfig(opts.get("pooling") or "auto", bool(opts.get("normalize")))
+
+
+def baseline_row(system: str, adapted: Any, tokenizer: Any, spec: Any, data: tuple[list, list, list],
+                 opts: dict[str, Any], *, label: str, seed: int, output_dir: str | Path) -> dict[str, Any]:
+    """A result row of ``majority`` / ``probe`` (no gradient training) or ``head`` (frozen backbone, the head
+    trained at :data:`HEAD_LR`) on ``data`` = (train, dev, test), with the model's head (pooling) as built."""
+    from ..options import build
+    from ..runner import BASELINES, run_baseline
+    from ..training import TrainConfig
+
+    if system in BASELINES:
+        config = build(TrainConfig, opts, output_dir=str(output_dir), seed=seed, cache_frozen_layers=False)
+        row = run_baseline(system, adapted, tokenizer, spec, data, config, label=label)
+        return {k: row[k] for k in ("test_score", "dev_score", "best_epoch", "trainable", "trainable_pct",
+                                    "train_seconds", "history")}
+    if system == "head":
+        return run_cell(adapted, tokenizer, spec, data, opts, label=label, seed=seed, output_dir=output_dir,
+                        train_mode="head", learning_rate=HEAD_LR, cache_frozen_layers=False)
+    raise ConfigError(f"systems: {system!r}: not a baseline system; baselines: {list(BASELINE_SYSTEMS)}")
 
 
 def logged_settings(opts: dict[str, Any], names: Sequence[str]) -> dict[str, Any]:
@@ -69,9 +110,13 @@ class ResultLog:
     mixes runs made under different protocols.
     """
 
-    def __init__(self, path: str | Path, settings: dict[str, Any] | None = None) -> None:
+    def __init__(self, path: str | Path, settings: dict[str, Any] | None = None,
+                 legacy: dict[str, Any] | None = None) -> None:
+        """``legacy``: setting -> the value that logs whose ``settings.json`` predates the setting ran under
+        (e.g. ``{"pooling": "hf"}``: the head before pooling was an option)."""
         self.path = Path(path)
         self.rows: list[dict[str, Any]] = []
+        self.legacy = dict(legacy or {})
         if settings is not None:
             self._check_settings(settings)
         if not self.path.exists():
@@ -104,6 +149,7 @@ class ResultLog:
                 raise ConfigError(f"{file}: not valid JSON ({exc})") from None
             if not isinstance(stored, dict):
                 raise ConfigError(f"{file}: expected a JSON object of settings")
+            stored = {**self.legacy, **stored}
             for key, value in settings.items():
                 if key in stored and stored[key] != value:
                     raise ConfigError(f"{file}: {key}: the runs in {self.path.name} used {stored[key]!r}, this run "
@@ -161,22 +207,12 @@ def sentence_features(adapted: Any, tokenizer: Any, spec: Any, examples: Sequenc
 
 def probe_score(train_x: torch.Tensor, train_y: torch.Tensor, dev_x: torch.Tensor, dev_y: torch.Tensor,
                 num_labels: int, steps: int = 200, l2: float = 1e-3) -> float:
-    """Dev accuracy of a logistic-regression probe fitted on frozen features (deterministic: full-batch LBFGS)."""
-    mean, std = train_x.mean(0), train_x.std(0) + 1e-6
-    xs, xd = (train_x - mean) / std, (dev_x - mean) / std
-    weight = torch.zeros(xs.shape[1], num_labels, requires_grad=True)
-    bias = torch.zeros(num_labels, requires_grad=True)
-    opt = torch.optim.LBFGS([weight, bias], max_iter=steps, line_search_fn="strong_wolfe")
+    """Dev accuracy of a logistic-regression probe fitted on frozen features (deterministic: full-batch LBFGS;
+    ``l2`` weighs ``sum(W**2)``, see :func:`adapterkit.heads.fit_linear`)."""
+    from ..heads import fit_linear
 
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(xs @ weight + bias, train_y) + l2 * weight.pow(2).sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    with torch.no_grad():
-        return float(((xd @ weight + bias).argmax(-1) == dev_y).float().mean())
+    fit = fit_linear(train_x, train_y, num_labels, l2=2 * l2, max_iter=steps)
+    return float((fit.predict(dev_x).argmax(-1) == dev_y).double().mean())
 
 
 def summarize(rows: Sequence[dict[str, Any]], settings: Sequence[tuple[str, ...]], setting_keys: Sequence[str],

@@ -3,6 +3,8 @@
 For each target task, k-shot size and seed: dev is carved from train (k per class, for epoch selection),
 the official dev set is the test set. Systems:
 
+- ``majority``, ``probe``, ``head``: baselines (the majority class; logistic regression on the frozen
+  features; the head trained on the frozen backbone), with the same head (``--pooling``) as the rest;
 - ``full``: full fine-tuning; ``scratch``: a fresh adapter;
 - ``single``: the best single zoo adapter (ranked by a logistic probe on its frozen features, fitted on
   the k-shot train set and scored on the carved dev set), continued on the target;
@@ -24,7 +26,7 @@ from .common import option_groups
 
 DESCRIPTION = "MerA: merged pretrained adapters vs single adapters, AdapterFusion and full fine-tuning (few-shot)"
 MERGE_SYSTEMS = {"mera-avg": "average", "mera-ot-w": "ot_weights", "mera-ot-act": "ot_activations"}
-SYSTEMS = ("full", "scratch", "single", "fusion", "mera-avg", "mera-ot-w", "mera-ot-act", "fusion-st", "mera-avg-st",
+SYSTEMS = ("majority", "probe", "head", "full", "scratch", "single", "fusion", "mera-avg", "mera-ot-w", "mera-ot-act", "fusion-st", "mera-avg-st",
            "mera-ot-w-st", "mera-ot-act-st")
 
 
@@ -45,7 +47,7 @@ OPTIONS = option_groups(
     {"backbone_dropout": "adapter systems: dropout in the frozen backbone (full fine-tuning keeps the model's dropout)"},
 )
 SETTINGS = ("model", "zoo_dir", "epochs", "learning_rate", "full_lr", "batch_size", "max_length", "backbone_dropout",
-            "calibration_size", "precision")
+            "calibration_size", "precision", "pooling", "normalize")
 """Options that change results: a log is never extended under other values (see ResultLog)."""
 KEYS = ("task", "k", "seed", "system")
 
@@ -157,7 +159,15 @@ def run(opts: dict[str, Any]) -> int:
     from ..data.tasks import get_task, resolve_data_dir
     from ..runner import load_model, split_data
     from ..zoo import TASK_TRACKS, read_zoo, select
-    from .common import ResultLog, logged_settings, run_cell
+    from .common import (
+        BASELINE_SYSTEMS,
+        LEGACY_SETTINGS,
+        ResultLog,
+        baseline_row,
+        head_of,
+        logged_settings,
+        run_cell,
+    )
 
     unknown = [s for s in opts["systems"] if s not in SYSTEMS]
     if unknown:
@@ -167,7 +177,7 @@ def run(opts: dict[str, Any]) -> int:
         raise ConfigError(f"{opts['zoo_dir']}: zoo_dir: no zoo.json; build the zoo first with `adapterkit zoo build`")
     data_dir = resolve_data_dir(opts.get("data_dir"))
     out = Path(opts["output_dir"])
-    log = ResultLog(out / "runs.jsonl", logged_settings(opts, SETTINGS))
+    log = ResultLog(out / "runs.jsonl", logged_settings(opts, SETTINGS), legacy=LEGACY_SETTINGS)
     # seeds outermost: an experiment stopped early (or extended with more seeds later) has whole seeds
     plan = [(t, k, s, sys) for s in opts["seeds"] for t in opts["tasks"] for k in opts["k_shots"] for sys in opts["systems"]]
     todo = [p for p in plan if not log.has(KEYS, **dict(zip(KEYS, p, strict=True)))]
@@ -178,7 +188,7 @@ def run(opts: dict[str, Any]) -> int:
          f"({len(entries)} adapters)")
 
     def new_model(spec: Any) -> tuple[Any, Any]:
-        return load_model(spec, opts.get("model"))
+        return load_model(spec, opts.get("model"), head_of(opts))
 
     opts = {**opts, "_new_model": new_model}
     cells: dict[tuple, Cell] = {}
@@ -202,6 +212,13 @@ def run(opts: dict[str, Any]) -> int:
         label = f"{task} k={k} seed={seed} {system}"
         progress.step(label)
         set_seed(seed)
+        if system in BASELINE_SYSTEMS:
+            adapted, _ = new_model(spec)
+            row = baseline_row(system, adapted, cell.tokenizer, spec, cell.data, opts, label=label, seed=seed,
+                               output_dir=out / "work" / label.replace(" ", "_"))
+            log.add({"task": task, "k": k, "seed": seed, "system": system, **row})
+            progress.finish()
+            continue
         adapted, mode, lr, notes = _build_system(system, cell, pool, same)
         set_seed(seed)
         row = run_cell(adapted, cell.tokenizer, spec, cell.data, opts, label=label, seed=seed,
@@ -220,7 +237,7 @@ def report(rows: list[dict[str, Any]], opts: dict[str, Any], entries: list) -> N
     from ..console import say
     from ..reporting import grouped_bar_plot, markdown_table
     from ..zoo import zoo_table
-    from .common import series_for_plot, summarize
+    from .common import HEAD_LR, series_for_plot, summarize
 
     out = Path(opts["output_dir"])
     settings = [(t, k) for t in opts["tasks"] for k in opts["k_shots"]]
@@ -234,7 +251,8 @@ def report(rows: list[dict[str, Any]], opts: dict[str, Any], entries: list) -> N
         "# MerA few-shot comparison\n",
         f"Model: {opts.get('model') or 'bundled all-MiniLM-L6-v2'}. Test = official dev set; dev = k per class carved "
         f"from train; {opts['epochs']:g} epochs, batch {opts['batch_size']}, lr {opts['learning_rate']:g} (full FT "
-        f"{opts['full_lr']:g}), backbone dropout {opts['backbone_dropout']} for adapter systems, precision "
+        f"{opts['full_lr']:g}; head baseline {HEAD_LR:g}), head pooling {opts.get('pooling') or 'auto'}, backbone "
+        f"dropout {opts['backbone_dropout']} for adapter systems, precision "
         f"{opts.get('precision', 'fp32')}; seeds {', '.join(map(str, opts['seeds']))}. Scores x100, mean ± std over seeds; "
         f"metrics: {', '.join(f'{t} {m}' for t, m in metrics.items())}.\n",
         markdown_table(table, columns),

@@ -8,7 +8,8 @@ every evaluation in ``TrainResult.history``, resume after a kill, an ``extra_los
 losses and ordinary ``TrainerCallback`` objects. It runs unchanged under ``torchrun`` / ``accelerate launch``.
 
 The package is split by job: :mod:`.config` (``TrainConfig``), :mod:`.checkpoints`, :mod:`.trainer`
-(``train``) and :mod:`.inference` (``evaluate``, ``predict_qa``, ``predict_logits``).
+(``train``), :mod:`.inference` (``evaluate``, ``predict_qa``, ``predict_logits``) and :mod:`.probing` (frozen
+head features, linear probes, LP-FT).
 """
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ from .inference import (
     score_qa,
     steps_per_epoch,
 )
+from .probing import example_features, init_head_from_probe, probe_fit
 from .trainer import (
     ExtraLoss,
     TrainResult,
@@ -51,7 +53,7 @@ from .trainer import (
 __all__ = [
     "CHECKPOINT_INFO_NAME", "DEFAULT_LEARNING_RATES", "FULL_NAME", "INDEX_NAME", "PRECISIONS", "TRAINABLE_NAME",
     "Example", "ExtraLoss", "TrainConfig", "TrainResult", "autocast", "collator", "default_doc_stride", "encode",
-    "evaluate", "evaluation_history", "has_accelerator", "has_qa_references", "label_names", "last_checkpoint",
+    "evaluate", "evaluation_history", "example_features", "has_accelerator", "init_head_from_probe", "probe_fit", "has_qa_references", "label_names", "last_checkpoint",
     "load_checkpoint_weights", "predict_logits", "predict_qa", "qa_references", "resume_point",
     "save_checkpoint_weights", "score_qa", "steps_per_epoch", "train", "trainable_state_dict", "trainer_class",
     "training_arguments",

@@ -61,6 +61,14 @@ class TrainConfig:
         None, "also save a checkpoint every N optimizer steps (for long epochs: a kill loses at most N steps); "
         "needs no per-epoch evaluation (eval_each_epoch false or no dev set)"
     )
+    patience: int | None = opt(
+        None, "early stopping: stop after this many evaluations without a better dev score (null: train all epochs)"
+    )
+    lp_init: bool = opt(
+        False,
+        "LP-FT: before training, set the pooled head to a logistic-regression probe fitted on the frozen features "
+        "of the training set (needs a pooling head, not 'hf')",
+    )
     save_total_limit: int | None = opt(2, "checkpoints kept in output_dir (the best one is always kept)")
     resume: bool | Literal["auto"] = opt(False, "true: resume from the last checkpoint in output_dir; 'auto': only when one exists")
     overwrite: bool = opt(
@@ -110,6 +118,10 @@ class TrainConfig:
               "with eval_steps, checkpoints are saved at every evaluation; leave save_steps unset")
         check(self.save_total_limit is None or self.save_total_limit >= 1, "save_total_limit", "must be >= 1 or null")
         check(self.resume in (True, False, "auto"), "resume", f"use true, false or 'auto', got {self.resume!r}")
+        check(self.patience is None or (isinstance(self.patience, int) and self.patience >= 1), "patience",
+              f"must be >= 1 or null, got {self.patience!r}")
+        check(not (self.patience and not self.eval_each_epoch), "patience", "needs eval_each_epoch true")
+        check(isinstance(self.lp_init, bool), "lp_init", f"use true or false, got {self.lp_init!r}")
         check(self.logging_steps >= 1, "logging_steps", f"must be >= 1, got {self.logging_steps}")
         check(self.progress in ("log", "bar", "none"), "progress", f"unknown {self.progress!r}")
         check(self.dataloader_num_workers >= 0, "dataloader_num_workers", "must be >= 0")

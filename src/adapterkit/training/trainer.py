@@ -282,6 +282,21 @@ def train(adapted: Any, tokenizer: Any, spec: Any, train_examples: Sequence[Exam
         logits = pred.predictions[0] if isinstance(pred.predictions, tuple) else pred.predictions
         return compute_metrics(spec, logits, pred.label_ids)
 
+    if config.lp_init:
+        from .probing import init_head_from_probe
+
+        if spec.kind not in ("classification", "regression"):
+            raise ConfigError(f"lp_init: task kind {spec.kind!r}: LP-FT needs a classification or regression head")
+        fit = init_head_from_probe(adapted, tokenizer, spec, train_examples, dev_examples or None, config.max_length,
+                                   config.eval_batch_size, config.precision)
+        if config.progress != "none":
+            say(f"[{name}] LP-FT: head initialised from a linear probe (l2 {fit.l2:g}"
+                 + (f", dev score {fit.dev_score:.4f})" if fit.dev_score is not None else ")"))
+    callbacks = list(callbacks)
+    if config.patience and has_dev:
+        from transformers import EarlyStoppingCallback
+
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.patience))
     args = training_arguments(config, has_dev, spec)
     trainer = trainer_class()(
         model=adapted,

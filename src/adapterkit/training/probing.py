@@ -1,0 +1,80 @@
+"""Frozen head features of examples, linear probes on them (the ``probe`` baseline) and LP-FT initialisation.
+
+The fitting itself is :func:`adapterkit.heads.fit_linear`; this module feeds it the features the model's
+pooled head sees (with the active adapters, no dropout).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from ..errors import ConfigError
+from ..heads import LinearFit, fit_linear
+from .inference import autocast, collator, encode
+
+
+@torch.no_grad()
+def example_features(adapted: Any, tokenizer: Any, spec: Any, examples: Sequence[dict[str, Any]], max_length: int,
+                     batch_size: int = 64, precision: str = "fp32") -> torch.Tensor:
+    """The pooled head's input features (with the active adapters, no dropout) for ``examples``, in order."""
+    if adapted.pooled_head is None:
+        raise ConfigError("pooling: the model uses its own head (hf); probes and LP-FT need a pooled head "
+                          "(pooling cls, cls+pooler, mean, max, ...)")
+    dataset = encode(tokenizer, spec, examples, max_length)
+    names = [c for c in dataset.column_names if c in ("input_ids", "attention_mask", "token_type_ids")]
+    rows = dataset.select_columns(names).to_list()
+    collate = collator(tokenizer, spec)
+    device = next(adapted.parameters()).device
+    was_training = adapted.training
+    adapted.eval()
+    out = []
+    try:
+        for i in range(0, len(rows), batch_size):
+            batch = collate(rows[i: i + batch_size])
+            with autocast(precision, device):
+                out.append(adapted.pooled_features(**{k: v.to(device) for k, v in batch.items()}).float().cpu())
+    finally:
+        adapted.train(was_training)
+    return torch.cat(out)
+
+
+def _targets(spec: Any, examples: Sequence[dict[str, Any]]) -> torch.Tensor:
+    values = [ex["label"] for ex in examples]
+    return torch.tensor(values, dtype=torch.float64 if spec.kind == "regression" else torch.long)
+
+
+def probe_fit(adapted: Any, tokenizer: Any, spec: Any, train: Sequence[dict[str, Any]],
+              dev: Sequence[dict[str, Any]] | None, max_length: int, batch_size: int = 64,
+              precision: str = "fp32") -> LinearFit:
+    """A linear probe on ``adapted``'s frozen head features of ``train`` (L2 strength chosen on ``dev``)."""
+    from ..metrics import compute_metrics
+
+    if spec.kind not in ("classification", "regression"):
+        raise ConfigError(f"probe: task kind {spec.kind!r}: probes need classification or regression")
+    regression = spec.kind == "regression"
+    x = example_features(adapted, tokenizer, spec, train, max_length, batch_size, precision)
+    dev_x = dev_y = None
+    if dev:
+        dev_x = example_features(adapted, tokenizer, spec, dev, max_length, batch_size, precision)
+        dev_y = _targets(spec, dev)
+
+    def score(logits: torch.Tensor, labels: torch.Tensor) -> float:
+        return float(compute_metrics(spec, logits.numpy(), labels.numpy())["score"])
+
+    num_outputs = 1 if regression else int(adapted.model.config.num_labels)
+    return fit_linear(x, _targets(spec, train), num_outputs, regression=regression, dev_x=dev_x, dev_y=dev_y,
+                      score_fn=score)
+
+
+def init_head_from_probe(adapted: Any, tokenizer: Any, spec: Any, train: Sequence[dict[str, Any]],
+                         dev: Sequence[dict[str, Any]] | None, max_length: int, batch_size: int = 64,
+                         precision: str = "fp32") -> LinearFit:
+    """LP-FT: set the pooled head's linear layer to a probe fitted on the current (frozen) features."""
+    fit = probe_fit(adapted, tokenizer, spec, train, dev, max_length, batch_size, precision)
+    linear = adapted.pooled_head.classifier
+    with torch.no_grad():
+        linear.weight.copy_(fit.weight.to(linear.weight))
+        linear.bias.copy_(fit.bias.to(linear.bias))
+    return fit

@@ -1,0 +1,43 @@
+"""The few-shot heads experiment end to end on a tiny model and real task files."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from adapterkit.cli import main
+from adapterkit.errors import ConfigError
+from adapterkit.experiments import fewshot
+from adapterkit.testing import save_tiny_model
+
+
+def test_fewshot_runs_baselines_and_poolings_and_resumes(tmp_path, data_dir, capsys: pytest.CaptureFixture) -> None:
+    model = save_tiny_model(tmp_path / "tiny-bert")
+    out = tmp_path / "out"
+    argv = ["experiment", "fewshot", "--model", str(model), "--data-dir", str(data_dir), "--output-dir", str(out),
+            "--tasks", "sst2", "--k-shots", "4,8", "--seeds", "3", "--epochs", "1", "--test-size", "20",
+            "--max-length", "32", "--systems", "majority,probe,head,lora", "--poolings", "hf,mean",
+            "--lrs", "lora=0.01", "--progress", "none"]
+    assert main(argv) == 0
+    rows = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 * 2 * 4
+    assert {(r["k"], r["pooling"], r["system"]) for r in rows} == {
+        (k, p, s) for k in (4, 8) for p in ("hf", "mean") for s in ("majority", "probe", "head", "lora")}
+    assert all(r["test_score"] is not None for r in rows)
+    assert next(r for r in rows if r["system"] == "lora")["lr"] == 0.01
+    majority = {r["test_score"] for r in rows if r["system"] == "majority" and r["k"] == 4}
+    assert len(majority) == 1  # the same constant prediction whatever the pooling
+    report = (out / "results.md").read_text()
+    assert "## sst2 (accuracy), pooling `mean`" in report and "| probe |" in report and "(n=1)" in report
+    assert (out / "fewshot_sst2.png").stat().st_size > 1000
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "16 already in" in capsys.readouterr().out
+
+
+def test_fewshot_rejects_unknown_options() -> None:
+    assert fewshot.learning_rates({"lrs": "full=1e-5"})["full"] == 1e-5
+    with pytest.raises(ConfigError, match="lrs: 'bogus'"):
+        fewshot.learning_rates({"lrs": "bogus=1"})
+    assert main(["experiment", "fewshot", "--poolings", "average", "--systems", "probe"]) == 2
+    assert main(["experiment", "fewshot", "--systems", "nonsense"]) == 2
