@@ -27,13 +27,15 @@ import torch
 
 
 def stratified(labels: np.ndarray, m: int, rng: random.Random) -> list[int]:
-    """m indices with the classes as balanced as the pool allows."""
+    """m indices with the classes as balanced as the pool allows (all of them when m >= the pool)."""
+    if m >= len(labels):
+        return list(range(len(labels)))
     by: dict[int, list[int]] = {}
     for i, y in enumerate(labels.tolist()):
         by.setdefault(int(y), []).append(i)
     classes = sorted(by)
     per = [m // len(classes) + (1 if j < m % len(classes) else 0) for j in range(len(classes))]
-    return [i for c, n in zip(classes, per, strict=True) for i in rng.sample(by[c], n)]
+    return [i for c, n in zip(classes, per, strict=True) for i in rng.sample(by[c], min(n, len(by[c])))]
 
 
 def train_head_epochs(x: torch.Tensor, y: torch.Tensor, evals: list[torch.Tensor], epochs: int, seed: int,
@@ -112,7 +114,7 @@ def main() -> None:
         rng = random.Random(seed)
         for m in sizes:
             selected, probe_selected = [], []
-            for _ in range(args.draws if m < len(pool) else 1):
+            for _ in range(args.draws if m < len(pool) else 1):  # the whole pool: one "draw"
                 idx = stratified(ys[1], m, rng)
                 selected.append(test_acc[int(np.argmax(dev_acc[:, idx].mean(1)))])  # first best epoch
                 scores = probe_dev[:, idx].mean(1)
