@@ -11,7 +11,7 @@ import pytest
 
 from adapterkit.cli import build_parser, main, merge_options, read_yaml_config
 from adapterkit.errors import ConfigError
-from adapterkit.testing import save_tiny_model
+from adapterkit.testing import kill_after_first_checkpoint, save_tiny_model
 
 POS = ["good", "great", "fine", "lovely"]
 NEG = ["bad", "awful", "poor", "dull"]
@@ -140,7 +140,6 @@ def test_train_resumes_after_sigkill(tmp_path: Path):
     import signal
     import subprocess
     import sys
-    import time
 
     model = save_tiny_model(tmp_path / "tiny-bert", words=[*POS, *NEG, *FILL])
     train_file, dev_file = write_tsv(tmp_path / "train.tsv", 48, 0), write_tsv(tmp_path / "dev.tsv", 8, 1)
@@ -149,15 +148,7 @@ def test_train_resumes_after_sigkill(tmp_path: Path):
            "--dev-file", str(dev_file), "--text-columns", "sentence", "--epochs", "60", "--batch-size", "8",
            "--max-length", "16", "--lr", "1e-2", "--seed", "3", "--output-dir", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 120
-        while proc.poll() is None and time.monotonic() < deadline and not list(out.glob("checkpoint-*/trainer_state.json")):
-            time.sleep(0.02)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "training finished before it could be killed"
+    assert kill_after_first_checkpoint(cmd, out, env=env) == -signal.SIGKILL, "training finished before it could be killed"
     assert not (out / "results.json").exists()
 
     done = subprocess.run([*cmd, "--resume", "auto"], env=env, capture_output=True, text=True, timeout=180)

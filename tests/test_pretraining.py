@@ -7,7 +7,6 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -29,7 +28,7 @@ from adapterkit.pretraining import (
     require_mask_token,
     task_texts,
 )
-from adapterkit.testing import save_tiny_model, tiny_config, tiny_tokenizer
+from adapterkit.testing import kill_after_first_checkpoint, save_tiny_model, tiny_config, tiny_tokenizer
 from adapterkit.training import TrainConfig
 
 WORDS = ("the", "a", "movie", "was", "good", "great", "bad", "awful", "plot", "film", "acting", "very", "dull", "fine")
@@ -234,15 +233,7 @@ def test_pretrain_resumes_after_sigkill(tmp_path: Path):
            "--epochs", "40", "--batch-size", "8", "--max-length", "16", "--save-steps", "3", "--seed", "3",
            "--progress", "log", "--output-dir", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 120
-        while proc.poll() is None and time.monotonic() < deadline and not list(out.glob("checkpoint-*/trainer_state.json")):
-            time.sleep(0.02)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "pretraining finished before it could be killed"
+    assert kill_after_first_checkpoint(cmd, out, env=env) == -signal.SIGKILL, "pretraining finished before it could be killed"
     assert not (out / "pretrain_result.json").exists()
 
     done = subprocess.run([*cmd, "--resume", "auto"], env=env, capture_output=True, text=True, timeout=240)

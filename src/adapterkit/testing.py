@@ -175,3 +175,27 @@ def save_tiny_model(directory: str | Path, model_type: str = "bert", head: Head 
     tiny_model(model_type, head, num_labels=num_labels, seed=seed, **overrides).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+def kill_after_first_checkpoint(cmd: Sequence[str], output_dir: str | Path, *, timeout: float = 120.0,
+                                env: dict[str, str] | None = None) -> int:
+    """Run ``cmd`` (a training command) and SIGKILL its process group once ``output_dir`` holds a complete
+    checkpoint (the one ``--resume auto`` would pick). Returns the exit code (``-SIGKILL`` when killed)."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from .training.checkpoints import last_checkpoint
+
+    proc = subprocess.Popen(list(cmd), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while proc.poll() is None and time.monotonic() < deadline and last_checkpoint(output_dir) is None:
+            time.sleep(0.02)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    return proc.returncode
