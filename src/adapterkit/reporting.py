@@ -105,7 +105,8 @@ def _lines(ax: Any, series: Mapping[str, tuple[Sequence[float], Sequence[float]]
     ax.grid(alpha=0.3)
 
 
-def _figure(path: str | Path, *, size: tuple[float, float], panels: int = 1) -> tuple[Any, Any, Path]:
+def new_figure(path: str | Path, *, size: tuple[float, float], panels: int = 1) -> tuple[Any, Any, Path]:
+    """A figure with ``panels`` axes side by side, and ``path`` as a Path whose folder exists."""
     plt = pyplot()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -113,7 +114,8 @@ def _figure(path: str | Path, *, size: tuple[float, float], panels: int = 1) -> 
     return fig, axes, path
 
 
-def _save(fig: Any, path: Path) -> Path:
+def save_figure(fig: Any, path: Path) -> Path:
+    """Lay out, write as PNG and close ``fig``; returns ``path``."""
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     pyplot().close(fig)
@@ -124,33 +126,33 @@ def bar_plot(path: str | Path, labels: Sequence[str], values: Sequence[float], *
              ylabel: str = "", errors: Sequence[float] | None = None, annotations: Sequence[str] | None = None,
              ylim: tuple[float, float] | None = None) -> Path:
     """A bar chart written as PNG; ``annotations`` are printed above the bars."""
-    fig, ax, path = _figure(path, size=(max(4.0, 1.2 * len(labels) + 2), 3.6))
+    fig, ax, path = new_figure(path, size=(max(4.0, 1.2 * len(labels) + 2), 3.6))
     _bars(ax, labels, values, errors, annotations)
     ax.set_title(title)
     ax.set_ylabel(ylabel)
     if ylim:
         ax.set_ylim(*ylim)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def line_plot(path: str | Path, series: Mapping[str, tuple[Sequence[float], Sequence[float]]], *, title: str = "",
               xlabel: str = "", ylabel: str = "", logx: bool = False) -> Path:
     """One line per ``{name: (xs, ys)}`` written as PNG (e.g. dev loss per step from ``TrainResult.history``)."""
-    fig, ax, path = _figure(path, size=(5.5, 3.6))
+    fig, ax, path = new_figure(path, size=(5.5, 3.6))
     _lines(ax, series)
     if logx:
         ax.set_xscale("log")
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def results_figure(path: str | Path, rows: Sequence[Mapping[str, Any]], *, name_key: str, score_key: str,
                    params_key: str, histories: Mapping[str, tuple[Sequence[float], Sequence[float]]],
                    title: str = "") -> Path:
     """Two panels: score per system (bars, annotated with trainable parameters) and dev score per epoch."""
-    fig, (left, right), path = _figure(path, size=(10, 3.8), panels=2)
+    fig, (left, right), path = new_figure(path, size=(10, 3.8), panels=2)
     scores = [float(r[score_key]) for r in rows]
     _bars(left, [str(r[name_key]) for r in rows], scores,
           annotations=[f"{_short(r[params_key])} params" for r in rows])
@@ -163,7 +165,7 @@ def results_figure(path: str | Path, rows: Sequence[Mapping[str, Any]], *, name_
     right.set_title("dev score per epoch")
     if title:
         fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _short(n: Any) -> str:

@@ -77,12 +77,9 @@ def mean_curve(rows: Sequence[dict[str, Any]], key: str = "dev_loss") -> tuple[l
 def sweep_plot(path: str | Path, rows: Sequence[dict[str, Any]], systems: Sequence[str], *, title: str = "",
                ylabel: str = "test score x100") -> Path:
     """Score against learning rate (log axis), one line per system, seed std as error bars."""
-    from ..reporting import pyplot
+    from ..reporting import new_figure, save_figure
 
-    plt = pyplot()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(5.8, 3.8))
+    fig, ax, path = new_figure(path, size=(5.8, 3.8))
     for i, system in enumerate(systems):
         lrs = per_lr(rows, system)
         if lrs:
@@ -95,21 +92,15 @@ def sweep_plot(path: str | Path, rows: Sequence[dict[str, Any]], systems: Sequen
     ax.set_title(title or "score against learning rate (mean ± std over seeds)", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def curves_plot(path: str | Path, groups: dict[str, Sequence[dict[str, Any]]], *, key: str = "dev_loss",
                 title: str = "") -> Path:
     """``key`` (dev loss by default) against epoch, one line per group of runs (mean over the group)."""
-    from ..reporting import pyplot
+    from ..reporting import new_figure, save_figure
 
-    plt = pyplot()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(5.8, 3.8))
+    fig, ax, path = new_figure(path, size=(5.8, 3.8))
     for i, (name, rows) in enumerate(groups.items()):
         xs, ys = mean_curve(rows, key)
         if xs:
@@ -119,10 +110,7 @@ def curves_plot(path: str | Path, groups: dict[str, Sequence[dict[str, Any]]], *
     ax.set_title(title or f"{key.replace('_', ' ')} per epoch (mean over runs)", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def overfitting_summary(rows: Sequence[dict[str, Any]], systems: Sequence[str]) -> list[dict[str, Any]]:
