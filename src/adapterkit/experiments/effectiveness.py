@@ -62,6 +62,7 @@ OPTIONS = option_groups(
     Options,
     {"epochs": 20.0, "learning_rate": 1e-3, "batch_size": 16},
     {"epochs": "epochs of the low-resource runs (best dev epoch kept)"},
+    head=False,  # the analysis systems build their heads with load_base_model's default (pooling auto)
 )
 SETTINGS = ("model", "epochs", "learning_rate", "full_lr", "batch_size", "max_length", "dev_size", "test_size",
             "backbone_dropout", "xnli_train_size", "xnli_eval_size", "xnli_epochs", "lr_epochs", "probe_size", "tokens",
