@@ -7,6 +7,7 @@ become ``PfeifferConfig(original_ln=True)``, Houlsby-style ones ``HoulsbyConfig`
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,29 @@ _PARAMS = {"adapter_down.0": "down", "adapter_up": "up"}
 
 def _fail(path: Path, field: str, message: str) -> AdapterLoadError:
     return AdapterLoadError(f"{path}: {field}: {message}")
+
+
+def _rekey(raw: dict[str, torch.Tensor], weights: Path, pattern: re.Pattern[str], keep: Callable[[re.Match], bool],
+           new_key: Callable[[re.Match], str], unexpected: str, empty: str,
+           ) -> tuple[dict[str, torch.Tensor], set[str], set[int]]:
+    """AdapterHub tensors under our keys, the adapter names and the layers they cover. ``pattern`` captures (layer, module,
+    adapter name, ...); a key it does not match or ``keep`` rejects, several adapter names, or no tensor at
+    all raise an error naming ``weights``."""
+    state: dict[str, torch.Tensor] = {}
+    names: set[str] = set()
+    layers: set[int] = set()
+    for key, tensor in raw.items():
+        match = pattern.match(key)
+        if match is None or not keep(match):
+            raise _fail(weights, key, unexpected)
+        names.add(match[3])
+        layers.add(int(match[1]))
+        state[new_key(match)] = tensor
+    if len(names) > 1:
+        raise _fail(weights, "adapters", f"holds several adapters {sorted(names)}; expected one")
+    if not state:
+        raise _fail(weights, "tensors", empty)
+    return state, names, layers
 
 
 def _reduction_factor(value: Any, path: Path) -> float:
@@ -126,22 +150,11 @@ def _bottleneck(cfg: dict[str, Any], raw: dict[str, torch.Tensor], path: Path, w
     if cls is ParallelConfig:
         config_sites = {"output": "ffn_block"}
     wanted = {"output"} | ({"attention.output"} if cls is HoulsbyConfig else set())
-    state: dict[str, torch.Tensor] = {}
-    names: set[str] = set()
-    layers: set[int] = set()
-    for key, tensor in raw.items():
-        match = _KEY.match(key)
-        if match is None or match.group(2) not in wanted:
-            raise _fail(weights, key, "not a bottleneck adapter weight of this config (expected e.g. "
-                        "'bert.encoder.layer.0.output.adapters.NAME.adapter_down.0.weight')")
-        layer, block, adapter, param, kind = match.groups()
-        names.add(adapter)
-        layers.add(int(layer))
-        state[f"layers.{layer}.{config_sites[block]}.bottleneck.{_PARAMS[param]}.{kind}"] = tensor
-    if len(names) > 1:
-        raise _fail(weights, "adapters", f"holds several adapters {sorted(names)}; expected one")
-    if not state:
-        raise _fail(weights, "tensors", "no adapter weights found")
+    state, names, layers = _rekey(
+        raw, weights, _KEY, lambda m: m.group(2) in wanted,
+        lambda m: f"layers.{m[1]}.{config_sites[m[2]]}.bottleneck.{_PARAMS[m[4]]}.{m[5]}",
+        "not a bottleneck adapter weight of this config (expected e.g. "
+        "'bert.encoder.layer.0.output.adapters.NAME.adapter_down.0.weight')", "no adapter weights found")
     clash = sorted(layers & set(leave_out))
     if clash:
         raise _fail(path, "config.leave_out", f"layers {clash} are left out but have weights in {weights.name}")
@@ -208,22 +221,11 @@ def _lora(cfg: dict[str, Any], raw: dict[str, torch.Tensor], path: Path,
     r, alpha = _number(cfg, "r", path, integer=True), _number(cfg, "alpha", path)
     dropout = _number(cfg, "dropout", path, positive=False) if cfg.get("dropout") else 0.0
     leave_out = _leave_out(cfg, path)
-    state: dict[str, torch.Tensor] = {}
-    names: set[str] = set()
-    layers: set[int] = set()
-    for key, tensor in raw.items():
-        match = _LORA_KEY.match(key)
-        if match is None or _LORA_SITES[match.group(2)] not in targets:
-            raise _fail(weights, key, "not a LoRA weight of this config (expected e.g. "
-                        "'bert.encoder.layer.0.attention.self.query.loras.NAME.lora_A')")
-        layer, module, adapter, param = match.groups()
-        names.add(adapter)
-        layers.add(int(layer))
-        state[f"layers.{layer}.{_LORA_SITES[module]}.{param}"] = tensor
-    if len(names) > 1:
-        raise _fail(weights, "adapters", f"holds several adapters {sorted(names)}; expected one")
-    if not state:
-        raise _fail(weights, "tensors", "no LoRA weights found")
+    state, names, layers = _rekey(
+        raw, weights, _LORA_KEY, lambda m: _LORA_SITES[m.group(2)] in targets,
+        lambda m: f"layers.{m[1]}.{_LORA_SITES[m[2]]}.{m[4]}",
+        "not a LoRA weight of this config (expected e.g. "
+        "'bert.encoder.layer.0.attention.self.query.loras.NAME.lora_A')", "no LoRA weights found")
     try:
         config = LoRAConfig(r=r, alpha=float(alpha), dropout=float(dropout),
                             targets=tuple(s for s in LINEAR_SITES if s in targets),
