@@ -40,7 +40,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from .config import check, opt
+from .config import check, opt, read_json
 from .errors import ConfigError
 
 POOLINGS = ("hf", "cls", "cls+pooler", "mean", "max", "mean_sqrt_len", "last")
@@ -131,12 +131,7 @@ def sentence_transformers_pooling(model_dir: str | Path | None) -> tuple[str, bo
     config_file = pooling_dir / "config.json"
     if not config_file.is_file():
         raise ConfigError(f"{config_file}: file not found (named by {modules_file})")
-    try:
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{config_file}: not valid JSON ({exc})") from None
-    if not isinstance(config, dict):
-        raise ConfigError(f"{config_file}: expected a JSON object")
+    config = read_json(config_file)
     if isinstance(config.get("pooling_mode"), str):
         name = config["pooling_mode"]
         if name not in _ST_NAMES:

@@ -137,19 +137,14 @@ class ResultLog:
                 atomic_write_bytes(self.path, "".join(json.dumps(r) + "\n" for r in self.rows).encode("utf-8"))
 
     def _check_settings(self, settings: dict[str, Any]) -> None:
+        from ..config import read_json
         from ..io import atomic_write_json
 
         file = self.path.with_name("settings.json")
         settings = json.loads(json.dumps(settings))  # as stored: tuples become lists
         stored: dict[str, Any] = {}
         if file.exists():
-            try:
-                stored = json.loads(file.read_text(encoding="utf-8"))
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise ConfigError(f"{file}: not valid JSON ({exc})") from None
-            if not isinstance(stored, dict):
-                raise ConfigError(f"{file}: expected a JSON object of settings")
-            stored = {**self.legacy, **stored}
+            stored = {**self.legacy, **read_json(file)}
             for key, value in settings.items():
                 if key in stored and stored[key] != value:
                     raise ConfigError(f"{file}: {key}: the runs in {self.path.name} used {stored[key]!r}, this run "
