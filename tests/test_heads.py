@@ -258,3 +258,15 @@ def test_saved_adapter_records_pooling_and_old_adapters_load_as_before(tiny_dir,
     (tmp_path / "b" / "adapter_config.json").write_text(json.dumps(meta))
     with pytest.raises(AdapterLoadError, match=r"adapter_config.json: head: pooling"):
         load_adapter(AdaptedModel(load_base_model(tiny_dir)[0]), tmp_path / "b", name="c")
+
+
+def test_majority_breaks_a_balanced_tie_on_dev(tiny_dir) -> None:
+    """A balanced k-shot sample ties every class; for an F1 task the constant must be the positive class."""
+    hf, tok = load_base_model(tiny_dir, pooling="mean")
+    f1_spec = TaskSpec(name="tiny_pairs", kind="classification", text_columns=("text",), label_column="label",
+                       labels=("no", "yes"), metric="f1", files={"train": "unused.csv"})
+    train_ex = [{"text": "good", "label": 0}, {"text": "bad", "label": 1}] * 4
+    dev_ex = [{"text": "good", "label": 0}, {"text": "bad", "label": 1}] * 2
+    test_ex = [{"text": "good", "label": 1}] * 7 + [{"text": "bad", "label": 0}] * 3
+    row = run_baseline("majority", AdaptedModel(hf), tok, f1_spec, (train_ex, dev_ex, test_ex), TrainConfig(max_length=8))
+    assert row["test_score"] == pytest.approx(2 * 0.7 / 1.7)  # constant "yes": precision 0.7, recall 1
