@@ -15,6 +15,14 @@ An adapter attached at a site is an :class:`AdapterModule` with up to three hook
 Hooks a module does not override cost nothing: :meth:`AdaptedModule.refresh` lists only the overriding ones.
 Several active adapters at one site run in activation order (a stack).
 
+Per-example routing (a mixed-adapter batch, :mod:`adapterkit.routing`): when the forward context holds a
+routing, a wrapper ignores the active adapters and runs each attached adapter's module on that adapter's
+rows only, through ``route_pre(args, kwargs, rows)`` and ``route_post(args, kwargs, output, rows)`` (the
+rows' new output values; the wrapper writes every group's values back with one copy). A module family
+that must see all groups at once (soft prompts of different lengths) overrides the classmethods
+``routed_pre`` / ``routed_post``. ``routing_refusal()`` says why a module cannot be routed (by default:
+it overrides a hook without its routed version).
+
 ``attach`` is also the one place that (1) puts a module on the wrapped layer's device and in its
 floating-point dtype (adapters follow the layer: a bf16 model gets bf16 adapters, see :func:`place`),
 and (2) binds the module to its site (:class:`SiteBinding`): ``module.wrapper``, ``module.wrapped_layer``,
@@ -32,6 +40,7 @@ import torch
 from torch import nn
 
 from .context import _CURRENT, forward_context
+from .routing import ROUTING, Routing, scatter
 
 
 @dataclass(frozen=True)
@@ -111,6 +120,52 @@ class AdapterModule(nn.Module):
     def unbind(self, wrapper: AdaptedModule) -> None:
         """Called once when detached (after removal from ``wrapper``): undo what ``bind`` set up outside the module."""
 
+    # -- per-example routing (mixed-adapter batches) -------------------------------------------------------
+    def routing_refusal(self) -> str | None:
+        """None when this module can run on a subset of the batch's rows (see :meth:`route_pre` /
+        :meth:`route_post`); otherwise why not. By default a module that overrides ``pre``, ``post`` or
+        ``replace`` without the routed counterpart cannot."""
+        cls = type(self)
+        for hook, routed in (("pre", "route_pre"), ("post", "route_post")):
+            if getattr(cls, hook) is not getattr(AdapterModule, hook) and (
+                    getattr(cls, routed) is getattr(AdapterModule, routed)
+                    and getattr(cls, f"routed_{hook}").__func__ is getattr(AdapterModule, f"routed_{hook}").__func__):
+                return f"{cls.__name__} defines {hook} but not {routed} (its version for a subset of the batch's rows)"
+        if cls.replace is not AdapterModule.replace:
+            return f"{cls.__name__} replaces the wrapped module's output for the whole batch"
+        return None
+
+    def route_pre(self, args: tuple, kwargs: dict[str, Any], rows: torch.Tensor) -> tuple[tuple, dict[str, Any]]:
+        """``pre`` for rows ``rows`` only: the full-batch arguments with only those rows changed."""
+        return args, kwargs
+
+    def route_post(self, args: tuple, kwargs: dict[str, Any], output: Any, rows: torch.Tensor) -> torch.Tensor:
+        """``post`` for rows ``rows`` only: the new output values of those rows (``output`` is the full batch's)."""
+        raise NotImplementedError(self.routing_refusal() or f"{type(self).__name__}.route_post")
+
+    @classmethod
+    def routing_family(cls) -> type[AdapterModule]:
+        """The class whose :meth:`routed_pre` / :meth:`routed_post` run this module's groups at a wrapper."""
+        return AdapterModule
+
+    @classmethod
+    def routed_pre(cls, groups: list[tuple[AdapterModule, torch.Tensor]], args: tuple,
+                   kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
+        """All groups of this family at one wrapper: each module's :meth:`route_pre` on its rows."""
+        for module, rows in groups:
+            if type(module).pre is not AdapterModule.pre:
+                args, kwargs = module.route_pre(args, kwargs, rows)
+        return args, kwargs
+
+    @classmethod
+    def routed_post(cls, groups: list[tuple[AdapterModule, torch.Tensor]], args: tuple, kwargs: dict[str, Any],
+                    output: Any) -> Any:
+        """All groups of this family at one wrapper: each module's rows from :meth:`route_post`, written back
+        into one copy of the output."""
+        parts = [(rows, module.route_post(args, kwargs, output, rows)) for module, rows in groups
+                 if type(module).post is not AdapterModule.post]
+        return scatter(output, parts) if parts else output
+
     # -- AdapterFusion contract -------------------------------------------------------------------------
     def fusion_refusal(self) -> str | None:
         """None when :meth:`fusion_output` works at this site; otherwise why this module cannot be fused."""
@@ -153,10 +208,30 @@ class AdaptedModule(nn.Module):
         self._replace = [m for m in modules if type(m).replace is not AdapterModule.replace]
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        if _CURRENT.get() is None:  # called outside AdaptedModel.forward: this call gets its own context
+        ctx = _CURRENT.get()
+        if ctx is None:  # called outside AdaptedModel.forward: this call gets its own context
             with forward_context():
                 return self._run(args, kwargs)
+        routing = ctx.inputs.get(ROUTING)
+        if routing is not None:
+            return self._run_routed(args, kwargs, routing)
         return self._run(args, kwargs)
+
+    def _run_routed(self, args: tuple, kwargs: dict[str, Any], routing: Routing) -> Any:
+        """One forward with each adapter attached here applied to its rows only (active adapters ignored)."""
+        families: dict[type[AdapterModule], list[tuple[AdapterModule, torch.Tensor]]] = {}
+        for name, rows in routing.groups:
+            module = self.adapters[name] if name in self.adapters else None
+            if module is not None:
+                families.setdefault(type(module).routing_family(), []).append((module, rows))  # type: ignore[arg-type]
+        if not families:
+            return self.base_layer(*args, **kwargs)
+        for family, groups in families.items():
+            args, kwargs = family.routed_pre(groups, args, kwargs)
+        output = self.base_layer(*args, **kwargs)
+        for family, groups in families.items():
+            output = family.routed_post(groups, args, kwargs, output)
+        return output
 
     def _run(self, args: tuple, kwargs: dict[str, Any]) -> Any:
         pre, post = self._plan

@@ -7,7 +7,7 @@ every model family.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -21,6 +21,7 @@ from .context import forward_context
 from .errors import ConfigError
 from .heads import HeadConfig, PooledHead, find_pooler, head_loss
 from .methods.base import Attachment, BuildContext, HasNeurons, Mergeable, NeuronGroup
+from .routing import ROUTING, Routing, batch_size_of
 
 TrainMode = Literal["adapters", "full", "head"]
 
@@ -516,21 +517,66 @@ class AdaptedModel(nn.Module):
     def config(self) -> Any:
         return self.model.config
 
-    def forward_context_keys(self) -> set[str]:
-        """Batch keys ``forward`` moves into the forward context: :attr:`context_keys` plus the active
-        configs' ``context_inputs``."""
+    def forward_context_keys(self, adapters: Iterable[str] | None = None) -> set[str]:
+        """Batch keys ``forward`` moves into the forward context: :attr:`context_keys` plus the
+        ``context_inputs`` of the active configs (of ``adapters`` when given: a routed batch)."""
         keys = set(self.context_keys)
-        for name in self.active_adapters:
+        for name in self.active_adapters if adapters is None else adapters:
             keys.update(self.adapter_configs[name].context_inputs)
         return keys
 
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
+    def routing(self, adapter_names: Sequence[str | None], args: tuple = (), kwargs: dict[str, Any] | None = None) -> Routing:
+        """The :class:`~adapterkit.routing.Routing` of a mixed-adapter batch, checked: one name (or None) per
+        example, every name an adapter of this model, and every adapter able to run on a subset of the rows
+        (ConfigError naming the adapter and its method otherwise)."""
+        if isinstance(adapter_names, str) or not isinstance(adapter_names, Sequence):
+            raise ConfigError(f"adapter_names: expected a list with one adapter name (or None) per example, got "
+                              f"{type(adapter_names).__name__}")
+        names = list(adapter_names)
+        batch = batch_size_of(args, kwargs or {})
+        if batch is not None and len(names) != batch:
+            raise ConfigError(f"adapter_names: {len(names)} names for a batch of {batch} examples; give one per example")
+        for i, name in enumerate(names):
+            if name is not None and not isinstance(name, str):
+                raise ConfigError(f"adapter_names[{i}]: expected an adapter name or None, got {name!r}")
+            if name is not None and name not in self.adapter_configs:
+                raise ConfigError(f"adapter_names[{i}]: no adapter {name!r}; have {sorted(self.adapter_configs)}")
+        if self.system_attachments:
+            raise ConfigError(f"adapter_names: per-example routing does not work with {sorted(self.system_attachments)} "
+                              "attached (it assumes the same adapters for every row); remove it first")
+        for name in dict.fromkeys(n for n in names if n is not None):
+            self.check_routable(name)
+        device = next((t.device for t in (*args, *(kwargs or {}).values()) if isinstance(t, torch.Tensor)), None)
+        return Routing.build(names, device)
+
+    def check_routable(self, name: str) -> None:
+        """ConfigError (naming the adapter, its method and the reason) unless every module of adapter ``name``
+        can run on a subset of a batch's rows."""
+        self._require(name)
+        method = self.adapter_configs[name].method
+        for _, module in self.adapter_modules(name):
+            reason = module.routing_refusal() if isinstance(module, injection.AdapterModule) else None
+            if reason is not None:
+                raise ConfigError(f"adapter_names: adapter {name!r} (method {method!r}) cannot be routed per example: "
+                                  f"{reason}")
+
+    def forward(self, *args: Any, adapter_names: Sequence[str | None] | None = None, **kwargs: Any) -> Any:
         """The model's forward, inside a :class:`~adapterkit.context.ForwardContext` carrying the per-call
         inputs: batch keys in :meth:`forward_context_keys` (e.g. ``task_ids``) are taken out of ``kwargs``
         and put in the context; the attention mask is in it too. With a pooled head: backbone, pooling,
-        linear layer (and the loss) instead of the model's own head."""
-        keys = self.forward_context_keys()
+        linear layer (and the loss) instead of the model's own head.
+
+        ``adapter_names``: a mixed-adapter batch, one adapter name per example (None: the bare model for that
+        row). Each row then gets what a forward with only its adapter active would give it (its own head
+        too, for an adapter loaded with ``own_head``); the active adapters are ignored for this call, and
+        nothing on the model changes, so concurrent calls with different names are safe. See
+        :mod:`adapterkit.routing`.
+        """
+        routing = self.routing(adapter_names, args, kwargs) if adapter_names is not None else None
+        keys = self.forward_context_keys(routing.adapters if routing is not None else None)
         extras = {k: kwargs.pop(k) for k in [k for k in kwargs if k in keys]}
+        if routing is not None:
+            extras[ROUTING] = routing
         with forward_context(attention_mask=kwargs.get("attention_mask"), **extras):
             if self.pooled_head is None:
                 return self.model(*args, **kwargs)

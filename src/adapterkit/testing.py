@@ -199,3 +199,57 @@ def kill_after_first_checkpoint(cmd: Sequence[str], output_dir: str | Path, *, t
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     return proc.returncode
+
+
+def perturb_adapter(model: Any, name: str, scale: float = 0.2, seed: int = 1) -> None:
+    """Add N(0, ``scale``) noise to adapter ``name``'s parameters (many start as an exact no-op), so that tests
+    comparing adapters see each one's effect."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.adapter_parameters(name).values():
+            p.add_((torch.randn(p.shape, generator=g) * scale).to(p.device, p.dtype))
+
+
+def tiny_adapted(model_type: str = "bert", configs: dict[str, Any] | None = None, head: Head = "classification",
+                 **overrides: Any) -> Any:
+    """An ``AdaptedModel`` over :func:`tiny_model` with ``configs`` (name -> method config) added, each moved off
+    its no-op initialisation (:func:`perturb_adapter`), in eval mode."""
+    from .model import AdaptedModel
+
+    model = AdaptedModel(tiny_model(model_type, head, **overrides))
+    for seed, (name, config) in enumerate((configs or {}).items()):
+        model.add_adapter(name, config)
+        perturb_adapter(model, name, seed=seed)
+    return model.eval()
+
+
+def padded_batch(model_type: str, batch_size: int = 6, seq_len: int = 8) -> dict[str, torch.Tensor]:
+    """A batch whose rows have different lengths (padding on the right), with the end-of-sequence token that
+    T5 and Llama-style classification heads need."""
+    lengths = [seq_len - (3 * i) % (seq_len - 2) for i in range(batch_size)]
+    return tiny_batch(batch_size, seq_len, lengths=lengths, eos_token_id=1 if model_type == "t5" else 2)
+
+
+def routed_vs_solo(model: Any, batch: dict[str, torch.Tensor], names: Sequence[str | None]) -> float:
+    """The largest absolute difference between a mixed-adapter forward (``adapter_names=names``) and each row
+    run alone with only its adapter active (none for a None row), over every per-example tensor of the
+    output (logits, start/end logits, hidden states). The model's active adapters are restored after."""
+    previous = model.active_adapters
+    worst = 0.0
+    try:
+        with torch.no_grad():
+            mixed = model(**batch, adapter_names=list(names))
+            for i, name in enumerate(names):
+                model.set_active_adapters(*([name] if name is not None else []))
+                solo = model(**{k: v[i : i + 1] for k, v in batch.items()})
+                for key, value in mixed.items():
+                    if not isinstance(value, torch.Tensor) or value.dim() == 0:
+                        continue
+                    other = solo[key]
+                    if value.shape[1:] != other.shape[1:]:
+                        raise AssertionError(f"{key}: row {i} has shape {tuple(other.shape[1:])} alone and "
+                                             f"{tuple(value.shape[1:])} in the mixed batch")
+                    worst = max(worst, float((value[i].float() - other[0].float()).abs().max()))
+    finally:
+        model.set_active_adapters(*previous)
+    return worst

@@ -26,7 +26,7 @@ from adapterkit.methods.adaptable import (
 from adapterkit.methods.bottleneck import PfeifferConfig
 from adapterkit.methods.rational import Rational
 from adapterkit.model import AdaptedModel
-from adapterkit.testing import tiny_batch, tiny_model
+from adapterkit.testing import padded_batch, routed_vs_solo, tiny_adapted, tiny_batch, tiny_model
 
 NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
 
@@ -231,3 +231,14 @@ def test_selection_functions_reject_other_methods() -> None:
     model.add_adapter("p", PfeifferConfig())
     with pytest.raises(ConfigError, match="not an adaptable adapter"):
         selected_layers(model, "p")
+
+
+# -- mixed-adapter batches (adapter_names=): each row equals its solo run --------------------------------
+def test_routing_adaptable_in_evaluation_and_a_clear_refusal_in_training() -> None:
+    model = tiny_adapted("bert", {"on": AdaptableConfig(init="near_identity", switch_init=(0.0, 1.0)),
+                                  "off": AdaptableConfig(init="near_identity", switch_init=(1.0, 0.0))})
+    assert routed_vs_solo(model, padded_batch("bert", 4), ["on", "off", None, "on"]) <= 1e-5
+    model.train()
+    with pytest.raises(ConfigError, match=r"adapter 'on' \(method 'adaptable'\) cannot be routed per example: in "
+                                          r"training its Gumbel switch"):
+        model(**padded_batch("bert", 2), adapter_names=["on", None])

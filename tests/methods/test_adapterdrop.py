@@ -9,7 +9,7 @@ from adapterkit.errors import ConfigError
 from adapterkit.methods.adapterdrop import AdapterDropConfig, DroppableAdapter
 from adapterkit.methods.bottleneck import PfeifferConfig
 from adapterkit.model import AdaptedModel
-from adapterkit.testing import tiny_batch, tiny_model
+from adapterkit.testing import padded_batch, routed_vs_solo, tiny_adapted, tiny_batch, tiny_model
 
 LAYERS = 4
 
@@ -94,3 +94,9 @@ def test_dropped_adapters_get_no_gradient() -> None:
     params = model.adapter_parameters("d")
     assert params["layers.1.ffn_output.bottleneck.down.weight"].grad is None
     assert params["layers.2.ffn_output.bottleneck.up.weight"].grad is not None
+
+
+# -- mixed-adapter batches (adapter_names=): each row equals its solo run --------------------------------
+def test_routing_adapterdrop_in_evaluation_equals_solo_runs() -> None:
+    model = tiny_adapted("bert", {"d": AdapterDropConfig(init="near_identity"), "p": PfeifferConfig(init="near_identity")})
+    assert routed_vs_solo(model, padded_batch("bert", 4), ["d", None, "p", "d"]) <= 1e-5

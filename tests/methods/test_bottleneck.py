@@ -14,12 +14,13 @@ from adapterkit.methods.base import ACTIVATIONS, BuildContext, register_activati
 from adapterkit.methods.bottleneck import (
     Bottleneck,
     BottleneckConfig,
+    HoulsbyConfig,
     ParallelConfig,
     PfeifferConfig,
     SequentialAdapter,
 )
 from adapterkit.model import AdaptedModel
-from adapterkit.testing import tiny_batch, tiny_model
+from adapterkit.testing import padded_batch, routed_vs_solo, tiny_adapted, tiny_batch, tiny_model
 
 
 def logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -157,3 +158,20 @@ def test_every_bottleneck_method_makes_its_bottlenecks_through_one_constructor(m
     attachments = config.build(model.build_context().with_factories({Bottleneck: counting}))
     necks = [m for att in attachments for m in att.module.modules() if isinstance(m, Bottleneck)]
     assert necks and len(necks) == len(made) and all(any(n is m for m in made) for n in necks)
+
+
+# -- mixed-adapter batches (adapter_names=): each row equals its solo run --------------------------------
+@pytest.mark.parametrize("arch", ["bert", "roberta", "distilbert", "llama", "t5"])
+def test_routing_houlsby_pfeiffer_parallel_rows_equal_their_solo_runs(arch: str) -> None:
+    model = tiny_adapted(arch, {"h": HoulsbyConfig(init="near_identity"), "p": PfeifferConfig(init="near_identity"),
+                                "q": ParallelConfig(init="near_identity")})
+    assert routed_vs_solo(model, padded_batch(arch), ["h", None, "p", "q", "h", "q"]) <= 1e-5
+
+
+@pytest.mark.parametrize("arch", ["bert", "roberta"])
+def test_routing_original_ln_and_gated_bottlenecks(arch: str) -> None:
+    model = tiny_adapted(arch, {
+        "ho": HoulsbyConfig(init="near_identity", original_ln=True), "po": PfeifferConfig(init="near_identity", original_ln=True),
+        "g": PfeifferConfig(init="near_identity", gated=True), "gq": ParallelConfig(init="near_identity", gated=True),
+        "go": HoulsbyConfig(init="near_identity", gated=True, original_ln=True)})
+    assert routed_vs_solo(model, padded_batch(arch), ["ho", "po", None, "g", "gq", "go"]) <= 1e-5

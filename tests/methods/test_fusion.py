@@ -12,7 +12,7 @@ from adapterkit.injection import AdapterModule
 from adapterkit.methods.bottleneck import BottleneckConfig, PfeifferConfig
 from adapterkit.methods.fusion import FusionConfig, FusionLayer
 from adapterkit.model import AdaptedModel
-from adapterkit.testing import tiny_batch, tiny_model
+from adapterkit.testing import padded_batch, routed_vs_solo, tiny_adapted, tiny_batch, tiny_model
 
 
 def _with_adapters(n: int, model_type: str = "bert") -> AdaptedModel:
@@ -194,3 +194,18 @@ def test_a_module_without_fusion_output_is_refused() -> None:
     with pytest.raises(ConfigError, match="'o' \\(Opaque\\) cannot be fused: Opaque does not define fusion_output"):
         injection.attach(host, "0", "f", FusionLayer(4, ("o",), 1.0, 0.0))
     assert list(host[0].adapters) == ["o"]
+
+
+# -- mixed-adapter batches (adapter_names=): each row equals its solo run --------------------------------
+@pytest.mark.parametrize("arch", ["bert", "roberta", "llama"])
+def test_routing_fusion_rows_and_fused_adapter_rows_equal_their_solo_runs(arch: str) -> None:
+    model = tiny_adapted(arch, {"a": PfeifferConfig(init="near_identity"), "b": PfeifferConfig(init="near_identity"),
+                                "f": FusionConfig(adapters=("a", "b"))})
+    assert routed_vs_solo(model, padded_batch(arch), ["f", "a", None, "b", "f", "f"]) <= 1e-5
+
+
+def test_routing_fusion_over_original_ln_adapters() -> None:
+    model = tiny_adapted("bert", {"a": PfeifferConfig(init="near_identity", original_ln=True),
+                                  "b": PfeifferConfig(init="near_identity", original_ln=True),
+                                  "f": FusionConfig(adapters=("a", "b"), site="ffn_block")})
+    assert routed_vs_solo(model, padded_batch("bert"), ["f", "a", None, "b", "f", "a"]) <= 1e-5

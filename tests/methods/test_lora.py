@@ -8,7 +8,7 @@ from torch import nn
 from adapterkit.errors import ConfigError
 from adapterkit.methods.lora import LoRAConfig, LoRALinear
 from adapterkit.model import AdaptedModel
-from adapterkit.testing import tiny_batch, tiny_model
+from adapterkit.testing import padded_batch, routed_vs_solo, tiny_adapted, tiny_batch, tiny_model
 
 
 def logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -127,3 +127,20 @@ def test_merge_and_unload_folds_lora_in_and_restores_plain_modules() -> None:
     hf.eval()
     with torch.no_grad():
         assert torch.allclose(hf(**batch).logits, expected, atol=1e-5)
+
+
+# -- mixed-adapter batches (adapter_names=): each row equals its solo run --------------------------------
+@pytest.mark.parametrize("arch", ["bert", "distilbert", "llama", "t5"])
+def test_routing_lora_rows_equal_their_solo_runs(arch: str) -> None:
+    model = tiny_adapted(arch, {"a": LoRAConfig(r=4), "b": LoRAConfig(r=2, targets=("query", "value", "ffn_in")),
+                                "g": LoRAConfig(r=4, gated=True)})
+    assert routed_vs_solo(model, padded_batch(arch), ["a", None, "b", "g", "a", "b"]) <= 1e-5
+
+
+def test_routing_refuses_a_merged_lora_and_works_after_unmerging() -> None:
+    model = tiny_adapted("bert", {"a": LoRAConfig(r=4), "b": LoRAConfig(r=4)})
+    model.merge_adapter("a")
+    with pytest.raises(ConfigError, match=r"adapter 'a' \(method 'lora'\) cannot be routed per example: it is merged"):
+        model(**padded_batch("bert", 2), adapter_names=["a", "b"])
+    model.unmerge_adapter("a")
+    assert routed_vs_solo(model, padded_batch("bert", 2), ["a", "b"]) <= 1e-5

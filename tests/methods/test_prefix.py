@@ -10,7 +10,7 @@ from adapterkit.methods import prefix as prefix_mod
 from adapterkit.methods.prefix import EAGER, SDPA, PrefixAttention, PrefixEncoder, PrefixTuningConfig
 from adapterkit.model import AdaptedModel
 from adapterkit.registry import get_method
-from adapterkit.testing import tiny_batch, tiny_model
+from adapterkit.testing import padded_batch, routed_vs_solo, tiny_adapted, tiny_batch, tiny_model
 
 P = 3
 
@@ -219,3 +219,24 @@ def test_unsupported_architecture_and_validation() -> None:
         PrefixTuningConfig(prefix_length=0)
     with pytest.raises(ConfigError, match="layers"):
         AdaptedModel(tiny("bert")).add_adapter("x", PrefixTuningConfig(layers=(5,)))
+
+
+# -- mixed-adapter batches (adapter_names=): each row equals its solo run --------------------------------
+@pytest.mark.parametrize("arch", ["bert", "roberta", "distilbert", "llama", "t5"])
+@pytest.mark.parametrize("impl", ["sdpa", "eager"])
+def test_routing_prefixes_of_different_lengths_equal_their_solo_runs(arch: str, impl: str) -> None:
+    """Rows whose adapter has a shorter prefix (or none, or none in this layer) see only their own positions."""
+    model = tiny_adapted(arch, {"a": PrefixTuningConfig(prefix_length=3), "b": PrefixTuningConfig(prefix_length=5,
+                         reparameterize=False), "c": PrefixTuningConfig(prefix_length=2, layers=(1,)),
+                         "g": PrefixTuningConfig(prefix_length=4, gated=True)}, attn_implementation=impl)
+    names = ["a", None, "b", "c", "g", "b"]
+    assert routed_vs_solo(model, padded_batch(arch), names) <= 1e-5
+    unpadded = tiny_batch(4, 8, eos_token_id=1 if arch == "t5" else 2)  # no padding: the model may pass no mask
+    assert routed_vs_solo(model, unpadded, ["b", "a", None, "c"]) <= 1e-5
+    with torch.no_grad():
+        bare = model(**unpadded, adapter_names=[None] * 4, output_hidden_states=True)
+        routed = model(**unpadded, adapter_names=["b", "a", None, "c"], output_hidden_states=True)
+    key = "encoder_last_hidden_state" if arch == "t5" else "hidden_states"
+    last = (lambda out: out[key] if arch == "t5" else out[key][-1])  # noqa: E731
+    assert not torch.allclose(last(bare)[0], last(routed)[0], atol=1e-3)
+    assert torch.allclose(last(bare)[2], last(routed)[2], atol=1e-6)

@@ -10,7 +10,7 @@ from adapterkit.injection import AdaptedModule
 from adapterkit.methods.prompt import PromptTuningConfig, SoftPrompt
 from adapterkit.model import AdaptedModel
 from adapterkit.registry import get_method
-from adapterkit.testing import tiny_batch, tiny_model
+from adapterkit.testing import padded_batch, routed_vs_solo, tiny_adapted, tiny_batch, tiny_model
 
 N = 3
 
@@ -193,3 +193,20 @@ def test_bare_backbone_is_refused_clearly() -> None:
     bare = tiny_model("bert", "base", num_hidden_layers=1)
     with pytest.raises(ConfigError, match="bare BertModel"):
         AdaptedModel(bare).add_adapter("p", PromptTuningConfig())
+
+
+# -- mixed-adapter batches (adapter_names=): each row equals its solo run --------------------------------
+@pytest.mark.parametrize("arch", ["bert", "roberta", "distilbert", "llama", "t5"])
+def test_routing_prompts_of_different_lengths_equal_their_solo_runs(arch: str) -> None:
+    """Shorter prompts (and None rows) are padded at the end and masked: every token keeps its solo position."""
+    model = tiny_adapted(arch, {"a": PromptTuningConfig(num_tokens=3, init="random"),
+                                "b": PromptTuningConfig(num_tokens=5, init="random")})
+    assert routed_vs_solo(model, padded_batch(arch), ["a", None, "b", "b", "a", None]) <= 1e-5
+
+
+def test_routing_prompts_keep_hidden_states_at_text_positions() -> None:
+    model = tiny_adapted("bert", {"a": PromptTuningConfig(num_tokens=3, init="random")})
+    batch = padded_batch("bert", 2)
+    with torch.no_grad():
+        out = model(**batch, adapter_names=["a", None], output_hidden_states=True)
+    assert all(h.shape[1] == batch["input_ids"].shape[1] for h in out.hidden_states)

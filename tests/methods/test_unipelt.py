@@ -13,6 +13,7 @@ from adapterkit.methods.bottleneck import ParallelConfig, PfeifferConfig
 from adapterkit.methods.gating import Gate, GateRecorder, gate_modules, write_gate_report
 from adapterkit.methods.lora import LoRAConfig
 from adapterkit.methods.prefix import PrefixTuningConfig
+from adapterkit.methods.prompt import PromptTuningConfig
 from adapterkit.methods.unipelt import (
     UniPELTConfig,
     UniPELTPromptConfig,
@@ -21,7 +22,7 @@ from adapterkit.methods.unipelt import (
 )
 from adapterkit.model import AdaptedModel
 from adapterkit.registry import config_from_dict, get_method
-from adapterkit.testing import tiny_batch, tiny_model
+from adapterkit.testing import padded_batch, routed_vs_solo, tiny_adapted, tiny_batch, tiny_model
 
 BATCH = tiny_batch(batch_size=3, lengths=[8, 5, 3], num_labels=2)
 
@@ -215,3 +216,12 @@ def test_cli_train_and_eval_write_the_gate_report(tmp_path: Path):
                  "--text-columns", "sentence", "--max-length", "16", "--output-dir", str(ev)]) == 0
     evaluated = json.loads((ev / "gates.json").read_text())["mean"]
     assert sum(evaluated, []) == pytest.approx(sum(table["mean"], []), abs=1e-6)  # the same test set, the same gates
+
+
+# -- mixed-adapter batches (adapter_names=): each row equals its solo run --------------------------------
+@pytest.mark.parametrize("arch", ["bert", "llama"])
+def test_routing_unipelt_with_and_without_prompts_equals_solo_runs(arch: str) -> None:
+    """Gates average over each row's own real tokens, prompt positions included and prompt padding not."""
+    model = tiny_adapted(arch, {"u": UniPELTConfig(), "v": UniPELTPromptConfig(prompt=PromptTuningConfig(num_tokens=4,
+                                init="random")), "p": PromptTuningConfig(num_tokens=2, init="random")})
+    assert routed_vs_solo(model, padded_batch(arch), ["u", "v", None, "p", "v", "u"]) <= 1e-5

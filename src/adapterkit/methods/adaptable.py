@@ -36,6 +36,7 @@ from ..config import ParamGroup, check, opt, read_json
 from ..errors import ConfigError
 from ..injection import AdapterModule
 from ..registry import register_method
+from ..routing import select
 from .base import Attachment, BuildContext
 from .bottleneck import Bottleneck, BottleneckConfig, PfeifferConfig, SequentialAdapter
 from .rational import RATIONAL_INITS
@@ -84,6 +85,18 @@ class SwitchedAdapter(AdapterModule):
         weights = self.gate_weights(output.shape[0], output.device)
         w_adapter = weights[:, 1].to(output.dtype).view(-1, *([1] * (output.dim() - 1)))
         return output + w_adapter * self.bottleneck(output)
+
+    def routing_refusal(self) -> str | None:
+        if self.training:
+            return ("in training its Gumbel switch draws noise for the whole batch; route it per example in "
+                    "evaluation (model.eval()), where the switch is a fixed choice")
+        return None
+
+    def route_post(self, args: tuple, kwargs: dict[str, Any], output: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            raise ConfigError(f"adapter {self.adapter_name!r}: method 'adaptable': {self.routing_refusal()}")
+        h = select(output, rows)
+        return h + self.bottleneck(h) if self.uses_adapter() else h
 
 
 @register_method

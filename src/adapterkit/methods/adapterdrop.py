@@ -21,6 +21,7 @@ from ..config import check, opt
 from ..context import current
 from ..errors import ConfigError
 from ..registry import register_method
+from ..routing import select
 from .base import Attachment, BuildContext
 from .bottleneck import Bottleneck, PfeifferConfig, SequentialAdapter
 
@@ -60,6 +61,12 @@ class DroppableAdapter(SequentialAdapter):
         if self.training and self.layer_index < self.sampler.current_n():
             return output
         return output + self.bottleneck(output)
+
+    def route_post(self, args: tuple, kwargs: dict[str, Any], output: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        h = select(output, rows)
+        if self.training and self.layer_index < self.sampler.current_n():
+            return h
+        return h + self.bottleneck(h)
 
 
 @register_method

@@ -30,6 +30,7 @@ from ..context import current
 from ..errors import ConfigError
 from ..injection import AdaptedModule, AdapterModule, get_module
 from ..registry import register_method
+from ..routing import row_mask, select
 from . import rational  # noqa: F401  (registers the learnable rational activations)
 from .base import ACTIVATIONS, Attachment, BuildContext, NeuronGroup, make_activation
 from .gating import GATE_AVERAGE_HELP, GATE_AVERAGES, Gate
@@ -84,12 +85,17 @@ class SequentialAdapter(AdapterModule):
         super().__init__()
         self.bottleneck = bottleneck
 
-    def delta(self, x: torch.Tensor) -> torch.Tensor:
-        """What the adapter adds for adapter input ``x`` (a gated subclass scales it)."""
+    def delta(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """What the adapter adds for adapter input ``x`` (a gated subclass scales it; ``mask``: the 2-D
+        attention mask of ``x``'s rows when they are a subset of the batch, for its gate)."""
         return self.bottleneck(x)
 
     def post(self, args: tuple, kwargs: dict[str, Any], output: torch.Tensor) -> torch.Tensor:
         return output + self.delta(output)
+
+    def route_post(self, args: tuple, kwargs: dict[str, Any], output: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        h = select(output, rows)
+        return h + self.delta(h, row_mask(rows, h.shape[1] if h.dim() == 3 else None))
 
     def fusion_refusal(self) -> str | None:
         return None
@@ -113,14 +119,30 @@ class ParallelAdapter(AdapterModule):
         args = (*args[: self.input_arg], residual + self.delta(residual), *args[self.input_arg + 1 :])
         return args, kwargs
 
-    def delta(self, x: torch.Tensor) -> torch.Tensor:
-        """What the adapter adds for adapter input ``x`` (a gated subclass scales it)."""
+    def delta(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """What the adapter adds for adapter input ``x`` (a gated subclass scales it; ``mask``: the 2-D
+        attention mask of ``x``'s rows when they are a subset of the batch, for its gate)."""
         return self.bottleneck(x)
 
     def post(self, args: tuple, kwargs: dict[str, Any], output: torch.Tensor) -> torch.Tensor:
         if self.input_arg == 0:
             return output + self.delta(args[0])
         return output
+
+    def route_pre(self, args: tuple, kwargs: dict[str, Any], rows: torch.Tensor) -> tuple[tuple, dict[str, Any]]:
+        if self.input_arg == 0:
+            return args, kwargs
+        residual = args[self.input_arg]
+        x = select(residual, rows)
+        changed = residual.index_add(0, rows, self.delta(x, row_mask(rows, x.shape[1] if x.dim() == 3 else None)))
+        return (*args[: self.input_arg], changed, *args[self.input_arg + 1 :]), kwargs
+
+    def route_post(self, args: tuple, kwargs: dict[str, Any], output: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        h = select(output, rows)
+        if self.input_arg != 0:
+            return h
+        x = select(args[0], rows)
+        return h + self.delta(x, row_mask(rows, x.shape[1] if x.dim() == 3 else None))
 
     def fusion_refusal(self) -> str | None:
         if self.input_arg == 0:
@@ -179,8 +201,20 @@ class OriginalLNAdapter(AdapterModule):
         residual = args[1] if len(args) > 1 else kwargs["input_tensor"]
         return block.LayerNorm(y0 + self.delta(output) + residual)
 
-    def delta(self, x: torch.Tensor) -> torch.Tensor:
-        """What the adapter adds for adapter input ``x`` (a gated subclass scales it)."""
+    def route_post(self, args: tuple, kwargs: dict[str, Any], output: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        block = self.wrapped_layer
+        ctx = current()
+        y0 = ctx.state(block, "y0") if ctx is not None else None
+        if y0 is None:
+            raise RuntimeError("original_ln adapter: the wrapped block did not run its dropout module")
+        residual = args[1] if len(args) > 1 else kwargs["input_tensor"]
+        h = select(output, rows)
+        delta = self.delta(h, row_mask(rows, h.shape[1] if h.dim() == 3 else None))
+        return block.LayerNorm(select(y0, rows) + delta + select(residual, rows))
+
+    def delta(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """What the adapter adds for adapter input ``x`` (a gated subclass scales it; ``mask``: the 2-D
+        attention mask of ``x``'s rows when they are a subset of the batch, for its gate)."""
         return self.bottleneck(x)
 
 
@@ -199,8 +233,8 @@ class _Gated:
 
     gate: Gate
 
-    def delta(self, x: torch.Tensor) -> torch.Tensor:
-        return self.gate(x) * self.bottleneck(x)  # type: ignore[attr-defined]
+    def delta(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.gate(x, mask) * self.bottleneck(x)  # type: ignore[attr-defined]
 
 
 class GatedSequentialAdapter(_Gated, SequentialAdapter):

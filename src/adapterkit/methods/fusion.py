@@ -24,6 +24,7 @@ from ..config import MethodConfig, check, opt
 from ..errors import ConfigError
 from ..injection import AdaptedModule, AdapterModule
 from ..registry import register_method
+from ..routing import select
 from .base import Attachment, BuildContext
 
 
@@ -62,10 +63,33 @@ class FusionLayer(AdapterModule):
             outs = torch.stack([adapters[n].fusion_output(args, kwargs, output) for n in self.fused], dim=-2)  # [..., N, H]
         except KeyError as exc:
             raise ConfigError(f"fusion: adapter {exc.args[0]!r} was deleted while a fusion layer uses it") from None
+        return self.mix(output, outs)
+
+    def mix(self, output: torch.Tensor, outs: torch.Tensor) -> torch.Tensor:
+        """Attention of the site output ``output`` [..., H] over the fused adapters' outputs ``outs`` [..., N, H]."""
         q = self.query(self.dropout(output)).unsqueeze(-2)  # [..., 1, H]
         k = self.key(outs)
         weights = torch.softmax((q * k).sum(-1) / self.temperature, dim=-1)  # [..., N]
         return torch.einsum("...n,...nh->...h", weights, self.value(outs))
+
+    def routing_refusal(self) -> str | None:
+        adapters = self.wrapper.adapters
+        for n in self.fused:
+            module = adapters[n] if n in adapters else None
+            reason = module.routing_refusal() if isinstance(module, AdapterModule) else "it is missing at this site"
+            if reason is not None:
+                return f"fused adapter {n!r} cannot be routed per example: {reason}"
+        return None
+
+    def route_post(self, args: tuple, kwargs: dict[str, Any], output: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """The fused adapters' outputs for rows ``rows`` (their ``route_post``, which for a fusable module is its
+        ``fusion_output`` on those rows), mixed by this layer's attention."""
+        adapters = self.wrapper.adapters
+        try:
+            outs = torch.stack([adapters[n].route_post(args, kwargs, output, rows) for n in self.fused], dim=-2)
+        except KeyError as exc:
+            raise ConfigError(f"fusion: adapter {exc.args[0]!r} was deleted while a fusion layer uses it") from None
+        return self.mix(select(output, rows), outs)
 
 
 @register_method

@@ -20,6 +20,7 @@ from ..config import MethodConfig, check, opt
 from ..errors import ConfigError
 from ..injection import AdaptedModule, AdapterModule
 from ..registry import register_method
+from ..routing import row_mask, select
 from .base import Attachment, BuildContext
 from .gating import GATE_AVERAGE_HELP, GATE_AVERAGES, Gate
 
@@ -51,6 +52,21 @@ class LoRALinear(AdapterModule):
         # output + h (s B)^T in one GEMM: the scaling goes on the tiny B and the addition into addmm
         flat = torch.addmm(output.reshape(-1, output.shape[-1]), h.reshape(-1, h.shape[-1]), (self.lora_B * self.scaling).t())
         return flat.view(output.shape)
+
+    def routing_refusal(self) -> str | None:
+        if self.merged:
+            return ("it is merged into the base weights, so it would apply to every row; unmerge it first "
+                    "(AdaptedModel.unmerge_adapter)")
+        return None
+
+    def route_post(self, args: tuple, kwargs: dict[str, Any], output: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        if self.merged:
+            raise ConfigError(f"adapter {self.adapter_name!r}: LoRA {self.routing_refusal()}")
+        x = select(args[0] if args else kwargs["input"], rows)
+        base = select(output, rows)
+        h = F.linear(self.dropout(x), self.lora_A)
+        flat = torch.addmm(base.reshape(-1, base.shape[-1]), h.reshape(-1, h.shape[-1]), (self.lora_B * self.scaling).t())
+        return flat.view(base.shape)
 
     @staticmethod
     def _merge_stack(wrapper: AdaptedModule) -> list[LoRALinear]:
@@ -106,6 +122,11 @@ class GatedLoRALinear(LoRALinear):
         x = args[0] if args else kwargs["input"]
         update = F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B)
         return output + self.gate(x) * update
+
+    def route_post(self, args: tuple, kwargs: dict[str, Any], output: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        x = select(args[0] if args else kwargs["input"], rows)
+        update = F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B)
+        return select(output, rows) + self.gate(x, row_mask(rows, x.shape[1] if x.dim() == 3 else None)) * update
 
     def merge(self, exact: bool = False) -> None:
         raise ConfigError("a gated LoRA cannot be merged into the weights: its scale is a gate computed from each input")

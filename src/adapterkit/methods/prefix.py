@@ -29,6 +29,7 @@ from ..config import MethodConfig, check, opt
 from ..errors import ConfigError
 from ..injection import AdaptedModule, AdapterModule
 from ..registry import register_method
+from ..routing import row_mask, select
 from .base import Attachment, BuildContext
 from .gating import GATE_AVERAGE_HELP, GATE_AVERAGES, Gate
 
@@ -37,23 +38,68 @@ SDPA, EAGER = "adapterkit_prefix_sdpa", "adapterkit_prefix_eager"
 
 
 # -- attention functions ---------------------------------------------------------------------------
+@dataclass
+class RoutedPrefix:
+    """Prefix keys/values for some rows only (a mixed-adapter batch): ``key``/``value`` are (len(rows), kv_heads,
+    P, head_dim). Every routed prefix of a layer goes into one block as long as the longest; a row does not
+    see the positions beyond its own prefix, nor those of other rows' adapters (masked out)."""
+
+    key: torch.Tensor
+    value: torch.Tensor
+    rows: torch.Tensor
+
+
+def _routed_block(prefixes: list[RoutedPrefix], like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(keys, values, seen) for the whole batch: (batch, kv_heads, P_max, head_dim) and seen (batch, P_max) bool."""
+    batch, heads, _, dim = like.shape
+    n = max(p.key.shape[2] for p in prefixes)
+    keys = like.new_zeros(batch, heads, n, dim)
+    values = like.new_zeros(batch, heads, n, dim)
+    seen = torch.zeros(batch, n, dtype=torch.bool, device=like.device)
+    for p in prefixes:
+        rows, length = p.rows.to(like.device), p.key.shape[2]
+        keys[:, :, :length].index_copy_(0, rows, p.key.to(like.dtype))
+        values[:, :, :length].index_copy_(0, rows, p.value.to(like.dtype))
+        seen[rows, :length] = True
+    return keys, values, seen
+
+
 def _extend(
     module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None,
-    prefixes: list[tuple[torch.Tensor, torch.Tensor]], kwargs: dict[str, Any], additive: bool,
+    prefixes: list[Any], kwargs: dict[str, Any], additive: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Keys/values with the prefixes in front, and a mask (and position bias) that sees every prefix."""
-    pk = torch.cat([k.to(key.dtype) for k, _ in prefixes], dim=2)
-    pv = torch.cat([v.to(value.dtype) for _, v in prefixes], dim=2)
+    """Keys/values with the prefixes in front, and a mask (and position bias) that sees every prefix (a routed
+    prefix: only its own rows see it)."""
+    plain = [p for p in prefixes if not isinstance(p, RoutedPrefix)]
+    routed = [p for p in prefixes if isinstance(p, RoutedPrefix)]
+    keys = [k.to(key.dtype) for k, _ in plain]
+    values = [v.to(value.dtype) for _, v in plain]
+    seen = None
+    if routed:
+        rk, rv, rseen = _routed_block(routed, key)
+        keys.append(rk)
+        values.append(rv)
+        n_plain = sum(k.shape[2] for k in keys[:-1])
+        seen = torch.cat([rseen.new_ones(rseen.shape[0], n_plain), rseen], dim=1)  # (batch, n)
+    pk, pv = torch.cat(keys, dim=2), torch.cat(values, dim=2)
     if pk.shape[0] != key.shape[0] or pk.shape[1] != key.shape[1] or pk.shape[3] != key.shape[3]:
         raise RuntimeError(f"prefix keys {tuple(pk.shape)} do not fit the attention keys {tuple(key.shape)}")
     n, q_len, k_len = pk.shape[2], query.shape[2], key.shape[2]
     key, value = torch.cat([pk, key], dim=2), torch.cat([pv, value], dim=2)
     is_causal = kwargs.pop("is_causal", None)
     is_causal = getattr(module, "is_causal", False) if is_causal is None else is_causal
+    if mask is None and seen is not None:  # per-row prefixes need a mask even where the model needs none
+        visible = torch.ones(q_len, k_len, dtype=torch.bool, device=query.device)
+        if is_causal and q_len > 1:
+            visible = visible.tril(diagonal=k_len - q_len)
+        mask = visible[None, None].expand(key.shape[0], 1, q_len, k_len)
+        if additive:
+            mask = torch.zeros(mask.shape, dtype=query.dtype, device=query.device).masked_fill(
+                ~mask, torch.finfo(query.dtype).min)
     if mask is None and is_causal and q_len > 1:  # sdpa would use is_causal, which would hide the prefix
-        seen = torch.ones(q_len, n + k_len, dtype=torch.bool, device=query.device)
-        seen[:, n:] = torch.ones(q_len, k_len, dtype=torch.bool, device=query.device).tril()
-        mask = seen[None, None]
+        seen_all = torch.ones(q_len, n + k_len, dtype=torch.bool, device=query.device)
+        seen_all[:, n:] = torch.ones(q_len, k_len, dtype=torch.bool, device=query.device).tril()
+        mask = seen_all[None, None]
         if additive:
             mask = torch.zeros(mask.shape, dtype=query.dtype, device=query.device).masked_fill(
                 ~mask, torch.finfo(query.dtype).min
@@ -61,8 +107,17 @@ def _extend(
     elif mask is not None:
         if mask.dim() != 4:
             raise RuntimeError(f"prefix tuning needs a 4-D attention mask, got shape {tuple(mask.shape)}")
-        pad = torch.ones if mask.dtype == torch.bool else torch.zeros
-        mask = torch.cat([pad(*mask.shape[:-1], n, dtype=mask.dtype, device=mask.device), mask], dim=-1)
+        if seen is None:
+            pad = torch.ones if mask.dtype == torch.bool else torch.zeros
+            front = pad(*mask.shape[:-1], n, dtype=mask.dtype, device=mask.device)
+        else:
+            batch = key.shape[0]
+            mask = mask.expand(batch, *mask.shape[1:])
+            front = seen[:, None, None, :].expand(batch, mask.shape[1], mask.shape[2], n)
+            if mask.dtype != torch.bool:
+                front = torch.zeros(front.shape, dtype=mask.dtype, device=mask.device).masked_fill(
+                    ~front, torch.finfo(mask.dtype).min)
+        mask = torch.cat([front, mask], dim=-1)
     bias = kwargs.get("position_bias")
     if bias is not None:  # T5: relative position bias, 0 for the prefix positions
         kwargs["position_bias"] = torch.cat([bias.new_zeros(*bias.shape[:-1], n), bias], dim=-1)
@@ -172,11 +227,13 @@ class PrefixAttention(AdapterModule):
             raise RuntimeError("prefix attention: reparameterized, but the adapter has no shared PrefixEncoder")
         return encoder.layer_kv(self.slot)
 
-    def prefix_kv(self, batch_size: int, hidden_states: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def prefix_kv(self, batch_size: int, hidden_states: torch.Tensor | None = None,
+                  mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Prefix keys and values, each (batch, kv_heads, prefix_length, head_dim).
 
         ``hidden_states`` is the attention module's input (batch, seq, hidden), for subclasses that scale the
-        prefix by a per-example gate (UniPELT).
+        prefix by a per-example gate (UniPELT); ``mask`` the 2-D attention mask of those rows when they are a
+        subset of the batch (routing).
         """
         kv = self.raw_kv().permute(1, 2, 0, 3).unsqueeze(1)  # (2, 1, kv_heads, P, head_dim)
         kv = self.dropout(kv.expand(-1, batch_size, -1, -1, -1))  # dropout masks differ per example
@@ -201,6 +258,15 @@ class PrefixAttention(AdapterModule):
         key, value = self.prefix_kv(hidden.shape[0], hidden)
         return args, {**kwargs, PREFIX_KWARG: [*kwargs.get(PREFIX_KWARG, ()), (key, value)]}
 
+    def route_pre(self, args: tuple, kwargs: dict[str, Any], rows: torch.Tensor) -> tuple[tuple, dict[str, Any]]:
+        """This adapter's prefix for rows ``rows`` only (a :class:`RoutedPrefix`; other rows do not see it)."""
+        if self._config is not None and self._config._attn_implementation not in (SDPA, EAGER):
+            raise RuntimeError(f"prefix tuning needs attention implementation {SDPA!r} or {EAGER!r}, not "
+                               f"{self._config._attn_implementation!r}")
+        hidden = select(args[0] if args else kwargs["hidden_states"], rows)
+        key, value = self.prefix_kv(hidden.shape[0], hidden, row_mask(rows, hidden.shape[1]))
+        return args, {**kwargs, PREFIX_KWARG: [*kwargs.get(PREFIX_KWARG, ()), RoutedPrefix(key, value, rows)]}
+
 
 class GatedPrefixAttention(PrefixAttention):
     """UniPELT's gated prefix: keys and values both scaled per example by a gate reading the attention input
@@ -212,11 +278,12 @@ class GatedPrefixAttention(PrefixAttention):
         super().__init__(prefix_length, kv_heads, head_dim, dropout, reparameterize, slot)
         self.gate = gate
 
-    def prefix_kv(self, batch_size: int, hidden_states: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def prefix_kv(self, batch_size: int, hidden_states: torch.Tensor | None = None,
+                  mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         key, value = super().prefix_kv(batch_size, hidden_states)
         if hidden_states is None:
             raise RuntimeError("gated prefix: needs the attention input to compute its gate")
-        g = self.gate(hidden_states).to(key.dtype).view(batch_size, 1, 1, 1)
+        g = self.gate(hidden_states, mask).to(key.dtype).view(batch_size, 1, 1, 1)
         return key * g, value * g
 
 

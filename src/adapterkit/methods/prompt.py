@@ -21,6 +21,7 @@ from ..context import current
 from ..errors import ConfigError
 from ..injection import AdapterModule
 from ..registry import register_method
+from ..routing import set_prompt_mask
 from .base import Attachment, BuildContext
 
 
@@ -126,6 +127,96 @@ class SoftPrompt(AdapterModule):
                 output["hidden_states"] = strip_all(output["hidden_states"])
             return output
         return (self._strip(main), *(strip_all(o) for o in output[1:]))
+
+    # -- per-example routing: prompts of different lengths (or none) in one batch -----------------------------
+    @classmethod
+    def routing_family(cls) -> type[AdapterModule]:
+        return SoftPrompt
+
+    @classmethod
+    def routed_pre(cls, groups: list[tuple[AdapterModule, torch.Tensor]], args: tuple,
+                   kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
+        """Each row gets its adapter's prompt (None rows none); rows with a shorter prompt are padded at the end
+        of the sequence (masked), so every real token keeps the position it has in a run with its own adapter."""
+        first = groups[0][0]
+        assert isinstance(first, SoftPrompt)
+        backbone = first._backbone()
+        kwargs = _as_kwargs(backbone, args, kwargs)
+        past = kwargs.get("past_key_values")
+        if past is not None and hasattr(past, "get_seq_length") and past.get_seq_length() > 0:
+            raise ConfigError("method 'prompt': per-example routing cannot decode with a cache (the prompts in it "
+                              "differ per row); route the first forward only, or run one adapter at a time")
+        input_ids = kwargs.pop("input_ids", None)
+        embeds = kwargs.get("inputs_embeds")
+        if embeds is None:
+            if input_ids is None:
+                raise ValueError("soft prompts need input_ids or inputs_embeds")
+            embeds = backbone.get_input_embeddings()(input_ids)
+        batch, length = embeds.shape[:2]
+        at = min(first.insert_at, length)
+        lengths = torch.zeros(batch, dtype=torch.long, device=embeds.device)
+        for module, rows in groups:
+            lengths[rows.to(embeds.device)] = module.num_tokens  # type: ignore[union-attr]
+        n = int(lengths.max())
+        block = embeds.new_zeros(batch, n, embeds.shape[2])
+        for module, rows in groups:
+            prompt = module.prompt.to(embeds.dtype)  # type: ignore[union-attr]
+            block[:, : prompt.shape[0]].index_copy_(0, rows.to(embeds.device), prompt.unsqueeze(0).expand(len(rows), -1, -1))
+        j = torch.arange(length + n, device=embeds.device).unsqueeze(0)
+        p = lengths.unsqueeze(1)
+        # [text[:at], prompt (p), text[at:], padding (n - p)] from [text[:at], prompt + zeros (n), text[at:]]
+        order = torch.where(j < at + p, j, torch.where(j < length + p, j + n - p, j - length + at))
+
+        def insert(x: torch.Tensor, part: torch.Tensor) -> torch.Tensor:
+            full = torch.cat([x[:, :at], part, x[:, at:]], dim=1)
+            index = order if full.dim() == 2 else order.unsqueeze(-1).expand(-1, -1, full.shape[2])
+            return full.gather(1, index)
+
+        kwargs["inputs_embeds"] = insert(embeds, block)
+        kwargs["input_ids"] = None
+        mask = kwargs.get("attention_mask")
+        if mask is None:
+            mask = torch.ones(batch, length, dtype=torch.long, device=embeds.device)
+        if mask.dim() != 2:
+            raise ValueError(f"soft prompts need a 2-D attention mask (batch, length), got shape {tuple(mask.shape)}")
+        real = (torch.arange(n, device=mask.device).unsqueeze(0) < lengths.to(mask.device).unsqueeze(1)).to(mask.dtype)
+        kwargs["attention_mask"] = insert(mask, real)
+        token_types = kwargs.get("token_type_ids")
+        if token_types is not None:
+            kwargs["token_type_ids"] = insert(token_types, token_types.new_zeros(batch, n))
+        kwargs.pop("position_ids", None)
+        set_prompt_mask(kwargs["attention_mask"])
+        current().state(SoftPrompt, "routed", list).append((lengths, at, length))
+        return (), kwargs
+
+    @classmethod
+    def routed_post(cls, groups: list[tuple[AdapterModule, torch.Tensor]], args: tuple, kwargs: dict[str, Any],
+                    output: Any) -> Any:
+        """The hidden states at the text's own positions (each row's prompt and padding removed)."""
+        lengths, at, length = current().state(SoftPrompt, "routed").pop()
+        main = output.get("last_hidden_state") if isinstance(output, dict) else (output[0] if output else None)
+        if not isinstance(main, torch.Tensor) or main.dim() != 3:
+            return output
+        total = main.shape[1]
+        j = torch.arange(length, device=main.device).unsqueeze(0)
+        index = torch.where(j < at, j, j + lengths.to(main.device).unsqueeze(1))
+
+        def strip(x: torch.Tensor) -> torch.Tensor:
+            return x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.shape[2]))
+
+        def strip_all(states: Any) -> Any:
+            if isinstance(states, (tuple, list)) and states and all(
+                isinstance(t, torch.Tensor) and t.dim() == 3 and t.shape[1] == total for t in states
+            ):
+                return type(states)(strip(t) for t in states)
+            return states
+
+        if isinstance(output, dict):
+            output["last_hidden_state"] = strip(main)
+            if output.get("hidden_states") is not None:
+                output["hidden_states"] = strip_all(output["hidden_states"])
+            return output
+        return (strip(main), *(strip_all(o) for o in output[1:]))
 
 
 @register_method
