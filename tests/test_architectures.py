@@ -247,7 +247,8 @@ def test_layers_option_attaches_only_to_selected_layer(method: str) -> None:
     model.add_adapter("one", default_config(method, layers=(1,)))
     layer_sites = [att for _, att in model._attachments["one"] if att.layer is not None]
     assert layer_sites and {att.layer for att in layer_sites} == {1}
-    prompt_site = model.site_path(None, "prompt") if method == "unipelt_prompt" else None  # its model-level prompt
+    # unipelt_prompt's model-level prompt; PHA's retriever reads the backbone's output there
+    prompt_site = model.site_path(None, "prompt") if method in ("unipelt_prompt", "pha") else None
     for path in injection.wrappers(model.model):
         assert ".layer.1." in path + "." or path == prompt_site, path
     with pytest.raises(ConfigError, match="out of range"):

@@ -165,6 +165,10 @@ class MethodConfig(abc.ABC):
         """Optimizer groups over this adapter's ``modules`` ((key prefix, module) pairs, as built). The
         default is one group ``adapter`` at ``learning_rate``; parameters no group claims get that rate too."""
         return [ParamGroup("adapter", [p for _, m in modules for p in m.parameters()], self.learning_rate)]
+    def check_state_dict(self, state: dict[str, Any], source: object = None) -> None:  # noqa: B027 - optional hook
+        """Raise AdapterLoadError naming ``source`` and the config field when saved tensors ``state`` cannot
+        belong to this config (run before the generic key and shape checks, for a clearer message)."""
+
     @classmethod
     def unsupported(cls, arch: Any) -> str | None:
         """Why this method cannot attach to models of architecture ``arch`` (an ``ArchitectureSpec``), or

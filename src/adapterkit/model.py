@@ -321,6 +321,7 @@ class AdaptedModel(nn.Module):
         """Copy ``state`` into adapter ``name``; missing, unexpected or mis-shaped keys raise naming them."""
         from .errors import AdapterLoadError
 
+        self.adapter_configs[name].check_state_dict(state, source)
         own = self.adapter_state_dict(name)
         missing = sorted(set(own) - set(state))
         unexpected = sorted(set(state) - set(own))
@@ -577,10 +578,11 @@ class AdaptedModel(nn.Module):
         extras = {k: kwargs.pop(k) for k in [k for k in kwargs if k in keys]}
         if routing is not None:
             extras[ROUTING] = routing
-        with forward_context(attention_mask=kwargs.get("attention_mask"), **extras):
-            if self.pooled_head is None:
-                return self.model(*args, **kwargs)
-            return self._pooled_forward(args, kwargs)
+        with forward_context(attention_mask=kwargs.get("attention_mask"), **extras) as ctx:
+            before = len(ctx.records.get("aux_loss", ()))
+            out = self.model(*args, **kwargs) if self.pooled_head is None else self._pooled_forward(args, kwargs)
+            recorded = ctx.records.get("aux_loss", [])[before:]
+        return with_aux_losses(out, recorded) if recorded else out
 
     def _pooled_forward(self, args: tuple, kwargs: dict[str, Any]) -> Any:
         from transformers.modeling_outputs import SequenceClassifierOutput
@@ -602,6 +604,21 @@ class AdaptedModel(nn.Module):
             "num_layers": len(self.layers),
             "name_or_path": getattr(cfg, "_name_or_path", "") or "",
         }
+
+
+def with_aux_losses(out: Any, recorded: list[tuple[str, torch.Tensor]]) -> Any:
+    """``out`` with the auxiliary losses site modules recorded (``ctx.record("aux_loss", (name, tensor))``, e.g.
+    PHA's contrastive losses in training) as ``out.aux_losses`` (name -> tensor) and added to ``out.loss`` when
+    there is one, so the one training path optimises them with no extra hook."""
+    aux: dict[str, torch.Tensor] = {}
+    for key, value in recorded:
+        aux[key] = aux[key] + value if key in aux else value
+    if isinstance(out, tuple) or not hasattr(out, "loss"):
+        return out
+    if out.loss is not None:
+        out.loss = out.loss + sum(aux.values())
+    out.aux_losses = aux
+    return out
 
 
 def default_model_path() -> str:

@@ -88,7 +88,8 @@ class Registry(MutableMapping[str, V], Generic[V]):
 
 
 BUILTIN_METHOD_MODULES = tuple(f"adapterkit.methods.{m}" for m in (
-    "bottleneck", "lora", "prompt", "prefix", "rational", "adaptable", "adapterdrop", "fusion", "unipelt"))
+    "bottleneck", "lora", "prompt", "prefix", "rational", "adaptable", "adapterdrop", "fusion", "unipelt", "pha",
+    "hyperformer"))
 """Modules that register the built-in methods, imported by name on first lookup (no import statement, so
 the registry does not depend on the methods that depend on it)."""
 
