@@ -380,3 +380,35 @@ def test_add_task_and_train_only_its_prototype(tmp_path: Path) -> None:
     fresh = AdaptedModel(tiny_model("bert", seed=0))
     akio.load_adapter(fresh, tmp_path / "pha")
     assert fresh.adapter_configs["pha"].tasks == (*TASKS, "cola")
+
+
+def test_routing_per_example_refuses_a_generated_adapter() -> None:
+    model = model_with_pha()
+    materialize(model, "pha", "rte", "plain")
+    inputs = {k: v for k, v in batch([0, 0]).items() if k not in ("labels", "task_ids")}
+    with pytest.raises(ConfigError, match="generated per example"):
+        model(**inputs, adapter_names=["pha", "plain"])
+    assert model(**inputs, adapter_names=["plain", None]).logits.shape == (2, 2)
+
+
+def test_trains_through_the_one_trainer_path_with_running_mean_prototypes(tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    from adapterkit.data.tasks import TaskSpec
+    from adapterkit.testing import SPECIAL_TOKENS, tiny_tokenizer
+    from adapterkit.training import TRAINABLE_NAME, TrainConfig, last_checkpoint, train
+
+    words = ["good", "bad", "the", "movie", "was"]
+    tok = tiny_tokenizer(tmp_path, words)
+    spec = TaskSpec("synthetic", "classification", ("text",), "label", ("0", "1"), "accuracy", {"train": "unused"})
+    rows = [{"text": f"the movie was {'good' if i % 2 else 'bad'}", "text_pair": None, "label": i % 2} for i in range(16)]
+    model = AdaptedModel(tiny_model("bert", vocab_size=len(SPECIAL_TOKENS) + len(words)))
+    model.add_adapter("pha", PHAConfig(prototypes="running_mean"))  # one task: the batch needs no task_ids
+    config = TrainConfig(output_dir=str(tmp_path / "run"), epochs=1, batch_size=8, learning_rate=1e-3,
+                         logging_steps=1, progress="none", save_total_limit=None)
+    result = train(model, tok, spec, rows, rows[:4], config)
+    assert result.global_step == 2
+    assert pha_module(model, "pha").prototype_count.tolist() == [16.0]
+    saved = load_file(str(Path(last_checkpoint(tmp_path / "run")) / TRAINABLE_NAME))
+    assert "shared.pha.prototype_mean" in saved and saved["shared.pha.prototype_count"].tolist() == [16.0]
+    assert "shared.pha.weight_down.weight" in saved

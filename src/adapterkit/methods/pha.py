@@ -126,6 +126,7 @@ class PHAShared(HyperNetShared):
         else:
             self.register_buffer("prototype_mean", torch.randn(len(config.tasks), config.prototype_dim))
             self.register_buffer("prototype_count", torch.zeros(len(config.tasks)))
+            self.trained_buffers = ("prototype_mean", "prototype_count")  # training checkpoints keep them
         self.hyperfanin_init()
 
     def hyperfanin_init(self) -> None:

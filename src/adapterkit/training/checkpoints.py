@@ -28,8 +28,21 @@ STATE_NAME = "trainer_state.json"
 
 
 def trainable_state_dict(adapted: Any) -> dict[str, torch.Tensor]:
-    """The tensors that train (names as in ``adapted.named_parameters()``)."""
-    return {n: p.detach() for n, p in adapted.named_parameters() if p.requires_grad}
+    """The tensors that train (names as in ``adapted.named_parameters()``), plus the buffers training updates
+    (:func:`trained_buffers`)."""
+    return {**{n: p.detach() for n, p in adapted.named_parameters() if p.requires_grad}, **trained_buffers(adapted)}
+
+
+def trained_buffers(adapted: Any) -> dict[str, torch.Tensor]:
+    """Buffers that training updates without a gradient, by name as in ``adapted.named_buffers()``: a module lists
+    them in its ``trained_buffers`` attribute (PHA's running-mean prototypes), so checkpoints keep them."""
+    out = {}
+    for name, module in adapted.named_modules():
+        for buffer in getattr(module, "trained_buffers", ()):
+            tensor = module._buffers.get(buffer)
+            if tensor is not None:
+                out[f"{name}.{buffer}" if name else buffer] = tensor.detach()
+    return out
 
 
 def save_checkpoint_weights(adapted: Any, directory: str | Path) -> Path:
@@ -68,7 +81,8 @@ def load_checkpoint_weights(adapted: Any, directory: str | Path) -> None:
     path = directory / TRAINABLE_NAME
     tensors = read_tensors(path)
     params = dict(adapted.named_parameters())
-    unknown = sorted(set(tensors) - set(params))
+    buffers = trained_buffers(adapted)
+    unknown = sorted(set(tensors) - set(params) - set(buffers))
     if unknown:
         raise AdapterLoadError(f"{path}: {unknown[0]}: no such parameter in the model ({len(unknown)} unknown keys)")
     missing = sorted(n for n, p in params.items() if p.requires_grad and n not in tensors)
@@ -76,9 +90,10 @@ def load_checkpoint_weights(adapted: Any, directory: str | Path) -> None:
         raise AdapterLoadError(f"{path}: {missing[0]}: trainable parameter missing from the checkpoint")
     with torch.no_grad():
         for key, tensor in tensors.items():
-            if tuple(tensor.shape) != tuple(params[key].shape):
-                raise AdapterLoadError(f"{path}: {key}: shape {tuple(tensor.shape)} != model's {tuple(params[key].shape)}")
-            params[key].copy_(tensor.to(params[key].dtype))
+            own = params[key] if key in params else buffers[key]
+            if tuple(tensor.shape) != tuple(own.shape):
+                raise AdapterLoadError(f"{path}: {key}: shape {tuple(tensor.shape)} != model's {tuple(own.shape)}")
+            own.copy_(tensor.to(own.dtype))
 
 
 def last_checkpoint(output_dir: str | Path, *, say: Callable[[str], None] | None = None) -> str | None:
