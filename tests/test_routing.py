@@ -26,15 +26,22 @@ NAMES = ["a", None, "b", "c", "a", "b"]
 def test_routing_groups_rows_by_adapter_in_order_of_appearance() -> None:
     routing = Routing.build(["b", None, "a", "b"])
     assert routing.adapters == ("b", "a")
-    assert routing.rows("b").tolist() == [0, 3] and routing.rows("a").tolist() == [2]
-    assert routing.rows("c") is None and routing.batch_size == 4
+    assert routing.rows("b") == slice(0, 2) and routing.rows("a") == slice(2, 3) and routing.rows("c") is None
+    assert routing.original_rows("b") == [0, 3] and routing.batch_size == 4
+    x = torch.tensor([10, 11, 12, 13])
+    assert routing.reorder(x).tolist() == [10, 13, 12, 11]  # b, b, a, None
+    assert routing.restore(routing.reorder({"x": x}))["x"].tolist() == x.tolist()
+    grouped = Routing.build(["a", "a", "b", None])
+    assert grouped.order is None and grouped.reorder(x) is x  # already grouped: nothing moves
 
 
 def test_scatter_copies_once_and_leaves_other_rows() -> None:
-    base = torch.zeros(4, 2)
-    out = scatter(base, [(torch.tensor([1]), torch.ones(1, 2)), (torch.tensor([3, 0]), torch.full((2, 2), 2.0))])
-    assert out.tolist() == [[2, 2], [1, 1], [0, 0], [2, 2]] and base.abs().sum() == 0
-    assert select(torch.arange(4), torch.tensor([2, 0])).tolist() == [2, 0]
+    base = torch.zeros(5, 2)
+    out = scatter(base, [(slice(3, 5), torch.full((2, 2), 2.0)), (slice(1, 2), torch.ones(1, 2))])
+    assert out.tolist() == [[0, 0], [1, 1], [0, 0], [2, 2], [2, 2]] and base.abs().sum() == 0
+    out = scatter(base, [(torch.tensor([4, 0]), torch.ones(2, 2))])
+    assert out.tolist() == [[1, 1], [0, 0], [0, 0], [0, 0], [1, 1]]
+    assert select(torch.arange(4), torch.tensor([2, 0])).tolist() == [2, 0] and select(torch.arange(4), slice(1, 3)).tolist() == [1, 2]
 
 
 @pytest.mark.parametrize("arch", ["bert", "roberta", "distilbert", "llama", "t5"])

@@ -217,6 +217,15 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None, mode: str,
     raise ConfigError(f"pooling: {mode!r}: not a concrete mode; use one of {list(POOLINGS[1:])}")
 
 
+def head_features(hidden: torch.Tensor, attention_mask: torch.Tensor | None, config: HeadConfig,
+                  pooler: Any = None) -> torch.Tensor:
+    """What a pooled head of ``config`` feeds its linear layer: the pooled, optionally L2-normalised, vectors."""
+    x = pool(hidden, attention_mask, config.pooling, pooler)
+    if config.normalize:
+        x = nn.functional.normalize(x.float(), dim=-1).to(x.dtype)
+    return x
+
+
 class PooledHead(nn.Module):
     """``pool -> (L2 normalise) -> dropout -> linear``; the linear layer maps to the task's outputs."""
 
@@ -234,10 +243,7 @@ class PooledHead(nn.Module):
     def features(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None,
                  pooler: nn.Module | None = None) -> torch.Tensor:
         """The pooled (and, if configured, L2-normalised) vectors the linear layer sees."""
-        x = pool(hidden, attention_mask, self.config.pooling, pooler)
-        if self.config.normalize:
-            x = nn.functional.normalize(x.float(), dim=-1).to(x.dtype)
-        return x
+        return head_features(hidden, attention_mask, self.config, pooler)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.dropout(features))

@@ -166,14 +166,15 @@ def save_adapter(model: AdaptedModel, name: str, directory: str | Path, *, inclu
     }
     files = {WEIGHTS_NAME: model.adapter_state_dict(name)}
     if include_head:
-        files[HEAD_NAME] = model.head_state_dict()
+        files[HEAD_NAME] = model.adapter_head_state_dict(name)  # its own head, if it carries one
         cfg = model.model.config
         meta["head"] = {
             "model_class": type(model.model).__name__,
             "num_labels": getattr(cfg, "num_labels", None),
             "id2label": {str(k): v for k, v in (getattr(cfg, "id2label", None) or {}).items()},
             "problem_type": getattr(cfg, "problem_type", None),
-            **model.head_config.to_dict(),  # pooling + normalize: eval rebuilds the same head
+            # pooling + normalize: eval rebuilds the same head
+            **(model.adapter_heads[name].config if name in model.adapter_heads else model.head_config).to_dict(),
         }
     # Every tensor file is written to a temporary file first; only when all are written (a full disk fails
     # here, leaving the old files as they were) are they renamed into place, and the config last.
@@ -289,9 +290,13 @@ def check_compatible(model: AdaptedModel, meta: dict[str, Any], source: Path) ->
 
 
 def load_adapter(model: AdaptedModel, directory: str | Path, name: str | None = None, *,
-                 load_head: bool = True, activate: bool = True) -> str:
+                 load_head: bool = True, activate: bool = True, own_head: bool = False) -> str:
     """Load an adapter directory (or Hub repo ``owner/name``, see :mod:`adapterkit.interop.hub`) onto
-    ``model``; returns the adapter's name."""
+    ``model``; returns the adapter's name.
+
+    A saved head is copied into the model's head; with ``own_head`` it stays the adapter's own instead
+    (:meth:`AdaptedModel.set_adapter_head`: used whenever the adapter runs, e.g. per row of a mixed-adapter
+    batch), and the model's head is left as it is."""
     from .interop.hub import resolve_adapter_dir
 
     directory = resolve_adapter_dir(directory)
@@ -305,6 +310,8 @@ def load_adapter(model: AdaptedModel, directory: str | Path, name: str | None = 
     tensors = read_tensors(directory / WEIGHTS_NAME)
     check_weights(directory / WEIGHTS_NAME, tensors)
     head = directory / HEAD_NAME if load_head and (directory / HEAD_NAME).exists() else None
+    if own_head:
+        return _load_with_own_head(model, directory, name or meta["name"], meta, config, tensors, head, activate)
     previous = (model.head_config, model.pooled_head)
     if head is not None:
         check_head_labels(meta, head, source)
@@ -316,6 +323,26 @@ def load_adapter(model: AdaptedModel, directory: str | Path, name: str | None = 
         model.head_config, model.pooled_head = previous
         model.set_train_mode(model.train_mode)
         raise
+
+
+def _load_with_own_head(model: AdaptedModel, directory: Path, name: str, meta: dict[str, Any], config: Any,
+                        tensors: dict[str, torch.Tensor], head: Path | None, activate: bool) -> str:
+    source = directory / CONFIG_NAME
+    head_tensors = None
+    if head is not None:
+        check_head_labels(meta, head, source)
+        head_tensors = read_tensors(head)
+        check_weights(head, head_tensors)
+    add_with_weights(model, name, config, tensors, directory / WEIGHTS_NAME, activate=False)
+    try:
+        if head_tensors is not None:
+            model.set_adapter_head(name, head_tensors, saved_head_config(meta, source))
+    except ConfigError as exc:
+        model.delete_adapter(name)
+        raise AdapterLoadError(f"{head}: {exc}") from None
+    if activate:
+        model.set_active_adapters(*model.active_adapters, name)
+    return name
 
 
 def add_with_weights(model: AdaptedModel, name: str, config: Any, tensors: dict[str, torch.Tensor], source: object,

@@ -7,7 +7,9 @@ every model family.
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -19,9 +21,9 @@ from .architectures import ArchitectureSpec, find_layers, get_architecture
 from .config import MethodConfig, ParamGroup
 from .context import forward_context
 from .errors import ConfigError
-from .heads import HeadConfig, PooledHead, find_pooler, head_loss
+from .heads import HeadConfig, PooledHead, find_pooler, head_features, head_loss
 from .methods.base import Attachment, BuildContext, HasNeurons, Mergeable, NeuronGroup
-from .routing import ROUTING, Routing, batch_size_of
+from .routing import ROUTING, Routing, batch_size_of, current_routing, scatter, select
 
 TrainMode = Literal["adapters", "full", "head"]
 
@@ -52,6 +54,39 @@ class SystemAttachment(Protocol):
     def check(self, adapted: AdaptedModel, active: tuple[str, ...]) -> None: ...
 
 
+@dataclass
+class AdapterHead:
+    """An adapter's own task head (loaded with ``own_head``): its pooling and its tensors by the canonical head
+    names the model's head has (``AdaptedModel.head_parameters``)."""
+
+    config: HeadConfig
+    tensors: dict[str, torch.Tensor]
+
+
+class OwnHead(injection.AdapterModule):
+    """An adapter's own weights for one module of the model's head (a classifier, a pooler's dense layer): when
+    the adapter runs (active, or routed to some rows) the module's output is recomputed with them."""
+
+    order = 20
+
+    def __init__(self, tensors: dict[str, torch.Tensor]) -> None:
+        super().__init__()
+        self.names = tuple(tensors)
+        for key, tensor in tensors.items():
+            self.register_buffer(key, tensor.detach().clone())
+
+    def _call(self, args: tuple, kwargs: dict[str, Any]) -> Any:
+        from torch.func import functional_call
+
+        return functional_call(self.wrapped_layer, {n: getattr(self, n) for n in self.names}, args, kwargs)
+
+    def post(self, args: tuple, kwargs: dict[str, Any], output: Any) -> Any:
+        return self._call(args, kwargs)
+
+    def route_post(self, args: tuple, kwargs: dict[str, Any], output: Any, rows: torch.Tensor) -> torch.Tensor:
+        return self._call(tuple(select(a, rows) for a in args), {k: select(v, rows) for k, v in kwargs.items()})
+
+
 class AdaptedModel(nn.Module):
     """Wraps a ``PreTrainedModel``; ``forward`` runs the model's own forward inside a forward context."""
 
@@ -80,6 +115,9 @@ class AdaptedModel(nn.Module):
         self.head_config = HeadConfig("hf", False)
         """The head in use: ``hf`` is the model's own; any other pooling runs ``pooled_head``."""
         self.pooled_head: PooledHead | None = None
+        self.adapter_heads: dict[str, AdapterHead] = {}
+        """Adapters that carry their own task head (``set_adapter_head``; ``load_adapter(own_head=True)``)."""
+        self._head_attachments: dict[str, list[str]] = {}
         resolved = getattr(model, "adapterkit_head", None)  # set by load_base_model
         if resolved is not None and resolved.pooling != "hf":
             self.set_head(resolved)
@@ -131,6 +169,93 @@ class AdaptedModel(nn.Module):
         out = self.model.base_model(*args, **kwargs)
         hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
         return hidden, mask
+
+    # -- adapters with their own head --------------------------------------------------------------
+    def set_adapter_head(self, name: str, tensors: dict[str, torch.Tensor], config: HeadConfig | None = None) -> None:
+        """Give adapter ``name`` its own task head: ``tensors`` by the names of :meth:`head_parameters` (what
+        ``save_adapter(include_head=True)`` writes), ``config`` its pooling (default: the model's). Whenever the
+        adapter runs (active, or routed to rows of a mixed batch) its head is used instead of the model's.
+
+        The head must have the model's shape: the same kind of head (the model's own ``hf`` head, or a pooled
+        one) and the same number of outputs; anything else is a ConfigError naming the key."""
+        self._require(name)
+        config = config or self.head_config
+        if (config.pooling == "hf") != (self.pooled_head is None):
+            raise ConfigError(f"adapter {name!r}: head.pooling: its head uses {config.pooling!r} pooling and the model's "
+                              f"{self.head_config.pooling!r}; load the model with a head of the same kind "
+                              "(load_base_model(pooling=...)) to serve this adapter's head")
+        own = self.head_parameters()
+        if config.pooling == "cls+pooler" and self.head_config.pooling != "cls+pooler":
+            pooler = find_pooler(self.model)
+            ids = {id(p) for p in pooler.parameters()} if pooler is not None else set()
+            own.update({canonical_name(n): p for n, p in self.model.named_parameters() if id(p) in ids})
+        missing = sorted(set(own) - set(tensors))
+        extra = sorted(set(tensors) - set(own))
+        if (missing and config.pooling == "hf") or extra:
+            raise ConfigError(f"adapter {name!r}: head: keys do not match the model's head: missing {missing[:5]}, "
+                              f"unexpected {extra[:5]}")
+        for key, tensor in tensors.items():
+            if tuple(tensor.shape) != tuple(own[key].shape):
+                raise ConfigError(f"adapter {name!r}: head: {key}: shape {tuple(tensor.shape)} does not match the model's "
+                                  f"{tuple(own[key].shape)} (a different number of labels cannot share this model)")
+        ref = next(self.model.parameters())
+        tensors = {k: t.detach().to(device=ref.device, dtype=own[k].dtype) for k, t in tensors.items()}
+        self.remove_adapter_head(name)
+        self.adapter_heads[name] = AdapterHead(config, tensors)
+        if config.pooling != "hf":
+            return
+        modules: dict[str, dict[str, torch.Tensor]] = {}
+        for key, tensor in tensors.items():
+            path, _, local = key.rpartition(".")
+            modules.setdefault(path, {})[local] = tensor
+        done: list[str] = []
+        try:
+            for path, local in modules.items():
+                injection.attach(self.model, path, name, OwnHead(local))
+                done.append(path)
+        except Exception:
+            for path in done:
+                injection.detach(self.model, path, name)
+            del self.adapter_heads[name]
+            raise
+        self._head_attachments[name] = done
+        self._apply_active(self.active_adapters, changed=(name,))
+
+    def remove_adapter_head(self, name: str) -> None:
+        """Forget adapter ``name``'s own head (it then runs with the model's)."""
+        self.adapter_heads.pop(name, None)
+        for path in self._head_attachments.pop(name, []):
+            injection.detach(self.model, path, name)
+
+    def adapter_head_state_dict(self, name: str) -> dict[str, torch.Tensor]:
+        """Adapter ``name``'s own head tensors, or the model's head when it has none."""
+        head = self.adapter_heads.get(name)
+        return dict(head.tensors) if head is not None else self.head_state_dict()
+
+    def _own_pooled_logits(self, hidden: torch.Tensor, mask: torch.Tensor | None, logits: torch.Tensor) -> torch.Tensor:
+        """``logits`` with the rows of adapters that have their own pooled head recomputed with it."""
+        routing = current_routing()
+        if routing is not None:
+            groups = [(n, rows) for n, rows in routing.groups if n in self.adapter_heads]
+        else:
+            owners = [n for n in self.active_adapters if n in self.adapter_heads]
+            groups = [(owners[-1], slice(None))] if owners else []
+        parts = []
+        pooler = find_pooler(self.model)
+        for name, rows in groups:
+            head = self.adapter_heads[name]
+            pooler_weights = {k.rpartition("pooler.")[2]: t for k, t in head.tensors.items() if ".pooler." in f".{k}"}
+            own_pooler: Any = pooler
+            if pooler is not None and pooler_weights:
+                from torch.func import functional_call
+
+                own_pooler = functools.partial(functional_call, pooler, pooler_weights)
+            features = head_features(select(hidden, rows), select(mask, rows) if mask is not None else None,
+                                     head.config, own_pooler)
+            weight = head.tensors["pooled_head.classifier.weight"]
+            bias = head.tensors.get("pooled_head.classifier.bias")
+            parts.append((rows, nn.functional.linear(self.pooled_head.dropout(features), weight, bias)))
+        return scatter(logits, parts)
 
     # -- construction -------------------------------------------------------------------------
     def build_context(self) -> BuildContext:
@@ -203,6 +328,7 @@ class AdaptedModel(nn.Module):
         """Remove ``name`` everywhere; wrapped modules with no adapter left are restored."""
         self._require(name)
         self.unmerge_adapter(name)  # a merged LoRA must leave the base weights as they were
+        self.remove_adapter_head(name)
         for path, _ in self._attachments.pop(name):
             if path:
                 injection.detach(self.model, path, name)
@@ -576,12 +702,15 @@ class AdaptedModel(nn.Module):
         routing = self.routing(adapter_names, args, kwargs) if adapter_names is not None else None
         keys = self.forward_context_keys(routing.adapters if routing is not None else None)
         extras = {k: kwargs.pop(k) for k in [k for k in kwargs if k in keys]}
-        if routing is not None:
+        if routing is not None:  # each adapter's rows contiguous: they are views inside the site modules
+            args, kwargs, extras = routing.reorder(args), routing.reorder(kwargs), routing.reorder(extras)
             extras[ROUTING] = routing
         with forward_context(attention_mask=kwargs.get("attention_mask"), **extras) as ctx:
             before = len(ctx.records.get("aux_loss", ()))
             out = self.model(*args, **kwargs) if self.pooled_head is None else self._pooled_forward(args, kwargs)
             recorded = ctx.records.get("aux_loss", [])[before:]
+        if routing is not None:
+            out = routing.restore(out)
         return with_aux_losses(out, recorded) if recorded else out
 
     def _pooled_forward(self, args: tuple, kwargs: dict[str, Any]) -> Any:
@@ -590,6 +719,8 @@ class AdaptedModel(nn.Module):
         labels = kwargs.pop("labels", None)
         hidden, mask = self._backbone_hidden(args, kwargs)
         logits = self.pooled_head(self.pooled_head.features(hidden, mask, find_pooler(self.model)))
+        if self.adapter_heads:
+            logits = self._own_pooled_logits(hidden, mask, logits)
         loss = None
         if labels is not None:
             cfg = self.model.config

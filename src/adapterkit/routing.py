@@ -5,8 +5,10 @@ model) builds a :class:`Routing` and puts it in the forward context under :data:
 module (:class:`~adapterkit.injection.AdaptedModule`) then ignores the active adapters for that call and
 runs, for each adapter attached there, that adapter's module on its rows only (``route_pre`` /
 ``route_post`` of :class:`~adapterkit.injection.AdapterModule`, written in each method's own file). The
-model runs once; rows are grouped inside each site module (index-select, then one copy back per site), so
-each row gets exactly what a forward with only its adapter active would give it.
+model runs once, on the batch reordered so that each adapter's rows are contiguous (the outputs are put back
+in the caller's order); inside each site module an adapter's rows are a view, and the new values of all
+groups go back with one copy per site. Each row gets exactly what a forward with only its adapter active
+would give it.
 
 This file holds the shared helpers: building and reading the routing, selecting rows, and writing the
 rows' new values back.
@@ -27,16 +29,24 @@ _STATE = object()
 """Owner of this file's per-call state in the forward context."""
 
 
+Rows = slice
+"""The rows of one adapter: a contiguous range of the (reordered) batch, so selecting them is a view."""
+
+
 @dataclass(frozen=True)
 class Routing:
-    """One adapter name (or None: the bare model) per example, and the row indices of each adapter.
+    """One adapter name (or None: the bare model) per example, and where each adapter's rows are.
 
-    ``groups``: (adapter name, rows) in order of first appearance; ``rows`` is a 1-D long tensor on the
-    batch's device. Rows with None belong to no group.
+    ``AdaptedModel.forward`` reorders the batch so that each adapter's rows are contiguous (``order``: the
+    original row of each position, None when the batch is already grouped) and puts the outputs back in the
+    caller's order at the end (``inverse``). ``groups``: (adapter name, rows) in order of first appearance,
+    ``rows`` a ``slice`` of the reordered batch; None rows come last and belong to no group.
     """
 
     names: tuple[str | None, ...]
-    groups: tuple[tuple[str, torch.Tensor], ...]
+    groups: tuple[tuple[str, Rows], ...]
+    order: torch.Tensor | None = None
+    inverse: torch.Tensor | None = None
 
     @property
     def batch_size(self) -> int:
@@ -46,20 +56,58 @@ class Routing:
     def adapters(self) -> tuple[str, ...]:
         return tuple(name for name, _ in self.groups)
 
-    def rows(self, name: str) -> torch.Tensor | None:
+    def rows(self, name: str) -> Rows | None:
+        """Rows (of the reordered batch) of adapter ``name``, or None."""
         for adapter, rows in self.groups:
             if adapter == name:
                 return rows
         return None
 
+    def original_rows(self, name: str) -> list[int]:
+        """Rows of the caller's batch that adapter ``name`` runs on."""
+        return [i for i, n in enumerate(self.names) if n == name]
+
     @classmethod
     def build(cls, names: Sequence[str | None], device: torch.device | str | None = None) -> Routing:
-        order: dict[str, list[int]] = {}
+        by_name: dict[str, list[int]] = {}
         for i, name in enumerate(names):
             if name is not None:
-                order.setdefault(name, []).append(i)
-        groups = tuple((name, torch.tensor(rows, dtype=torch.long, device=device)) for name, rows in order.items())
-        return cls(tuple(names), groups)
+                by_name.setdefault(name, []).append(i)
+        order = [i for rows in by_name.values() for i in rows] + [i for i, n in enumerate(names) if n is None]
+        groups, start = [], 0
+        for name, rows in by_name.items():
+            groups.append((name, slice(start, start + len(rows))))
+            start += len(rows)
+        if order == list(range(len(names))):
+            return cls(tuple(names), tuple(groups))
+        perm = torch.tensor(order, dtype=torch.long, device=device)
+        return cls(tuple(names), tuple(groups), perm, torch.argsort(perm))
+
+    def reorder(self, value: Any) -> Any:
+        """``value`` (a tensor, or tuples / lists / dicts of them) with its batch rows in routing order."""
+        return _take(value, self.order, self.batch_size) if self.order is not None else value
+
+    def restore(self, value: Any) -> Any:
+        """``value`` (e.g. a model output) with its batch rows back in the caller's order."""
+        return _take(value, self.inverse, self.batch_size) if self.inverse is not None else value
+
+
+def _take(value: Any, index: torch.Tensor, batch: int) -> Any:
+    """Rows ``index`` of every tensor in ``value`` whose first dimension is the batch (others unchanged)."""
+    if isinstance(value, torch.Tensor):
+        if value.dim() >= 1 and value.shape[0] == batch:
+            return value.index_select(0, index.to(value.device))
+        return value
+    if isinstance(value, dict):  # also a transformers ModelOutput: changed in place, keeping its class
+        for key in list(value.keys()):
+            value[key] = _take(value[key], index, batch)
+        return value
+    if isinstance(value, (tuple, list)) and not hasattr(value, "_fields"):
+        return type(value)(_take(v, index, batch) for v in value)
+    reorder = getattr(value, "reorder_cache", None)  # a key/value cache: its batch dimension follows the rows
+    if callable(reorder):
+        reorder(index)
+    return value
 
 
 def current_routing() -> Routing | None:
@@ -68,26 +116,52 @@ def current_routing() -> Routing | None:
     return None if ctx is None else ctx.get(ROUTING)
 
 
-def select(x: Any, rows: torch.Tensor) -> Any:
-    """Rows ``rows`` of ``x`` along dimension 0 (a tensor; anything else is returned unchanged)."""
-    if isinstance(x, torch.Tensor):
-        return x.index_select(0, rows.to(x.device))
-    return x
+def select(x: Any, rows: Rows | torch.Tensor) -> Any:
+    """Rows ``rows`` of ``x`` along dimension 0 (a view for a slice; anything but a tensor is returned as is)."""
+    if not isinstance(x, torch.Tensor):
+        return x
+    if isinstance(rows, slice):
+        return x[rows]
+    return x.index_select(0, rows.to(x.device))
 
 
-def scatter(base: torch.Tensor, parts: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-    """A copy of ``base`` with rows ``rows`` replaced by ``values`` for each (rows, values) of ``parts`` (one
-    copy of ``base`` in all, whatever the number of parts; autograd flows to ``base``'s other rows and to
-    the values)."""
+def count(rows: Rows | torch.Tensor, batch: int) -> int:
+    """Number of rows in ``rows`` (of a batch of ``batch``)."""
+    return len(range(batch)[rows]) if isinstance(rows, slice) else int(rows.numel())
+
+
+def scatter(base: torch.Tensor, parts: Sequence[tuple[Rows | torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """A copy of ``base`` with rows ``rows`` replaced by ``values`` for each (rows, values) of ``parts``, made with
+    one copy in all (contiguous row ranges: the segments concatenated); autograd flows to ``base``'s other rows
+    and to the values."""
     if not parts:
         return base
+    if all(isinstance(rows, slice) for rows, _ in parts):
+        segments, at = [], 0
+        for rows, values in sorted(parts, key=lambda p: p[0].start or 0):
+            start, stop, _ = rows.indices(base.shape[0])
+            if start > at:
+                segments.append(base[at:start])
+            segments.append(values.to(base.dtype))
+            at = stop
+        if at < base.shape[0]:
+            segments.append(base[at:])
+        return torch.cat(segments, dim=0)
     out = base.clone()
     for rows, values in parts:
-        out.index_copy_(0, rows.to(out.device), values.to(out.dtype))
+        if isinstance(rows, slice):
+            out[rows] = values.to(out.dtype)
+        else:
+            out.index_copy_(0, rows.to(out.device), values.to(out.dtype))
     return out
 
 
-def row_mask(rows: torch.Tensor, length: int | None = None) -> torch.Tensor | None:
+def add_rows(base: torch.Tensor, rows: Rows | torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """A copy of ``base`` with ``values`` added to rows ``rows``."""
+    return scatter(base, [(rows, select(base, rows) + values)])
+
+
+def row_mask(rows: Rows | torch.Tensor, length: int | None = None) -> torch.Tensor | None:
     """The 2-D attention mask of rows ``rows`` for a sequence of ``length`` positions, or None when the pass
     has no 2-D mask. When soft prompts were routed in this pass, their per-row mask (prompt positions real,
     the padding that evens out prompt lengths not) is used if it fits ``length``."""
@@ -96,11 +170,11 @@ def row_mask(rows: torch.Tensor, length: int | None = None) -> torch.Tensor | No
         return None
     extended = ctx.state(_STATE, "prompt_mask")
     if extended is not None and length is not None and extended.shape[1] == length:
-        return extended.index_select(0, rows.to(extended.device))
+        return select(extended, rows)
     mask = ctx.attention_mask
     if not isinstance(mask, torch.Tensor) or mask.dim() != 2:
         return None
-    return mask.index_select(0, rows.to(mask.device))
+    return select(mask, rows)
 
 
 def set_prompt_mask(mask: torch.Tensor) -> None:

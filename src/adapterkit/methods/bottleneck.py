@@ -30,7 +30,7 @@ from ..context import current
 from ..errors import ConfigError
 from ..injection import AdaptedModule, AdapterModule, get_module
 from ..registry import register_method
-from ..routing import row_mask, select
+from ..routing import add_rows, row_mask, select
 from . import rational  # noqa: F401  (registers the learnable rational activations)
 from .base import ACTIVATIONS, Attachment, BuildContext, NeuronGroup, make_activation
 from .gating import GATE_AVERAGE_HELP, GATE_AVERAGES, Gate
@@ -134,7 +134,7 @@ class ParallelAdapter(AdapterModule):
             return args, kwargs
         residual = args[self.input_arg]
         x = select(residual, rows)
-        changed = residual.index_add(0, rows, self.delta(x, row_mask(rows, x.shape[1] if x.dim() == 3 else None)))
+        changed = add_rows(residual, rows, self.delta(x, row_mask(rows, x.shape[1] if x.dim() == 3 else None)))
         return (*args[: self.input_arg], changed, *args[self.input_arg + 1 :]), kwargs
 
     def route_post(self, args: tuple, kwargs: dict[str, Any], output: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:

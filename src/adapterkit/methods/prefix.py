@@ -46,7 +46,7 @@ class RoutedPrefix:
 
     key: torch.Tensor
     value: torch.Tensor
-    rows: torch.Tensor
+    rows: slice | torch.Tensor
 
 
 def _routed_block(prefixes: list[RoutedPrefix], like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -57,9 +57,10 @@ def _routed_block(prefixes: list[RoutedPrefix], like: torch.Tensor) -> tuple[tor
     values = like.new_zeros(batch, heads, n, dim)
     seen = torch.zeros(batch, n, dtype=torch.bool, device=like.device)
     for p in prefixes:
-        rows, length = p.rows.to(like.device), p.key.shape[2]
-        keys[:, :, :length].index_copy_(0, rows, p.key.to(like.dtype))
-        values[:, :, :length].index_copy_(0, rows, p.value.to(like.dtype))
+        rows = p.rows if isinstance(p.rows, slice) else p.rows.to(like.device)
+        length = p.key.shape[2]
+        keys[rows, :, :length] = p.key.to(like.dtype)
+        values[rows, :, :length] = p.value.to(like.dtype)
         seen[rows, :length] = True
     return keys, values, seen
 

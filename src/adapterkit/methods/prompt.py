@@ -156,12 +156,12 @@ class SoftPrompt(AdapterModule):
         at = min(first.insert_at, length)
         lengths = torch.zeros(batch, dtype=torch.long, device=embeds.device)
         for module, rows in groups:
-            lengths[rows.to(embeds.device)] = module.num_tokens  # type: ignore[union-attr]
+            lengths[rows if isinstance(rows, slice) else rows.to(embeds.device)] = module.num_tokens  # type: ignore[union-attr]
         n = int(lengths.max())
         block = embeds.new_zeros(batch, n, embeds.shape[2])
         for module, rows in groups:
             prompt = module.prompt.to(embeds.dtype)  # type: ignore[union-attr]
-            block[:, : prompt.shape[0]].index_copy_(0, rows.to(embeds.device), prompt.unsqueeze(0).expand(len(rows), -1, -1))
+            block[rows if isinstance(rows, slice) else rows.to(embeds.device), : prompt.shape[0]] = prompt
         j = torch.arange(length + n, device=embeds.device).unsqueeze(0)
         p = lengths.unsqueeze(1)
         # [text[:at], prompt (p), text[at:], padding (n - p)] from [text[:at], prompt + zeros (n), text[at:]]
