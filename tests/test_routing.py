@@ -145,3 +145,39 @@ class RowShiftConfig(ShiftConfig):
 def test_a_user_method_routes_once_it_has_route_post() -> None:
     model = tiny_adapted("bert", {"s": RowShiftConfig(), "a": PfeifferConfig(init="near_identity")})
     assert routed_vs_solo(model, padded_batch("bert", 3), ["s", "a", None]) <= TOL
+
+
+def test_routing_refuses_the_frozen_layer_cache() -> None:
+    from adapterkit import frozen_cache
+
+    model = tiny_adapted("bert", {"a": PfeifferConfig(layers=(1,))})
+    model.backbone_dropout = False
+    frozen_cache.enable(model, 1)
+    with pytest.raises(ConfigError, match=r"adapter_names: per-example routing does not work with \['.*'\] attached"):
+        model(**padded_batch("bert", 2), adapter_names=["a", None])
+    frozen_cache.disable(model)
+    assert routed_vs_solo(model, padded_batch("bert", 2), ["a", None]) <= TOL
+
+
+def test_threads_route_different_batches_at_once() -> None:
+    """The routing lives in each call's forward context, not on the model."""
+    import threading
+
+    model = tiny_adapted("bert", {"a": PfeifferConfig(init="near_identity"), "b": LoRAConfig(r=4)})
+    batch = padded_batch("bert", 4)
+    plans = [["a", "b", None, "a"], ["b", "b", "a", None], [None, "a", "b", "b"]]
+    with torch.no_grad():
+        expected = [model(**batch, adapter_names=p).logits for p in plans]
+    results: dict[int, torch.Tensor] = {}
+
+    def run(i: int) -> None:
+        with torch.no_grad():
+            for _ in range(5):
+                results[i] = model(**batch, adapter_names=plans[i]).logits
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(plans))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(torch.equal(results[i], expected[i]) for i in range(len(plans)))

@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from .context import _CURRENT, forward_context
-from .routing import ROUTING, Routing, scatter
+from .routing import ROUTING, Routing, Rows, scatter
 
 
 @dataclass(frozen=True)
@@ -135,11 +135,11 @@ class AdapterModule(nn.Module):
             return f"{cls.__name__} replaces the wrapped module's output for the whole batch"
         return None
 
-    def route_pre(self, args: tuple, kwargs: dict[str, Any], rows: torch.Tensor) -> tuple[tuple, dict[str, Any]]:
+    def route_pre(self, args: tuple, kwargs: dict[str, Any], rows: Rows) -> tuple[tuple, dict[str, Any]]:
         """``pre`` for rows ``rows`` only: the full-batch arguments with only those rows changed."""
         return args, kwargs
 
-    def route_post(self, args: tuple, kwargs: dict[str, Any], output: Any, rows: torch.Tensor) -> torch.Tensor:
+    def route_post(self, args: tuple, kwargs: dict[str, Any], output: Any, rows: Rows) -> torch.Tensor:
         """``post`` for rows ``rows`` only: the new output values of those rows (``output`` is the full batch's)."""
         raise NotImplementedError(self.routing_refusal() or f"{type(self).__name__}.route_post")
 
@@ -149,7 +149,7 @@ class AdapterModule(nn.Module):
         return AdapterModule
 
     @classmethod
-    def routed_pre(cls, groups: list[tuple[AdapterModule, torch.Tensor]], args: tuple,
+    def routed_pre(cls, groups: list[tuple[AdapterModule, Rows]], args: tuple,
                    kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
         """All groups of this family at one wrapper: each module's :meth:`route_pre` on its rows."""
         for module, rows in groups:
@@ -158,7 +158,7 @@ class AdapterModule(nn.Module):
         return args, kwargs
 
     @classmethod
-    def routed_post(cls, groups: list[tuple[AdapterModule, torch.Tensor]], args: tuple, kwargs: dict[str, Any],
+    def routed_post(cls, groups: list[tuple[AdapterModule, Rows]], args: tuple, kwargs: dict[str, Any],
                     output: Any) -> Any:
         """All groups of this family at one wrapper: each module's rows from :meth:`route_post`, written back
         into one copy of the output."""
@@ -219,7 +219,7 @@ class AdaptedModule(nn.Module):
 
     def _run_routed(self, args: tuple, kwargs: dict[str, Any], routing: Routing) -> Any:
         """One forward with each adapter attached here applied to its rows only (active adapters ignored)."""
-        families: dict[type[AdapterModule], list[tuple[AdapterModule, torch.Tensor]]] = {}
+        families: dict[type[AdapterModule], list[tuple[AdapterModule, Rows]]] = {}
         for name, rows in routing.groups:
             module = self.adapters[name] if name in self.adapters else None
             if module is not None:

@@ -23,7 +23,7 @@ from .context import forward_context
 from .errors import ConfigError
 from .heads import HeadConfig, PooledHead, find_pooler, head_features, head_loss
 from .methods.base import Attachment, BuildContext, HasNeurons, Mergeable, NeuronGroup
-from .routing import ROUTING, Routing, batch_size_of, current_routing, scatter, select
+from .routing import ROUTING, Routing, Rows, batch_size_of, current_routing, scatter, select
 
 TrainMode = Literal["adapters", "full", "head"]
 
@@ -83,7 +83,7 @@ class OwnHead(injection.AdapterModule):
     def post(self, args: tuple, kwargs: dict[str, Any], output: Any) -> Any:
         return self._call(args, kwargs)
 
-    def route_post(self, args: tuple, kwargs: dict[str, Any], output: Any, rows: torch.Tensor) -> torch.Tensor:
+    def route_post(self, args: tuple, kwargs: dict[str, Any], output: Any, rows: Rows) -> torch.Tensor:
         return self._call(tuple(select(a, rows) for a in args), {k: select(v, rows) for k, v in kwargs.items()})
 
 

@@ -36,7 +36,7 @@ from ..config import ParamGroup, check, opt, read_json
 from ..errors import ConfigError
 from ..injection import AdapterModule
 from ..registry import register_method
-from ..routing import select
+from ..routing import Rows, select
 from .base import Attachment, BuildContext
 from .bottleneck import Bottleneck, BottleneckConfig, PfeifferConfig, SequentialAdapter
 from .rational import RATIONAL_INITS
@@ -92,7 +92,7 @@ class SwitchedAdapter(AdapterModule):
                     "evaluation (model.eval()), where the switch is a fixed choice")
         return None
 
-    def route_post(self, args: tuple, kwargs: dict[str, Any], output: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    def route_post(self, args: tuple, kwargs: dict[str, Any], output: torch.Tensor, rows: Rows) -> torch.Tensor:
         if self.training:
             raise ConfigError(f"adapter {self.adapter_name!r}: method 'adaptable': {self.routing_refusal()}")
         h = select(output, rows)

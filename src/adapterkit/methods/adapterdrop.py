@@ -21,7 +21,7 @@ from ..config import check, opt
 from ..context import current
 from ..errors import ConfigError
 from ..registry import register_method
-from ..routing import select
+from ..routing import Rows, select
 from .base import Attachment, BuildContext
 from .bottleneck import Bottleneck, PfeifferConfig, SequentialAdapter
 
@@ -62,7 +62,7 @@ class DroppableAdapter(SequentialAdapter):
             return output
         return output + self.bottleneck(output)
 
-    def route_post(self, args: tuple, kwargs: dict[str, Any], output: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    def route_post(self, args: tuple, kwargs: dict[str, Any], output: torch.Tensor, rows: Rows) -> torch.Tensor:
         h = select(output, rows)
         if self.training and self.layer_index < self.sampler.current_n():
             return h

@@ -30,7 +30,7 @@ from ..context import current
 from ..errors import ConfigError
 from ..injection import AdaptedModule, AdapterModule, get_module
 from ..registry import register_method
-from ..routing import add_rows, row_mask, select
+from ..routing import Rows, add_rows, row_mask, select
 from . import rational  # noqa: F401  (registers the learnable rational activations)
 from .base import ACTIVATIONS, Attachment, BuildContext, NeuronGroup, make_activation
 from .gating import GATE_AVERAGE_HELP, GATE_AVERAGES, Gate
@@ -93,7 +93,7 @@ class SequentialAdapter(AdapterModule):
     def post(self, args: tuple, kwargs: dict[str, Any], output: torch.Tensor) -> torch.Tensor:
         return output + self.delta(output)
 
-    def route_post(self, args: tuple, kwargs: dict[str, Any], output: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    def route_post(self, args: tuple, kwargs: dict[str, Any], output: torch.Tensor, rows: Rows) -> torch.Tensor:
         h = select(output, rows)
         return h + self.delta(h, row_mask(rows, h.shape[1] if h.dim() == 3 else None))
 
@@ -129,7 +129,7 @@ class ParallelAdapter(AdapterModule):
             return output + self.delta(args[0])
         return output
 
-    def route_pre(self, args: tuple, kwargs: dict[str, Any], rows: torch.Tensor) -> tuple[tuple, dict[str, Any]]:
+    def route_pre(self, args: tuple, kwargs: dict[str, Any], rows: Rows) -> tuple[tuple, dict[str, Any]]:
         if self.input_arg == 0:
             return args, kwargs
         residual = args[self.input_arg]
@@ -137,7 +137,7 @@ class ParallelAdapter(AdapterModule):
         changed = add_rows(residual, rows, self.delta(x, row_mask(rows, x.shape[1] if x.dim() == 3 else None)))
         return (*args[: self.input_arg], changed, *args[self.input_arg + 1 :]), kwargs
 
-    def route_post(self, args: tuple, kwargs: dict[str, Any], output: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    def route_post(self, args: tuple, kwargs: dict[str, Any], output: torch.Tensor, rows: Rows) -> torch.Tensor:
         h = select(output, rows)
         if self.input_arg != 0:
             return h
@@ -201,7 +201,7 @@ class OriginalLNAdapter(AdapterModule):
         residual = args[1] if len(args) > 1 else kwargs["input_tensor"]
         return block.LayerNorm(y0 + self.delta(output) + residual)
 
-    def route_post(self, args: tuple, kwargs: dict[str, Any], output: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    def route_post(self, args: tuple, kwargs: dict[str, Any], output: torch.Tensor, rows: Rows) -> torch.Tensor:
         block = self.wrapped_layer
         ctx = current()
         y0 = ctx.state(block, "y0") if ctx is not None else None

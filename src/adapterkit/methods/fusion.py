@@ -24,7 +24,7 @@ from ..config import MethodConfig, check, opt
 from ..errors import ConfigError
 from ..injection import AdaptedModule, AdapterModule
 from ..registry import register_method
-from ..routing import select
+from ..routing import Rows, select
 from .base import Attachment, BuildContext
 
 
@@ -81,7 +81,7 @@ class FusionLayer(AdapterModule):
                 return f"fused adapter {n!r} cannot be routed per example: {reason}"
         return None
 
-    def route_post(self, args: tuple, kwargs: dict[str, Any], output: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    def route_post(self, args: tuple, kwargs: dict[str, Any], output: torch.Tensor, rows: Rows) -> torch.Tensor:
         """The fused adapters' outputs for rows ``rows`` (their ``route_post``, which for a fusable module is its
         ``fusion_output`` on those rows), mixed by this layer's attention."""
         adapters = self.wrapper.adapters

@@ -20,7 +20,7 @@ from ..config import MethodConfig, check, opt
 from ..errors import ConfigError
 from ..injection import AdaptedModule, AdapterModule
 from ..registry import register_method
-from ..routing import row_mask, select
+from ..routing import Rows, row_mask, select
 from .base import Attachment, BuildContext
 from .gating import GATE_AVERAGE_HELP, GATE_AVERAGES, Gate
 
@@ -59,7 +59,7 @@ class LoRALinear(AdapterModule):
                     "(AdaptedModel.unmerge_adapter)")
         return None
 
-    def route_post(self, args: tuple, kwargs: dict[str, Any], output: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    def route_post(self, args: tuple, kwargs: dict[str, Any], output: torch.Tensor, rows: Rows) -> torch.Tensor:
         if self.merged:
             raise ConfigError(f"adapter {self.adapter_name!r}: LoRA {self.routing_refusal()}")
         x = select(args[0] if args else kwargs["input"], rows)
@@ -123,7 +123,7 @@ class GatedLoRALinear(LoRALinear):
         update = F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B)
         return output + self.gate(x) * update
 
-    def route_post(self, args: tuple, kwargs: dict[str, Any], output: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    def route_post(self, args: tuple, kwargs: dict[str, Any], output: torch.Tensor, rows: Rows) -> torch.Tensor:
         x = select(args[0] if args else kwargs["input"], rows)
         update = F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B)
         return select(output, rows) + self.gate(x, row_mask(rows, x.shape[1] if x.dim() == 3 else None)) * update

@@ -29,7 +29,7 @@ from ..config import MethodConfig, check, opt
 from ..errors import ConfigError
 from ..injection import AdaptedModule, AdapterModule
 from ..registry import register_method
-from ..routing import row_mask, select
+from ..routing import Rows, row_mask, select
 from .base import Attachment, BuildContext
 from .gating import GATE_AVERAGE_HELP, GATE_AVERAGES, Gate
 
@@ -259,7 +259,7 @@ class PrefixAttention(AdapterModule):
         key, value = self.prefix_kv(hidden.shape[0], hidden)
         return args, {**kwargs, PREFIX_KWARG: [*kwargs.get(PREFIX_KWARG, ()), (key, value)]}
 
-    def route_pre(self, args: tuple, kwargs: dict[str, Any], rows: torch.Tensor) -> tuple[tuple, dict[str, Any]]:
+    def route_pre(self, args: tuple, kwargs: dict[str, Any], rows: Rows) -> tuple[tuple, dict[str, Any]]:
         """This adapter's prefix for rows ``rows`` only (a :class:`RoutedPrefix`; other rows do not see it)."""
         if self._config is not None and self._config._attn_implementation not in (SDPA, EAGER):
             raise RuntimeError(f"prefix tuning needs attention implementation {SDPA!r} or {EAGER!r}, not "

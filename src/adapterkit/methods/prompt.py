@@ -21,7 +21,7 @@ from ..context import current
 from ..errors import ConfigError
 from ..injection import AdapterModule
 from ..registry import register_method
-from ..routing import set_prompt_mask
+from ..routing import Rows, set_prompt_mask
 from .base import Attachment, BuildContext
 
 
@@ -134,7 +134,7 @@ class SoftPrompt(AdapterModule):
         return SoftPrompt
 
     @classmethod
-    def routed_pre(cls, groups: list[tuple[AdapterModule, torch.Tensor]], args: tuple,
+    def routed_pre(cls, groups: list[tuple[AdapterModule, Rows]], args: tuple,
                    kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
         """Each row gets its adapter's prompt (None rows none); rows with a shorter prompt are padded at the end
         of the sequence (masked), so every real token keeps the position it has in a run with its own adapter."""
@@ -190,7 +190,7 @@ class SoftPrompt(AdapterModule):
         return (), kwargs
 
     @classmethod
-    def routed_post(cls, groups: list[tuple[AdapterModule, torch.Tensor]], args: tuple, kwargs: dict[str, Any],
+    def routed_post(cls, groups: list[tuple[AdapterModule, Rows]], args: tuple, kwargs: dict[str, Any],
                     output: Any) -> Any:
         """The hidden states at the text's own positions (each row's prompt and padding removed)."""
         lengths, at, length = current().state(SoftPrompt, "routed").pop()
