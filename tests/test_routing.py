@@ -13,9 +13,11 @@ from adapterkit.errors import ConfigError
 from adapterkit.injection import AdapterModule
 from adapterkit.methods.base import Attachment, BuildContext
 from adapterkit.methods.bottleneck import PfeifferConfig
+from adapterkit.methods.fusion import FusionConfig
 from adapterkit.methods.lora import LoRAConfig
+from adapterkit.registry import METHODS, get_method
 from adapterkit.routing import Routing, current_routing, scatter, select
-from adapterkit.testing import padded_batch, routed_vs_solo, tiny_adapted, tiny_batch
+from adapterkit.testing import padded_batch, perturb_adapter, routed_vs_solo, tiny_adapted, tiny_batch
 
 TOL = 1e-5
 
@@ -181,3 +183,26 @@ def test_threads_route_different_batches_at_once() -> None:
     for t in threads:
         t.join()
     assert all(torch.equal(results[i], expected[i]) for i in range(len(plans)))
+
+
+ROUTED = {"adaptable", "adapterdrop", "bottleneck", "fusion", "houlsby", "lora", "parallel", "pfeiffer", "prefix", "prompt",
+          "unipelt", "unipelt_prompt"}
+"""Methods whose mixed batches are exact; any other registered method must refuse, naming itself."""
+
+
+BUILT_IN = sorted(m for m in METHODS if get_method(m).__module__.startswith("adapterkit.methods."))
+
+
+@pytest.mark.parametrize("method", BUILT_IN)
+def test_every_registered_method_routes_exactly_or_refuses_by_name(method: str) -> None:
+    model = tiny_adapted("bert", {"p": PfeifferConfig(init="near_identity")})
+    config = FusionConfig(adapters=("p",)) if method == "fusion" else get_method(method)()
+    model.add_adapter("m", config)
+    perturb_adapter(model, "m", seed=3)
+    model.eval()
+    names = ["m", None, "p", "m"]
+    if method in ROUTED:
+        assert routed_vs_solo(model, padded_batch("bert", 4), names) <= TOL
+    else:
+        with pytest.raises(ConfigError, match=rf"adapter 'm' \(method '{method}'\) cannot be routed per example: \S"):
+            model(**padded_batch("bert", 4), adapter_names=names)
