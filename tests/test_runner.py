@@ -93,6 +93,14 @@ def args(files: dict[str, Path], out: Path, *extra: str) -> list[str]:
             "--lr", "1e-2", "--progress", "none", "--output-dir", str(out), *extra]
 
 
+@pytest.mark.parametrize("method", ["probe", "majority"])
+def test_train_runs_the_baselines_without_a_learning_rate(files, tmp_path: Path, method: str):
+    """`train --method probe|majority` (offered by --help) runs with no --lr: baselines train nothing by gradient."""
+    argv = [a for a in args(files, tmp_path / method, "--method", method) if a not in ("--lr", "1e-2")]
+    assert main(argv) == 0
+    assert json.loads((tmp_path / method / "results.json").read_text())["method"] == method
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--k-shot", "0"], "k_shot: must be a whole number >= 1, got 0"),
     (["--dev-size", "0"], "dev_size: must be a whole number >= 1, got 0"),

@@ -243,6 +243,8 @@ def default_learning_rate(method: str) -> float:
 
     if method in ("full", "head"):
         return DEFAULT_LEARNING_RATES[method]
+    if method in BASELINES:  # they train nothing by gradient; the value only fills TrainConfig
+        return DEFAULT_LEARNING_RATES["head"]
     from .registry import get_method
 
     return float(get_method(method).default_learning_rate)
