@@ -1,5 +1,5 @@
 """The ``adapterkit`` command: ``train``, ``eval``, ``predict``, ``pretrain``, ``info``, ``demo``, ``zoo``, ``analyze``,
-``experiment``, ``push`` and ``convert``.
+``experiment``, ``push``, ``convert`` and ``serve``.
 
 The flags of every command are generated from options dataclasses (:mod:`adapterkit.options`):
 ``TrainConfig`` for training, ``DataOptions`` and ``ModelOptions`` for data and model, and one small
@@ -146,6 +146,10 @@ def command_groups(command: str, experiment: str | None = None) -> tuple[Group, 
                       defaults={"epochs": 20.0, "max_length": 64}))
     if command == "zoo":
         return _zoo_groups()
+    if command == "serve":
+        from .serving.server import ServeOptions
+
+        return (Group(ServeOptions), Group(ModelOptions, only=("model",)))
     if command == "experiment":
         from .experiments import get_experiment
 
@@ -174,7 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "majority class",
              "zoo": "build or list an adapter zoo (source adapters with task, track and scores)",
              "push": "upload a saved adapter directory to a Hugging Face Hub repository",
-             "convert": "convert an adapter between adapterkit, peft and AdapterHub formats"}
+             "convert": "convert an adapter between adapterkit, peft and AdapterHub formats",
+             "serve": "serve many adapters over HTTP from one base model (needs adapterkit[serve])"}
     for command, text in helps.items():
         if command == "info":
             info = sub.add_parser("info", help=text)
@@ -471,6 +476,16 @@ def cmd_zoo(opts: dict[str, Any]) -> int:
     return 0
 
 
+# --- serve ----------------------------------------------------------------------------------------
+
+
+def cmd_serve(opts: dict[str, Any]) -> int:
+    from .serving.server import ServeOptions, run_serve
+
+    run_serve(options.build(ServeOptions, opts), options.build(ModelOptions, opts).model, say=say)
+    return 0
+
+
 # --- push and convert -----------------------------------------------------------------------------
 
 
@@ -552,6 +567,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "zoo":
             return cmd_zoo(opts)
+        if args.command == "serve":
+            return cmd_serve(opts)
         if args.command == "experiment":
             from .experiments import get_experiment
 
