@@ -13,8 +13,9 @@ model. An evicted adapter asked for again is loaded again, transparently. A batc
 than the limit allows runs in several parts, so every request is answered whatever the limit.
 
 A batch runs as one mixed-adapter forward (``AdaptedModel.forward(..., adapter_names=...)``, see
-:mod:`adapterkit.routing`), then each row through its adapter's own pooled head; rows of adapters whose head
-is the model's own (pooling ``hf``) run per adapter, with that head copied into the model.
+:mod:`adapterkit.routing`): adapters with the model's own kind of head (pooling ``hf``) carry it as their
+own head in the model; adapters with a pooled head get their rows' hidden states through it in the pool
+(so adapters with different label sets share one batch).
 
 ``predict`` and ``encode`` are safe to call from several threads: tokenization and the model each run under
 a lock (the model is shared and its set of loaded adapters changes).
@@ -162,7 +163,6 @@ class AdapterPool:
         self._own_head = dict(self.model.head_parameters())  # the model's own head (pooling hf)
         self._hidden = self.model.build_context().hidden_size
         self._loaded: OrderedDict[str, _Entry] = OrderedDict()  # LRU order: least recently used first
-        self._installed: str | None = None  # key of the entry whose head the model holds
         self._counter = 0
         self._model_lock = threading.RLock()
         self._tokenizer_lock = threading.Lock()
@@ -336,8 +336,6 @@ class AdapterPool:
                 continue
             entry = self._loaded.pop(name)
             self.model.delete_adapter(entry.key)
-            if self._installed == entry.key:
-                self._installed = None
             self.stats.evictions += 1
 
     def evict(self, name: str) -> bool:
@@ -347,8 +345,6 @@ class AdapterPool:
             if entry is None:
                 return False
             self.model.delete_adapter(entry.key)
-            if self._installed == entry.key:
-                self._installed = None
             self.stats.evictions += 1
             return True
 
@@ -420,10 +416,18 @@ class AdapterPool:
                     f"{tuple(own.shape)}: a head of the model's own kind (pooling hf) must have as many outputs as "
                     "the pool's base model; save the adapter with a pooled head (e.g. --pooling mean)")
         head = {k: v.to(self.device) for k, v in head.items()}
+        head_bytes = _nbytes(head)
         self._counter += 1
         key = f"pool{self._counter}"
         io.add_with_weights(self.model, key, config, tensors, directory / io.WEIGHTS_NAME, activate=False)
-        nbytes = _nbytes(tensors) + _nbytes(head) + (_nbytes(dict(pooled.state_dict())) if pooled is not None else 0)
+        if pooled is None:  # the model's own kind of head: routed per row by the model (its own head)
+            try:
+                self.model.set_adapter_head(key, head, head_config)
+            except ConfigError as exc:
+                self.model.delete_adapter(key)
+                raise AdapterLoadError(f"{head_path}: {exc}") from None
+            head = {}  # held by the model now
+        nbytes = _nbytes(tensors) + head_bytes + (_nbytes(dict(pooled.state_dict())) if pooled is not None else 0)
         seconds = time.perf_counter() - start
         self.stats.loads += 1
         self.stats.load_seconds += seconds
@@ -461,79 +465,45 @@ class AdapterPool:
         return out  # type: ignore[return-value]
 
     def _forward_rows(self, batch: dict[str, torch.Tensor], entries: list[_Entry]) -> list[torch.Tensor]:
-        """Logits of each row of ``batch`` under its own adapter and head.
+        """Logits of each row of ``batch`` under its own adapter and head, from ONE mixed-adapter forward
+        (``AdaptedModel.forward(..., adapter_names=...)``: every site module runs each adapter on its own rows).
 
-        Rows whose adapter has a pooled head (any pooling but ``hf``; any number of labels) run as ONE mixed-adapter
-        forward (``AdaptedModel.forward(..., adapter_names=...)``: every site module runs each adapter on its own
-        rows), then each adapter's head on its rows' hidden states. Rows whose adapter uses the model's own head
-        (``hf``) run per adapter with its head copied into the model's.
+        An adapter with the model's own kind of head (pooling ``hf``) has it registered as its own head
+        (``AdaptedModel.set_adapter_head``), so its rows' logits come out of that forward; an adapter with a
+        pooled head (any other pooling, any number of labels) gets its rows' hidden states through its head here.
         """
-        out: list[torch.Tensor | None] = [None] * len(entries)
-        pooled = [i for i, e in enumerate(entries) if e.pooled is not None]
-        own: dict[str, list[int]] = {}
-        for i, entry in enumerate(entries):
-            if entry.pooled is None:
-                own.setdefault(entry.key, []).append(i)
-        with torch.inference_mode():
-            if pooled:
-                self._routed_pooled(batch, pooled, entries, out)
-            for idx in own.values():
-                self._activate(entries[idx[0]])
-                sub = self._rows(batch, idx)
-                logits = self.model(**sub).logits.float().cpu()
-                for j, i in enumerate(idx):
-                    out[i] = logits[j]
-        return out  # type: ignore[return-value]
-
-    def _rows(self, batch: dict[str, torch.Tensor], idx: list[int]) -> dict[str, torch.Tensor]:
-        """Rows ``idx`` of ``batch``, without the columns that are padding in all of them (right padding)."""
-        sub = {k: v.index_select(0, torch.tensor(idx, device=self.device)) for k, v in batch.items()}
-        if getattr(self.tokenizer, "padding_side", "right") != "left":
-            width = int(sub["attention_mask"].sum(1).max())
-            sub = {k: v[:, :width] for k, v in sub.items()}
-        return sub
-
-    def _routed_pooled(self, batch: dict[str, torch.Tensor], idx: list[int], entries: list[_Entry],
-                       out: list[torch.Tensor | None]) -> None:
-        """One routed forward for rows ``idx`` (each through its own adapter), then each adapter's pooled head."""
         from torch.func import functional_call
 
         from ..heads import find_pooler
+        from ..model import canonical_name
 
-        sub = self._rows(batch, idx)
-        names = [entries[i].key for i in idx]
-        self.model.pooled_head, self._installed = None, None  # the model's forward; the heads are applied below
-        hidden = self.model(**sub, adapter_names=names, output_hidden_states=True).hidden_states[-1]
-        mask = sub["attention_mask"]
-        pooler = find_pooler(self.model.model)
-        groups: dict[str, list[int]] = {}
-        for j, i in enumerate(idx):
-            groups.setdefault(entries[i].key, []).append(j)
-        for rows in groups.values():
-            entry = entries[idx[rows[0]]]
-            select = torch.tensor(rows, device=self.device)
-            own_pooler = pooler
-            weights = {k.rpartition("pooler.")[2]: t for k, t in entry.head.items() if ".pooler." in f".{k}"}
-            if pooler is not None and weights:
-                def own_pooler(x: torch.Tensor, _w: dict = weights) -> torch.Tensor:
-                    return functional_call(pooler, _w, (x,))
-            features = entry.pooled.features(hidden.index_select(0, select), mask.index_select(0, select), own_pooler)
-            logits = entry.pooled(features).float().cpu()
-            for k, j in enumerate(rows):
-                out[idx[j]] = logits[k]
+        pooled = any(e.pooled is not None for e in entries)
+        with torch.inference_mode():
+            output = self.model(**batch, adapter_names=[e.key for e in entries], output_hidden_states=pooled)
+            out = list(output.logits.float().cpu()) if output.logits is not None else [None] * len(entries)
+            if not pooled:
+                return out
+            hidden, mask = output.hidden_states[-1], batch["attention_mask"]
+            pooler = find_pooler(self.model.model)
+            groups: dict[str, list[int]] = {}
+            for i, entry in enumerate(entries):
+                if entry.pooled is not None:
+                    groups.setdefault(entry.key, []).append(i)
+            for rows in groups.values():
+                entry = entries[rows[0]]
+                index = torch.tensor(rows, device=self.device)
+                own_pooler = pooler
+                weights = {k.rpartition("pooler.")[2]: t for k, t in entry.head.items() if ".pooler." in f".{k}"}
+                if pooler is not None and weights:  # names inside the pooler, as wrapped (``dense.base_layer.weight``)
+                    actual = {canonical_name(f".{n}")[1:]: n for n, _ in pooler.named_parameters()}
+                    weights = {actual.get(k, k): t for k, t in weights.items()}
 
-    def _activate(self, entry: _Entry) -> None:
-        """Make ``entry`` the active adapter and put its head in the model."""
-        if self.model.active_adapters != (entry.key,):
-            self.model.set_active_adapters(entry.key)
-        if self._installed == entry.key:
-            return
-        with torch.no_grad():
-            for key, tensor in entry.head.items():
-                self._own_head[key].copy_(tensor)
-        self.model.pooled_head = entry.pooled
-        self.model.head_config = entry.head_config
-        self._installed = entry.key
+                    def own_pooler(x: torch.Tensor, _w: dict = weights) -> torch.Tensor:
+                        return functional_call(pooler, _w, (x,))
+                features = entry.pooled.features(hidden.index_select(0, index), mask.index_select(0, index), own_pooler)
+                for row, logits in zip(rows, entry.pooled(features).float().cpu(), strict=True):
+                    out[row] = logits
+        return out
 
     @staticmethod
     def _prediction(entry: _Entry, logits: torch.Tensor) -> Prediction:
