@@ -370,7 +370,14 @@ def check_answers(answers: list[Any], jobs: list[tuple[str, str]], expected: lis
     return {"lost": lost, "wrong": wrong}
 
 
+def _quiet() -> None:
+    from adapterkit.console import quiet_transformers
+
+    quiet_transformers()
+
+
 def measure_server_load(opts: argparse.Namespace) -> list[Table]:
+    _quiet()
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
         rows = server_load(opts, Path(tmp))
     return [server_table(rows, opts)]
@@ -438,6 +445,7 @@ def server_table(rows: list[dict[str, Any]], opts: argparse.Namespace) -> Table:
 
 
 def measure_many_on_disk(opts: argparse.Namespace) -> list[Table]:
+    _quiet()
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
         return [disk_table(many_on_disk(opts, Path(tmp)))]
 
@@ -548,6 +556,7 @@ def main() -> None:
     parser.add_argument("--save-only", help=argparse.SUPPRESS)  # internal: save --disk-adapters adapters there
     opts = parser.parse_args()
     if opts.save_only:
+        _quiet()
         save_random_adapters(Path(opts.save_only), opts.disk_adapters, reduction_factor=opts.reduction_factor, seed=1)
         return
     chosen = [m.strip() for m in opts.only.split(",") if m.strip()]
