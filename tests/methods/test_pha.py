@@ -412,3 +412,24 @@ def test_trains_through_the_one_trainer_path_with_running_mean_prototypes(tmp_pa
     saved = load_file(str(Path(last_checkpoint(tmp_path / "run")) / TRAINABLE_NAME))
     assert "shared.pha.prototype_mean" in saved and saved["shared.pha.prototype_count"].tolist() == [16.0]
     assert "shared.pha.weight_down.weight" in saved
+
+
+def test_materialized_adapters_merge_like_ordinary_bottlenecks() -> None:
+    from adapterkit.merging import merge_adapters
+
+    model = model_with_pha()
+    with torch.no_grad():
+        for p in pha_module(model, "pha").parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    names = [materialize(model, "pha", task) for task in ("sst2", "rte")]
+    states = [model.adapter_state_dict(n) for n in names]
+    groups = model.neuron_groups(names[0])
+    assert len(groups) == len(model.layers)  # one bottleneck per layer, permutable for OT merging
+    for method in ("average", "ot_weights"):
+        merged = merge_adapters(method, states, groups=groups) if method != "average" else merge_adapters(method, states)
+        model.add_adapter(f"merged-{method}", model.adapter_configs[names[0]], activate=False)
+        model.load_adapter_state_dict(f"merged-{method}", merged)
+    model.set_active_adapters("merged-average")
+    expected = {k: (states[0][k] + states[1][k]) / 2 for k in states[0]}
+    assert all(torch.allclose(model.adapter_state_dict("merged-average")[k], v) for k, v in expected.items())
+    assert logits(model, {k: v for k, v in batch([0, 0]).items() if k != "task_ids"}).shape == (2, 2)
