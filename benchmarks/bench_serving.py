@@ -10,8 +10,9 @@ configurations interleaved repeat by repeat and the median kept.
 - ``pfeiffer`` / ``lora``: a mixed batch (``--batch`` x ``--seq`` tokens, eval) over ``--adapters`` adapters
   (row i gets adapter i mod N) against the same batch with one adapter active, and the bare model.
   Target: mixed <= 1.10 x single.
-- ``peft``: our LoRA mixed batch against peft's (``adapter_names=`` in peft) on the same adapters, with the
-  largest logit difference between the two. Target: ours <= peft's.
+- ``peft``: our LoRA mixed batch against peft's (``adapter_names=`` in peft) on the same adapters, each with
+  its own copy of the head on both sides (peft's sequence-classification adapters keep the head as
+  ``modules_to_save``), with the largest logit difference between the two. Target: ours <= peft's.
 
 - ``server-load``: ``adapterkit serve`` (a subprocess, the bundled MiniLM, ``--max-adapters 32``) over
   ``--served-adapters`` (100) randomly initialised small Pfeiffer adapters with random 2-label heads, saved to a
@@ -216,8 +217,10 @@ def measure_peft(opts: argparse.Namespace) -> list[Table]:
     names = [f"l{i}" for i in range(opts.adapters)]
     with_adapters(model, {n: LoRAConfig(r=8) for n in names})
     with tempfile.TemporaryDirectory() as tmp:
-        for n in names:
-            save_peft_adapter(model, n, f"{tmp}/{n}", include_head=False)
+        for n in names:  # peft's sequence-classification adapters carry the head (modules_to_save): so do ours
+            save_peft_adapter(model, n, f"{tmp}/{n}", include_head=True)
+            _only_classifier_saved(Path(tmp) / n)  # peft mixes batches only over Linear-like modules_to_save
+            model.set_adapter_head(n, model.head_state_dict())
         peft_model = PeftModel.from_pretrained(base_copy, f"{tmp}/{names[0]}", adapter_name=names[0])
         for n in names[1:]:
             peft_model.load_adapter(f"{tmp}/{n}", adapter_name=n)
@@ -240,6 +243,14 @@ def measure_peft(opts: argparse.Namespace) -> list[Table]:
              f"difference ours vs peft {agreement:.1e} (target ours mixed <= peft mixed: {verdict})")
     print(f"peft: {t} agreement {agreement:.1e}", flush=True)
     return [(title, ["run", "seconds", "x peft mixed"], rows)]
+
+
+def _only_classifier_saved(directory: Path) -> None:
+    """Keep the classifier (not BERT's pooler, which peft cannot mix per row) as the peft adapter's head."""
+    config = directory / "adapter_config.json"
+    meta = json.loads(config.read_text())
+    meta["modules_to_save"] = ["classifier"]
+    config.write_text(json.dumps(meta))
 
 
 # --- part 2: the adapter pool and the HTTP server -----------------------------------------------

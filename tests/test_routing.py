@@ -206,3 +206,20 @@ def test_every_registered_method_routes_exactly_or_refuses_by_name(method: str) 
     else:
         with pytest.raises(ConfigError, match=rf"adapter 'm' \(method '{method}'\) cannot be routed per example: \S"):
             model(**padded_batch("bert", 4), adapter_names=names)
+
+
+def test_segmented_products_see_weight_changes_and_train() -> None:
+    """The concatenated weights kept between no-grad calls follow in-place updates; with gradients both
+    adapters of a segmented product get theirs."""
+    model = tiny_adapted("bert", {"a": PfeifferConfig(init="near_identity"), "b": PfeifferConfig(init="near_identity"),
+                                  "c": LoRAConfig(r=4), "d": LoRAConfig(r=4)})
+    batch, names = padded_batch("bert", 4), ["a", "b", "c", "d"]
+    assert routed_vs_solo(model, batch, names) <= TOL
+    perturb_adapter(model, "b", seed=9)
+    perturb_adapter(model, "d", seed=9)
+    assert routed_vs_solo(model, batch, names) <= TOL
+    model.train()
+    model.set_active_adapters("a", "b", "c", "d")
+    model(**tiny_batch(4, 8, num_labels=2), adapter_names=names).loss.backward()
+    for name in names:
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.adapter_parameters(name).values()), name

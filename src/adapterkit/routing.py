@@ -161,6 +161,41 @@ def add_rows(base: torch.Tensor, rows: Rows | torch.Tensor, values: torch.Tensor
     return scatter(base, [(rows, select(base, rows) + values)])
 
 
+def stacked(owner: Any, modules: Sequence[torch.nn.Module], build: Any) -> Any:
+    """``build()`` (the concatenated weights of ``modules`` for a segmented product), kept on ``owner`` between
+    calls while no gradient is recorded and none of the modules' parameters changed (their versions)."""
+    if torch.is_grad_enabled():
+        return build()
+    params = [p for m in modules for p in m.parameters()]
+    key = (tuple(id(m) for m in modules), tuple(p._version for p in params), torch.is_inference_mode_enabled())
+    cache = owner.__dict__.setdefault("_adapterkit_stacked", {})
+    if key not in cache:
+        if len(cache) >= 4:
+            cache.clear()
+        cache[key] = build()
+    return cache[key]
+
+
+def block_scales(groups: Sequence[tuple[Rows, int, float]], batch: int, like: torch.Tensor) -> torch.Tensor:
+    """(batch, sum of widths) scales for a batched ("segmented") product over all adapters at once: row block g
+    (rows ``rows``) holds ``scale`` in its own ``width`` columns and 0 elsewhere, so multiplying the
+    concatenated per-adapter activations by it keeps each row's own adapter only (exact zeros for the others
+    and for rows of no adapter). Built once per forward for a given layout (shared by every site)."""
+    key = tuple((r.start, r.stop, w, float(sc)) if isinstance(r, slice) else (id(r), w, float(sc)) for r, w, sc in groups)
+    ctx = current()
+    cache = ctx.state(_STATE, "block_scales", dict) if ctx is not None else {}
+    cache_key = (key, batch, like.dtype, like.device)
+    if cache_key not in cache:
+        total = sum(w for _, w, _ in groups)
+        scales = torch.zeros(batch, total, dtype=like.dtype)
+        at = 0
+        for rows, width, scale in groups:
+            scales[rows if isinstance(rows, slice) else rows.cpu(), at : at + width] = scale
+            at += width
+        cache[cache_key] = scales.to(like.device)
+    return cache[cache_key]
+
+
 def row_mask(rows: Rows | torch.Tensor, length: int | None = None) -> torch.Tensor | None:
     """The 2-D attention mask of rows ``rows`` for a sequence of ``length`` positions, or None when the pass
     has no 2-D mask. When soft prompts were routed in this pass, their per-row mask (prompt positions real,

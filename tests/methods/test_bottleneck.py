@@ -175,3 +175,17 @@ def test_routing_original_ln_and_gated_bottlenecks(arch: str) -> None:
         "g": PfeifferConfig(init="near_identity", gated=True), "gq": ParallelConfig(init="near_identity", gated=True),
         "go": HoulsbyConfig(init="near_identity", gated=True, original_ln=True)})
     assert routed_vs_solo(model, padded_batch(arch), ["ho", "po", None, "g", "gq", "go"]) <= 1e-5
+
+
+@pytest.mark.parametrize("arch", ["bert", "llama"])
+def test_routing_runs_plain_sequential_adapters_as_one_segmented_product(arch: str, monkeypatch) -> None:
+    """Plain sequential adapters at a site (same activation): no per-adapter pass, still exact, scaling included."""
+    model = tiny_adapted(arch, {"a": PfeifferConfig(init="near_identity"), "b": PfeifferConfig(init="near_identity",
+                                reduction_factor=4, scaling=2.0), "h": HoulsbyConfig(init="near_identity", activation="relu"),
+                                "i": HoulsbyConfig(init="near_identity", activation="relu", reduction_factor=8)})
+
+    def per_group(*args, **kwargs):
+        raise AssertionError("per-group path used")
+
+    monkeypatch.setattr(SequentialAdapter, "route_post", per_group)
+    assert routed_vs_solo(model, padded_batch(arch), ["a", "i", "b", "h", "a", None]) <= 1e-5

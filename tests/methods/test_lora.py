@@ -144,3 +144,14 @@ def test_routing_refuses_a_merged_lora_and_works_after_unmerging() -> None:
         model(**padded_batch("bert", 2), adapter_names=["a", "b"])
     model.unmerge_adapter("a")
     assert routed_vs_solo(model, padded_batch("bert", 2), ["a", "b"]) <= 1e-5
+
+
+def test_routing_runs_several_loras_as_one_segmented_product(monkeypatch) -> None:
+    """Two or more plain LoRAs at a projection: no per-adapter pass (route_post is not called), still exact."""
+    model = tiny_adapted("bert", {"a": LoRAConfig(r=4), "b": LoRAConfig(r=2), "c": LoRAConfig(r=4, alpha=4.0)})
+
+    def per_group(*args, **kwargs):
+        raise AssertionError("per-group path used")
+
+    monkeypatch.setattr(LoRALinear, "route_post", per_group)
+    assert routed_vs_solo(model, padded_batch("bert"), ["a", None, "b", "c", "a", "b"]) <= 1e-5

@@ -30,7 +30,7 @@ from ..context import current
 from ..errors import ConfigError
 from ..injection import AdaptedModule, AdapterModule, get_module
 from ..registry import register_method
-from ..routing import Rows, add_rows, row_mask, select
+from ..routing import Rows, add_rows, block_scales, row_mask, select, stacked
 from . import rational  # noqa: F401  (registers the learnable rational activations)
 from .base import ACTIVATIONS, Attachment, BuildContext, NeuronGroup, make_activation
 from .gating import GATE_AVERAGE_HELP, GATE_AVERAGES, Gate
@@ -96,6 +96,43 @@ class SequentialAdapter(AdapterModule):
     def route_post(self, args: tuple, kwargs: dict[str, Any], output: torch.Tensor, rows: Rows) -> torch.Tensor:
         h = select(output, rows)
         return h + self.delta(h, row_mask(rows, h.shape[1] if h.dim() == 3 else None))
+
+    @classmethod
+    def routing_family(cls) -> type[AdapterModule]:
+        return SequentialAdapter if cls is SequentialAdapter else AdapterModule
+
+    @classmethod
+    def routed_post(cls, groups: list[tuple[AdapterModule, Rows]], args: tuple, kwargs: dict[str, Any],
+                    output: Any) -> Any:
+        """Every plain sequential adapter at this site in two GEMMs whatever their number (a segmented product):
+        all Down projections (concatenated) and the activation, a per-row block mask keeping each row's own
+        units (scaled), all Up projections, and each row's own Up bias. Falls back to one group at a time when
+        there is one group, the bottlenecks differ in activation, have learnable ones or active dropout, or
+        their widths add up to more than the hidden size."""
+        necks = [m.bottleneck for m, _ in groups]  # type: ignore[attr-defined]
+        act = necks[0].act
+        plain = all(type(n) is Bottleneck and type(n.act) is type(act) and not any(True for _ in n.act.parameters())
+                    and repr(n.act) == repr(act) and (isinstance(n.dropout, nn.Identity) or not n.training) for n in necks)
+        total = sum(n.down.out_features for n in necks)
+        if len(groups) < 2 or not plain or total > output.shape[-1]:
+            return super().routed_post(groups, args, kwargs, output)
+        batch, count = output.shape[0], len(necks)
+
+        def build() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            # one extra Down unit per adapter with weight 0 and bias 1 carries its Up bias through the same GEMM
+            down_w = torch.cat([*(n.down.weight for n in necks), necks[0].down.weight.new_zeros(count, output.shape[-1])])
+            down_b = torch.cat([*(n.down.bias for n in necks), necks[0].down.bias.new_ones(count)])
+            up = torch.cat([*(n.up.weight for n in necks), torch.stack([n.up.bias for n in necks], dim=1)], dim=1)
+            return down_w, down_b, up
+
+        down_w, down_b, up = stacked(groups[0][0].wrapper, necks, build)
+        one = float(act(torch.ones(1, dtype=output.dtype)))  # what the bias unit carries after the activation
+        scales = block_scales([(rows, n.down.out_features, n.scaling) for (_, rows), n in zip(groups, necks, strict=True)]
+                              + [(rows, 1, n.scaling / one) for (_, rows), n in zip(groups, necks, strict=True)], batch, output)
+        h = act(F.linear(output, down_w, down_b))
+        h = h * scales.view(batch, *([1] * (h.dim() - 2)), total + count)
+        flat = torch.addmm(output.reshape(-1, output.shape[-1]), h.reshape(-1, h.shape[-1]), up.t())
+        return flat.view(output.shape)
 
     def fusion_refusal(self) -> str | None:
         return None

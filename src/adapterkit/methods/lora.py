@@ -20,7 +20,7 @@ from ..config import MethodConfig, check, opt
 from ..errors import ConfigError
 from ..injection import AdaptedModule, AdapterModule
 from ..registry import register_method
-from ..routing import Rows, row_mask, select
+from ..routing import Rows, block_scales, row_mask, select, stacked
 from .base import Attachment, BuildContext
 from .gating import GATE_AVERAGE_HELP, GATE_AVERAGES, Gate
 
@@ -51,6 +51,35 @@ class LoRALinear(AdapterModule):
         h = F.linear(self.dropout(x), self.lora_A)
         # output + h (s B)^T in one GEMM: the scaling goes on the tiny B and the addition into addmm
         flat = torch.addmm(output.reshape(-1, output.shape[-1]), h.reshape(-1, h.shape[-1]), (self.lora_B * self.scaling).t())
+        return flat.view(output.shape)
+
+    @classmethod
+    def routing_family(cls) -> type[AdapterModule]:
+        return LoRALinear if cls is LoRALinear else AdapterModule
+
+    @classmethod
+    def routed_post(cls, groups: list[tuple[AdapterModule, Rows]], args: tuple, kwargs: dict[str, Any],
+                    output: Any) -> Any:
+        """Every LoRA at this projection in two GEMMs whatever their number (a segmented product): the rows go
+        through all the adapters' A (concatenated), a per-row block mask keeps each row's own (scaled) part,
+        and all Bs add it to the output in one ``addmm``. Falls back to one group at a time when there is a
+        single group, a dropout is active, or the ranks add up to more than half the input width."""
+        modules = [m for m, _ in groups]
+        for m in modules:
+            if m.merged:  # type: ignore[attr-defined]
+                raise ConfigError(f"adapter {m.adapter_name!r}: LoRA {m.routing_refusal()}")
+        x = args[0] if args else kwargs["input"]
+        total = sum(m.lora_A.shape[0] for m in modules)  # type: ignore[attr-defined]
+        dropout = any(m.training and not isinstance(m.dropout, nn.Identity) for m in modules)  # type: ignore[attr-defined]
+        if len(groups) < 2 or dropout or total > x.shape[-1] // 2:
+            return super().routed_post(groups, args, kwargs, output)
+        a, b = stacked(modules[0].wrapper, modules, lambda: (
+            torch.cat([m.lora_A for m in modules]), torch.cat([m.lora_B for m in modules], dim=1)))  # type: ignore[attr-defined]
+        scales = block_scales([(rows, m.lora_A.shape[0], m.scaling) for m, rows in groups],  # type: ignore[attr-defined]
+                              x.shape[0], x)
+        h = F.linear(x, a)
+        h = h * scales.view(x.shape[0], *([1] * (h.dim() - 2)), total)
+        flat = torch.addmm(output.reshape(-1, output.shape[-1]), h.reshape(-1, total), b.t())
         return flat.view(output.shape)
 
     def routing_refusal(self) -> str | None:
