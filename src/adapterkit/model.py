@@ -722,7 +722,9 @@ class AdaptedModel(nn.Module):
         if self.adapter_heads:
             logits = self._own_pooled_logits(hidden, mask, logits)
         loss = None
-        if labels is not None:
+        if labels is not None and hasattr(self.pooled_head, "loss"):  # a head with its own loss (multi-task heads)
+            loss = self.pooled_head.loss(logits, labels)
+        elif labels is not None:
             cfg = self.model.config
             loss = head_loss(logits, labels, getattr(cfg, "problem_type", None), int(cfg.num_labels))
         return SequenceClassifierOutput(loss=loss, logits=logits)

@@ -29,6 +29,8 @@ def encode(tokenizer: Any, spec: Any, examples: Sequence[Example], max_length: i
     if spec.kind == "qa":
         fn = preprocess.encode_qa_eval if for_eval else preprocess.encode_qa_train
         return fn(tokenizer, examples, max_length=max_length, doc_stride=doc_stride or default_doc_stride(max_length))
+    if spec.kind == "multitask":  # a training.multitask.MultiTaskSpec: examples tagged with their task
+        return spec.encode(tokenizer, examples, max_length)
     if spec.kind == "mlm":  # examples are plain texts (adapterkit.pretraining)
         return preprocess.encode_mlm(tokenizer, examples, max_length=max_length, packing=spec.packing)
     dtype = "float" if spec.kind == "regression" else "int"
@@ -46,6 +48,8 @@ def collator(tokenizer: Any, spec: Any = None) -> Any:
 
 def label_names(spec: Any) -> list[str]:
     """The label columns of ``spec``'s kind (QA: the answer span positions)."""
+    if spec.kind == "multitask":  # per-task metrics need each example's task
+        return ["labels", "task_ids"]
     return ["start_positions", "end_positions"] if spec.kind == "qa" else ["labels"]
 
 
@@ -66,13 +70,14 @@ def autocast(precision: str, device: torch.device | str) -> contextlib.AbstractC
 @torch.no_grad()
 def predict_logits(adapted: nn.Module, tokenizer: Any, dataset: Any, batch_size: int = 64,
                    precision: str = "fp32") -> list[np.ndarray]:
-    """Run the model over an encoded dataset (no label columns needed); returns one array per output."""
+    """Run the model over an encoded dataset (no label columns needed; a ``task_ids`` column is passed on, to the
+    forward context); returns one array per output."""
     collate = collator(tokenizer)
     device = next(adapted.parameters()).device
     was_training = adapted.training
     adapted.eval()
     outputs: list[list[np.ndarray]] = []
-    names = [c for c in dataset.column_names if c in ("input_ids", "attention_mask", "token_type_ids")]
+    names = [c for c in dataset.column_names if c in ("input_ids", "attention_mask", "token_type_ids", "task_ids")]
     rows = dataset.select_columns(names).to_list()
     order = sorted(range(len(rows)), key=lambda j: len(rows[j]["input_ids"]))  # little padding per batch
     try:

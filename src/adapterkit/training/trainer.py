@@ -280,6 +280,8 @@ def train(adapted: Any, tokenizer: Any, spec: Any, train_examples: Sequence[Exam
 
     def metrics_fn(pred: Any) -> dict[str, float]:
         logits = pred.predictions[0] if isinstance(pred.predictions, tuple) else pred.predictions
+        if spec.kind == "multitask":  # per-task metrics and their mean (training.multitask)
+            return spec.compute_metrics(logits, pred.label_ids)
         return compute_metrics(spec, logits, pred.label_ids)
 
     if config.lp_init:
