@@ -18,6 +18,7 @@ EXPERIMENTS.register("mera", "adapterkit.experiments.mera")
 EXPERIMENTS.register("adaptable", "adapterkit.experiments.adaptable")
 EXPERIMENTS.register("effectiveness", "adapterkit.experiments.effectiveness")
 EXPERIMENTS.register("fewshot", "adapterkit.experiments.fewshot")
+EXPERIMENTS.register("pha", "adapterkit.experiments.pha")
 
 
 def register_experiment(name: str, module: str) -> None:

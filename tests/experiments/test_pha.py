@@ -1,0 +1,46 @@
+"""The PHA experiment end to end on a tiny model and real task files (multi-task grid and report)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from adapterkit.cli import main
+from adapterkit.errors import ConfigError
+from adapterkit.experiments import pha
+from adapterkit.testing import save_tiny_model
+
+
+def test_pha_grid_runs_every_system_and_resumes(tmp_path, data_dir, capsys: pytest.CaptureFixture) -> None:
+    model = save_tiny_model(tmp_path / "tiny-bert", head="base")
+    out = tmp_path / "out"
+    argv = ["experiment", "pha", "--model", str(model), "--data-dir", str(data_dir), "--output-dir", str(out),
+            "--tasks", "sst2,stsb,qnli", "--sizes", "16,32", "--seeds", "3", "--epochs", "1", "--dev-size", "8",
+            "--test-size", "20", "--max-length", "16", "--systems", "majority,probe,pfeiffer,shared,full",
+            "--holdout", "none", "--transfer-tasks", "", "--progress", "none", "--lrs", "full=1e-3"]
+    assert main(argv) == 0
+    rows = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+    assert {(r["size"], r["system"]) for r in rows} == {
+        (n, s) for n in (16, 32) for s in ("majority", "probe", "pfeiffer", "shared", "full")}
+    for r in rows:
+        assert set(r["scores"]) == {"sst2", "stsb", "qnli"}
+        assert r["test_score"] == pytest.approx(sum(v if v == v else 0.0 for v in r["scores"].values()) / 3)
+    per_task = next(r for r in rows if r["system"] == "pfeiffer" and r["size"] == 16)
+    shared = next(r for r in rows if r["system"] == "shared" and r["size"] == 16)
+    assert len(per_task["best_epoch"]) == 3  # one run per task
+    assert per_task["trainable"] > shared["trainable"]  # three adapters against one
+    report = (out / "results.md").read_text()
+    assert "## Multi-task: mean test score over tasks" in report and "| majority |" in report
+    assert "### Per task, N=32" in report and "(n=1)" in report
+    assert (out / "pha_sizes.png").stat().st_size > 1000
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "10 already in" in capsys.readouterr().out
+
+
+def test_pha_options_are_checked() -> None:
+    assert pha.learning_rates({"lrs": "pha=3e-3"})["pha"] == 3e-3
+    with pytest.raises(ConfigError, match="lrs: 'bogus'"):
+        pha.learning_rates({"lrs": "bogus=1"})
+    assert main(["experiment", "pha", "--systems", "nonsense"]) == 2
+    assert main(["experiment", "pha", "--holdout", "stsb", "--systems", "majority"]) == 2  # regression: no k per class
