@@ -21,6 +21,7 @@ from adapterkit.training.multitask import (
     MultiTaskSpec,
     add_task_heads,
     evaluate_tasks,
+    init_heads_from_probes,
     mix_tasks,
     task_metrics,
     train_multitask,
@@ -174,3 +175,17 @@ def test_bad_task_names_are_named(tiny) -> None:
         MultiTaskSpec((_spec("a"), _spec("a")))
     with pytest.raises(DataError, match="has no 'task' field"):
         spec.encode(None, [{"text": "x", "label": 0}], 8)
+
+
+def test_lp_init_fits_each_task_head_on_frozen_features(tiny) -> None:
+    spec = MultiTaskSpec((_spec("a"), _spec("b", labels=("x", "y", "z")), _spec("c", "regression")))
+    adapted, tok = _model(tiny, spec)
+    train = {t: _examples(40, t, 1) for t in "abc"}
+    dev = {t: _examples(20, t, 2) for t in "abc"}
+    config = TrainConfig(output_dir="unused", max_length=8, progress="none")
+    before = evaluate_tasks(adapted, tok, spec, dev, config)
+    chosen = init_heads_from_probes(adapted, tok, spec, train, dev, config)
+    assert set(chosen) == {"a", "b", "c"}
+    after = evaluate_tasks(adapted, tok, spec, dev, config)
+    assert after["b"]["accuracy"] == 1.0 and before["b"]["accuracy"] < 0.7  # no gradient step: the probe alone
+    assert after["c"]["pearson"] > 0.9  # the colour count is linear in the mean-pooled features

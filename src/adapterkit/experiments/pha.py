@@ -88,13 +88,16 @@ OPTIONS = option_groups(
     {"output_dir": "runs/pha", "tasks": ["sst2", "cola", "mrpc", "stsb", "rte", "qnli"], "seeds": [42, 92, 111],
      "systems": list(SYSTEMS)},
     Options,
-    {"epochs": 10.0, "learning_rate": None, "batch_size": 32},
-    {"learning_rate": "one learning rate for every trained system (default: per system, see --lrs)"},
+    {"epochs": 10.0, "learning_rate": None, "batch_size": 32, "lp_init": True},
+    {"learning_rate": "one learning rate for every trained system (default: per system, see --lrs)",
+     "lp_init": "every trained system's task heads start as linear probes on the frozen features (LP-FT), so that a "
+     "few hundred steps are spent on the adapters, not on fitting random heads"},
+    ("lp_init",),
     head=True,
 )
 SETTINGS = ("model", "epochs", "learning_rate", "lrs", "batch_size", "max_length", "precision", "pooling", "normalize",
             "dev_size", "test_size", "min_steps", "temperature", "heads", "pha_config", "hyperformer_config",
-            "transfer_size", "transfer_epochs", "transfer_init", "backbone_dropout")
+            "transfer_size", "transfer_epochs", "transfer_init", "backbone_dropout", "lp_init")
 """Options that change results: a log is never extended under other values (see ResultLog)."""
 
 
@@ -186,28 +189,25 @@ def build_multitask(system: str, mt_spec: Any, opts: dict[str, Any]) -> tuple[An
 
     adapted, tokenizer = _model(mt_spec.tasks[0], opts)
     add_task_heads(adapted, mt_spec, opts.get("heads") or "per_task")
-    extra_loss = None
     if system in ("pfeiffer", "shared"):
         adapted.add_adapter(system, PfeifferConfig())
         return adapted, tokenizer, "adapters", None
     if system == "full":
         return adapted, tokenizer, "full", None
     if system in GENERATED:
-        extra_loss = add_generated(adapted, system, mt_spec, opts)
-        return adapted, tokenizer, "adapters", extra_loss
+        add_generated(adapted, system, mt_spec, opts)
+        return adapted, tokenizer, "adapters", None
     raise ConfigError(f"systems: unknown system {system!r}; known: {list(SYSTEMS)}")
 
 
-def add_generated(adapted: Any, system: str, mt_spec: Any, opts: dict[str, Any]) -> Any:
-    """Add the PHA / HyperFormer++ adapter for ``mt_spec``'s tasks; returns its extra loss (or None)."""
+def add_generated(adapted: Any, system: str, mt_spec: Any, opts: dict[str, Any]) -> None:
+    """Add the PHA / HyperFormer++ adapter for ``mt_spec``'s tasks (PHA's contrastive losses come with its outputs'
+    loss: nothing else to add)."""
     from ..registry import get_method
 
     key = "pha_config" if system == "pha" else "hyperformer_config"
     fields = {"tasks": list(mt_spec.names), **json_fields(opts, key)}
-    config = get_method(system).from_dict(fields, key)
-    adapted.add_adapter(system, config)
-    losses = getattr(config, "extra_loss", None)
-    return losses(adapted, system) if callable(losses) else None
+    adapted.add_adapter(system, get_method(system).from_dict(fields, key))
 
 
 def grid_epochs(opts: dict[str, Any], n_train: int) -> float:
@@ -367,18 +367,18 @@ def run_transfer_cell(system: str, target: TaskData, k: int, seed: int, opts: di
         return {k_: row[k_] for k_ in ("test_score", "dev_score", "trainable", "train_seconds")}
     if system in ("pha", "pha+hyper"):
         from ..methods.pha_transfer import transfer_to_task
+        from ..training.multitask import evaluate_tasks
 
-        adapted, tokenizer, tasks = load_source(source, opts)
+        adapted, tokenizer, _ = load_source(source, opts)
         start = time.perf_counter()
-        result = transfer_to_task(adapted, tokenizer, "pha", spec, train, dev, config,
-                                  init=opts.get("transfer_init") or "nearest",
-                                  tune="prototype" if system == "pha" else "prototype+hypernetwork", label=label)
-        from ..training.multitask import MultiTaskSpec, evaluate_tasks
-
-        test = evaluate_tasks(adapted, tokenizer, MultiTaskSpec((spec,)), {spec.name: target.test}, config)
-        return {"test_score": test[spec.name]["score"], "dev_score": result.score,
-                "trainable": result.trainable_parameters, "train_seconds": round(time.perf_counter() - start, 2),
-                "init": result.init_note if hasattr(result, "init_note") else None}
+        done = transfer_to_task(adapted, tokenizer, "pha", spec, train, dev, config,
+                                init=opts.get("transfer_init") or "nearest",
+                                tune="prototype" if system == "pha" else "prototype+hypernetwork",
+                                temperature=float(opts.get("temperature") or 1.0), label=label)
+        test = evaluate_tasks(adapted, tokenizer, done.spec, {spec.name: target.test}, config)
+        return {"test_score": test[spec.name]["score"], "dev_score": done.score,
+                "trainable": done.trainable_parameters, "train_seconds": round(time.perf_counter() - start, 2),
+                "init": done.init_note}
     raise ConfigError(f"transfer_systems: unknown system {system!r}; known: {list(TRANSFER_SYSTEMS)}")
 
 

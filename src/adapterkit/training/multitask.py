@@ -305,7 +305,8 @@ def train_multitask(adapted: Any, tokenizer: Any, spec: MultiTaskSpec, train: di
     """Train ``adapted`` (which has task heads, :func:`add_task_heads`) on every task of ``spec`` at once.
 
     ``train`` / ``dev``: task name -> examples. Dev scores are per task (``TASK_score`` in the history's log)
-    and their mean (``score``) selects the best checkpoint. Returns the :class:`TrainResult` of
+    and their mean (``score``) selects the best checkpoint. ``config.lp_init``: each task head starts as a
+    linear probe on the current features (:func:`init_heads_from_probes`). Returns the :class:`TrainResult` of
     :func:`adapterkit.training.train`.
     """
     from .trainer import train as train_one
@@ -314,10 +315,81 @@ def train_multitask(adapted: Any, tokenizer: Any, spec: MultiTaskSpec, train: di
         raise ConfigError("pooled_head: call training.multitask.add_task_heads(adapted, spec) before training")
     for name_ in [*train, *(dev or {})]:
         spec.task_id(name_)
+    if config.lp_init:
+        init_heads_from_probes(adapted, tokenizer, spec, train, dev, config)
+        config = config.replace(lp_init=False)
     mixed = mix_tasks({t: train[t] for t in spec.names if t in train}, temperature, config.seed)
     dev_mixed = [ex for t in spec.names for ex in tag((dev or {}).get(t) or [], t)]
     return train_one(adapted, tokenizer, spec, mixed, dev_mixed or None, config, callbacks=callbacks,
                      extra_loss=extra_loss, name=name)
+
+
+def init_heads_from_probes(adapted: Any, tokenizer: Any, spec: MultiTaskSpec, train: dict[str, Sequence[Example]],
+                           dev: dict[str, Sequence[Example]] | None, config: TrainConfig) -> dict[str, float]:
+    """LP-FT for task heads: set each task's linear layer to a probe (logistic / ridge regression, L2 strength
+    chosen on the task's dev set) fitted on the current features of its training examples. Tasks sharing a
+    layer are fitted together. Returns head index -> chosen L2 strength."""
+    from ..heads import fit_linear
+    from ..metrics import compute_metrics
+
+    head = adapted.pooled_head
+    chosen: dict[str, float] = {}
+    for group in sorted(set(head.groups)):
+        tasks = [t for tid, t in enumerate(spec.tasks) if head.groups[tid] == group and train.get(t.name)]
+        if not tasks:
+            continue
+        first = tasks[0]
+
+        def features(split: dict[str, Sequence[Example]] | None, tasks: list = tasks) -> tuple[Any, Any] | None:
+            exs = [(t, ex) for t in tasks for ex in (split or {}).get(t.name) or []]
+            if not exs:
+                return None
+            x = torch.cat([task_features(adapted, tokenizer, spec, t.name, [ex for u, ex in exs if u is t], config)
+                           for t in tasks if any(u is t for u, _ in exs)])
+            y = torch.tensor([float(ex["label"]) for _, ex in exs])
+            return x, y
+
+        train_xy, dev_xy = features(train), features(dev)
+        regression = first.kind == "regression"
+
+        def score(logits: torch.Tensor, labels: torch.Tensor, task: Any = first, regression: bool = regression) -> float:
+            out = logits[:, 0] if regression else logits
+            value = compute_metrics(task, out.numpy(), labels.numpy() if regression else labels.long().numpy())["score"]
+            return -1.0 if value != value else float(value)
+
+        fit = fit_linear(train_xy[0], train_xy[1] if regression else train_xy[1].long(), spec.outputs(first),
+                         regression=regression, dev_x=dev_xy[0] if dev_xy else None,
+                         dev_y=(dev_xy[1] if regression else dev_xy[1].long()) if dev_xy else None, score_fn=score)
+        layer = head.classifiers[group]
+        with torch.no_grad():
+            layer.weight.copy_(fit.weight.to(layer.weight))
+            layer.bias.copy_(fit.bias.reshape(layer.bias.shape).to(layer.bias))
+        chosen["+".join(t.name for t in tasks)] = fit.l2
+    return chosen
+
+
+@torch.no_grad()
+def task_features(adapted: Any, tokenizer: Any, spec: MultiTaskSpec, task: str, examples: Sequence[Example],
+                  config: TrainConfig) -> torch.Tensor:
+    """The vectors the task heads see for ``examples`` of ``task`` (its task id in the batch, no dropout)."""
+    from .inference import autocast, collator
+
+    dataset = spec.encode(tokenizer, tag(examples, task), config.max_length)
+    names = [c for c in dataset.column_names if c in ("input_ids", "attention_mask", "token_type_ids", "task_ids")]
+    rows = dataset.select_columns(names).to_list()
+    collate = collator(tokenizer)
+    device = next(adapted.parameters()).device
+    was_training = adapted.training
+    adapted.eval()
+    out = []
+    try:
+        for i in range(0, len(rows), config.eval_batch_size):
+            batch = collate(rows[i: i + config.eval_batch_size])
+            with autocast(config.precision, device):
+                out.append(adapted.pooled_features(**{k: v.to(device) for k, v in batch.items()}).float().cpu())
+    finally:
+        adapted.train(was_training)
+    return torch.cat(out)
 
 
 def evaluate_tasks(adapted: Any, tokenizer: Any, spec: MultiTaskSpec, examples: dict[str, Sequence[Example]],
