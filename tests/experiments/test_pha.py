@@ -38,6 +38,30 @@ def test_pha_grid_runs_every_system_and_resumes(tmp_path, data_dir, capsys: pyte
     assert "10 already in" in capsys.readouterr().out
 
 
+def test_pha_generated_systems_and_transfer(tmp_path, data_dir) -> None:
+    model = save_tiny_model(tmp_path / "tiny-bert", head="base")
+    out = tmp_path / "out"
+    argv = ["experiment", "pha", "--model", str(model), "--data-dir", str(data_dir), "--output-dir", str(out),
+            "--tasks", "sst2,stsb", "--sizes", "16", "--seeds", "3", "--epochs", "1", "--dev-size", "8",
+            "--test-size", "20", "--max-length", "16", "--systems", "hyperformer,pha", "--holdout", "rte",
+            "--transfer-tasks", "", "--k-shots", "4", "--transfer-epochs", "1", "--progress", "none",
+            "--pha-config", '{"bottleneck_size": 8}']
+    assert main(argv) == 0
+    rows = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+    grid = {r["system"]: r for r in rows if r["phase"] == "grid"}
+    assert set(grid) == {"hyperformer", "pha"} and all(set(r["scores"]) == {"sst2", "stsb"} for r in grid.values())
+    transfer = {r["system"]: r for r in rows if r["phase"] == "transfer"}
+    assert set(transfer) == {"majority", "probe", "pfeiffer", "pha", "pha+hyper"}
+    assert all(r["target"] == "rte" and r["k"] == 4 and r["test_score"] is not None for r in transfer.values())
+    # the grid's PHA model (trained on sst2 and stsb, rte held out) is the source; it was not trained again
+    assert (out / "sources" / "seed3_N16" / "source.json").is_file()
+    assert "nearest trained prototype" in transfer["pha"]["init"]
+    assert transfer["pha"]["trainable"] < transfer["pha+hyper"]["trainable"] < grid["pha"]["trainable"] + 10**6
+    report = (out / "results.md").read_text()
+    assert "## Few-shot transfer to rte (accuracy)" in report and "| pha+hyper |" in report
+    assert (out / "pha_transfer_rte.png").stat().st_size > 1000
+
+
 def test_pha_options_are_checked() -> None:
     assert pha.learning_rates({"lrs": "pha=3e-3"})["pha"] == 3e-3
     with pytest.raises(ConfigError, match="lrs: 'bogus'"):

@@ -81,7 +81,9 @@ def encode_instances(adapted: Any, tokenizer: Any, name: str, spec: Any, example
     for i in range(0, len(examples), batch_size):
         batch = padded_batch(tokenizer, spec, examples[i: i + batch_size], max_length)
         batch = {k: v.to(neutral.device) for k, v in batch.items()}
-        out.append(instance_embeddings(adapted, name, {**batch, "prototypes": neutral}))
+        # the adapters come from the neutral prototype; task id 0 only routes a multi-task head (output unused)
+        ids = torch.zeros(batch["input_ids"].shape[0], dtype=torch.long, device=neutral.device)
+        out.append(instance_embeddings(adapted, name, {**batch, "prototypes": neutral, "task_ids": ids}))
     return torch.cat(out)
 
 
