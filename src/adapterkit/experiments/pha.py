@@ -51,8 +51,10 @@ SYSTEMS = ("majority", "probe", "pfeiffer", "shared", "full", "hyperformer", "ph
 TRANSFER_SYSTEMS = ("majority", "probe", "pfeiffer", "pha", "pha+hyper")
 BASELINES = ("majority", "probe")
 GENERATED = ("hyperformer", "pha")
-LRS = {"pfeiffer": 1e-3, "shared": 1e-3, "full": 1e-4, "hyperformer": 1e-3, "pha": 1e-3, "pha+hyper": 1e-3}
-"""Default learning rate per trained system (``pha`` in transfer: the prototype's)."""
+LRS = {"pfeiffer": 3e-3, "shared": 3e-3, "full": 1e-4, "hyperformer": 3e-3, "pha": 3e-3, "pha_prototype": 1e-2,
+       "pha+hyper": 3e-3}
+"""Default learning rate per trained system (few hundred steps at most, batch 32). ``pha_prototype``: the transfer
+system ``pha`` (the new prototype and head only); transfer ``pfeiffer`` uses ``pfeiffer``'s."""
 DATA_SEED = 32
 """Seed of the fixed draws (test caps, QNLI's test/train split): the authors' ``data_seed``."""
 KEYS = ("phase", "size", "target", "k", "seed", "system")
@@ -357,7 +359,8 @@ def run_transfer_cell(system: str, target: TaskData, k: int, seed: int, opts: di
     train, dev = target.kshot_split(k, seed)
     data = (train, dev, target.test)
     epochs = float(opts["transfer_epochs"])
-    config = train_config(opts, out, label, seed=seed, epochs=epochs, learning_rate=rates.get(system, 1e-3),
+    rate = rates["pha_prototype"] if system == "pha" else rates.get(system, LRS["pfeiffer"])
+    config = train_config(opts, out, label, seed=seed, epochs=epochs, learning_rate=rate,
                           logging_steps=max(1, len(train) // opts["batch_size"]))
     set_seed(seed)
     if system in BASELINES:
@@ -469,7 +472,8 @@ def run(opts: dict[str, Any]) -> int:
                              r["seed"], opts, out, rates, source)
             row = run_transfer_cell(r["system"], task_data(r["target"]), r["k"], r["seed"], opts, out, rates, source,
                                     label)
-        log.add({**r, "lr": rates.get(r["system"]), **row})
+        lr = rates["pha_prototype"] if r["phase"] == "transfer" and r["system"] == "pha" else rates.get(r["system"])
+        log.add({**r, "lr": lr, **row})
         progress.finish()
     report(log.unique(KEYS), opts)
     return 0
