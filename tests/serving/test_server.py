@@ -154,3 +154,5 @@ def test_adapterkit_serve_without_adapters_is_an_error(zoo: Zoo) -> None:
     from adapterkit.cli import main
 
     assert main(["serve", "--model", str(zoo.base), "--hub", "false"]) == 2
+    # Hub ids are off unless asked for: a server does not fetch whatever repo a client names
+    assert main(["serve", "--model", str(zoo.base)]) == 2

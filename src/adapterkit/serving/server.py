@@ -40,8 +40,9 @@ class ServeOptions:
 
     adapters_dir: str | None = opt(None, "folder of saved adapter directories, each served under its folder name")
     adapters: list[str] | None = opt(None, "comma-separated NAME=DIRECTORY or NAME=OWNER/REPO entries to serve too")
-    hub: bool = opt(True, "a name found nowhere else that looks like a Hub repo id (owner/name) is downloaded on "
-                    "first use (HF_HUB_OFFLINE=1: from the cache only)")
+    hub: bool = opt(False, "true: a requested name found nowhere else that looks like a Hub repo id (owner/name) is "
+                    "downloaded on first use (HF_HUB_OFFLINE=1: from the cache only). Off by default: a server "
+                    "should not fetch whatever repo a client names")
     max_adapters: int | None = opt(32, "LRU limit: adapters kept loaded at once (0: no limit)")
     max_bytes: int | None = opt(None, "LRU limit: bytes of adapter and head tensors kept loaded (default: no limit)")
     host: str = opt("127.0.0.1", "address to listen on (0.0.0.0: every interface)")
