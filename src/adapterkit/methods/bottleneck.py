@@ -229,25 +229,23 @@ class OriginalLNAdapter(AdapterModule):
     def fusion_refusal(self) -> str | None:
         return None
 
-    def fusion_output(self, args: tuple, kwargs: dict[str, Any], output: torch.Tensor) -> torch.Tensor:
-        block = self.wrapped_layer
+    def _y0_and_residual(self, args: tuple, kwargs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The block's dropout output (kept by the pre hook) and the residual input of its LayerNorm."""
         ctx = current()
-        y0 = ctx.state(block, "y0") if ctx is not None else None
+        y0 = ctx.state(self.wrapped_layer, "y0") if ctx is not None else None
         if y0 is None:
             raise RuntimeError("original_ln adapter: the wrapped block did not run its dropout module")
-        residual = args[1] if len(args) > 1 else kwargs["input_tensor"]
-        return block.LayerNorm(y0 + self.delta(output) + residual)
+        return y0, (args[1] if len(args) > 1 else kwargs["input_tensor"])
+
+    def fusion_output(self, args: tuple, kwargs: dict[str, Any], output: torch.Tensor) -> torch.Tensor:
+        y0, residual = self._y0_and_residual(args, kwargs)
+        return self.wrapped_layer.LayerNorm(y0 + self.delta(output) + residual)
 
     def route_post(self, args: tuple, kwargs: dict[str, Any], output: torch.Tensor, rows: Rows) -> torch.Tensor:
-        block = self.wrapped_layer
-        ctx = current()
-        y0 = ctx.state(block, "y0") if ctx is not None else None
-        if y0 is None:
-            raise RuntimeError("original_ln adapter: the wrapped block did not run its dropout module")
-        residual = args[1] if len(args) > 1 else kwargs["input_tensor"]
+        y0, residual = self._y0_and_residual(args, kwargs)
         h = select(output, rows)
         delta = self.delta(h, row_mask(rows, h.shape[1] if h.dim() == 3 else None))
-        return block.LayerNorm(select(y0, rows) + delta + select(residual, rows))
+        return self.wrapped_layer.LayerNorm(select(y0, rows) + delta + select(residual, rows))
 
     def delta(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """What the adapter adds for adapter input ``x`` (a gated subclass scales it; ``mask``: the 2-D
