@@ -19,6 +19,7 @@ EXPERIMENTS.register("adaptable", "adapterkit.experiments.adaptable")
 EXPERIMENTS.register("effectiveness", "adapterkit.experiments.effectiveness")
 EXPERIMENTS.register("fewshot", "adapterkit.experiments.fewshot")
 EXPERIMENTS.register("pha", "adapterkit.experiments.pha")
+EXPERIMENTS.register("unipelt", "adapterkit.experiments.unipelt")
 
 
 def register_experiment(name: str, module: str) -> None:

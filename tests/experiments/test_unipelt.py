@@ -1,0 +1,87 @@
+"""The UniPELT experiment end to end on a tiny model and real task files: classification, QA, TAPT, report."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from adapterkit.cli import main
+from adapterkit.errors import ConfigError
+from adapterkit.experiments import unipelt
+from adapterkit.testing import save_tiny_model
+
+WORDS = ("the a of and to in is it that was for on with as by film movie good bad what who when where which "
+         "university city river war century people first new").split()
+
+
+def test_unipelt_experiment_end_to_end(tmp_path, data_dir, capsys: pytest.CaptureFixture) -> None:
+    model = save_tiny_model(tmp_path / "tiny-bert", head="base", words=WORDS)
+    out = tmp_path / "out"
+    argv = ["experiment", "unipelt", "--model", str(model), "--data-dir", str(data_dir), "--output-dir", str(out),
+            "--tasks", "rte,citation_intent,xquad_en_split", "--k-shots", "8", "--dev-size", "8", "--test-size", "12",
+            "--domain-train-size", "16", "--seeds", "3", "--epochs", "1", "--max-length", "32", "--qa-max-length", "48",
+            "--systems", "majority,probe,full,unipelt_prompt", "--tapt-epochs", "1", "--tapt-max-texts", "24",
+            "--progress", "none"]
+    assert main(argv) == 0
+    rows = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+    # per task: 2 baselines + 2 systems without TAPT + 2 systems with TAPT
+    assert len(rows) == 3 * 6
+    assert {(r["task"], r["system"], r["tapt"]) for r in rows} == {
+        (t, s, tapt) for t in ("rte", "citation_intent", "xquad_en_split")
+        for s, tapt in [("majority", False), ("probe", False), ("full", False), ("unipelt_prompt", False),
+                        ("full", True), ("unipelt_prompt", True)]}
+    by = {(r["task"], r["system"], r["tapt"]): r for r in rows}
+    rte = by[("rte", "full", False)]
+    assert (rte["k"], rte["train_examples"], rte["dev_examples"], rte["test_examples"]) == (8, 8, 8, 12)
+    # the K drawn and the next dev_size are disjoint training examples
+    train, dev, _ = unipelt.split("rte", 8, 3, {"dev_size": 8, "test_size": 12}, data_dir)
+    assert len(train) == len(dev) == 8
+    assert not {(ex["text"], ex["text_pair"]) for ex in train} & {(ex["text"], ex["text_pair"]) for ex in dev}
+    # domain tasks report micro- and macro-F1; QA reports EM/F1 and the German zero-shot scores
+    assert {"micro_f1", "macro_f1"} <= set(by[("citation_intent", "unipelt_prompt", False)]["test"])
+    qa = by[("xquad_en_split", "unipelt_prompt", True)]
+    assert {"exact_match", "f1"} <= set(qa["test"]) and {"exact_match", "f1"} <= set(qa["zero_shot"]["de"])
+    first_words = by[("xquad_en_split", "majority", False)]
+    assert first_words["trainable"] == 0 and {"exact_match", "f1"} <= set(first_words["zero_shot"]["de"])
+    assert by[("xquad_en_split", "probe", False)]["trainable"] < qa["trainable"]
+    # TAPT: one cached model per task and seed, which the +TAPT runs trained from
+    for task in ("rte", "citation_intent", "xquad_en_split"):
+        assert (out / "tapt" / f"{task}_seed3" / "model" / "model.safetensors").is_file()
+        assert by[(task, "full", True)]["tapt_seconds"] > 0 and by[(task, "full", False)]["tapt_seconds"] == 0
+    assert all(r["test_score"] is not None for r in rows)
+    assert (out / "gates" / "rte_K=8_seed=3_unipelt_prompt" / "gates.json").is_file()
+    report = (out / "results.md").read_text()
+    assert "## GLUE, K = 8 training examples" in report and "| unipelt_prompt +TAPT |" in report
+    assert "citation_intent micro-F1" in report and "DE F1 (zero-shot)" in report and "| majority |" in report
+    assert "Paper avg, BERT-base" in report
+    for png in ("unipelt_glue.png", "unipelt_domain.png", "unipelt_qa.png"):
+        assert (out / png).stat().st_size > 1000
+    capsys.readouterr()
+    assert main(argv) == 0  # everything logged: a rerun trains nothing (and reuses the TAPT models)
+    assert "18 already in" in capsys.readouterr().out
+    assert len((out / "runs.jsonl").read_text().splitlines()) == 18
+    assert main([*argv, "--report-only", "true", "--seeds", "3,4"]) == 0
+    assert "(n=1)" in (out / "results.md").read_text()
+
+
+def test_unipelt_glue_table_prints_the_papers_averages_beside_ours() -> None:
+    rows = [{"task": t, "k": 100, "seed": s, "system": "unipelt", "tapt": False, "test_score": v, "trainable": 10,
+             "train_seconds": 1.0, "tapt_seconds": 0.0} for s in (1, 2) for t, v in (("rte", 0.5), ("sst2", 0.7))]
+    opts = {"tasks": ["rte", "sst2"], "k_shots": [100], "seeds": [1, 2]}
+    text, series = unipelt.glue_tables(rows, opts, ["unipelt"])
+    assert "| unipelt | 50.0 ± 0.0 (n=2) | 70.0 ± 0.0 (n=2) | 60.0 ± 0.0 (n=2) | 62.59 |" in "".join(text)
+    assert series == {"unipelt": ([100], [pytest.approx(60.0)])}
+
+
+def test_unipelt_experiment_rejects_bad_options() -> None:
+    assert unipelt.learning_rates({"lrs": "unipelt=5e-4"})["unipelt"] == 5e-4
+    with pytest.raises(ConfigError, match="lrs: 'bogus'"):
+        unipelt.learning_rates({"lrs": "bogus=1"})
+    with pytest.raises(ConfigError, match="tasks: 'qnli'"):
+        unipelt.part_of("qnli")
+    assert main(["experiment", "unipelt", "--systems", "nonsense"]) == 2
+    assert main(["experiment", "unipelt", "--tasks", "xnli_en"]) == 2
+    with pytest.raises(SystemExit):  # argparse: not one of the choices
+        main(["experiment", "unipelt", "--tapt", "sometimes"])
+    with pytest.raises(ConfigError, match="tapt: 'sometimes'"):
+        unipelt.tapt_modes({"tapt": "sometimes"})
