@@ -255,7 +255,14 @@ def run_one(task: str, spec: Any, system: str, tapt_dir: str | None, data: tuple
 
     from ..options import build
     from ..registry import get_method
-    from ..runner import NO_CHECKPOINTS, clamp_max_length, evaluate_split, load_model, run_baseline, run_system
+    from ..runner import (
+        NO_CHECKPOINTS,
+        clamp_max_length,
+        evaluate_split,
+        load_model,
+        run_baseline,
+        run_system,
+    )
     from ..training import TrainConfig
 
     out = Path(opts["output_dir"])
