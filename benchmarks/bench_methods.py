@@ -6,7 +6,10 @@ Usage::
 
 Timing: every configuration lives in this one process; after warm-up, the timed repeats go
 round-robin over the configurations (repeat 1 of each, then repeat 2 of each, ...) so drift on a
-shared machine hits them equally; figures are medians.
+shared machine hits them equally; figures are medians. Beside wall time, each step's process CPU time
+(``time.process_time``) is recorded: on a machine shared with other jobs it is far less disturbed than
+wall time (waiting for a core does not count), so ratios of close configurations are best read from it.
+``--gate-repeats`` adds alternating repeats of gated vs ungated UniPELT (the gates cost a few percent).
 
 Memory: one fresh subprocess per configuration. It builds the model and optimizer, resets the
 kernel's resident-set high-water mark (``/proc/self/clear_refs`` = 5; ``ru_maxrss`` as a fallback),
@@ -51,6 +54,7 @@ class Setup:
     step: Callable[[], None]
     trainable: int = 0
     times: list[float] = field(default_factory=list)
+    cpu_times: list[float] = field(default_factory=list)  # process CPU time per step (less hit by other jobs)
 
 
 def make_batch(vocab_size: int, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -151,9 +155,10 @@ def time_round_robin(setups: list[Setup], warmup: int, repeats: int) -> None:
             s.step()
     for _ in range(repeats):
         for s in setups:
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             s.step()
             s.times.append(time.perf_counter() - start)
+            s.cpu_times.append(time.process_time() - cpu)
 
 
 def load_base() -> nn.Module:
@@ -216,6 +221,10 @@ def median_ms(s: Setup) -> float:
     return statistics.median(s.times) * 1e3
 
 
+def median_cpu_ms(s: Setup) -> float:
+    return statistics.median(s.cpu_times) * 1e3
+
+
 def spread(s: Setup) -> str:
     q = statistics.quantiles(s.times, n=4) if len(s.times) >= 4 else [min(s.times), 0, max(s.times)]
     return f"{q[0] * 1e3:.0f}-{q[2] * 1e3:.0f}"
@@ -225,7 +234,7 @@ def report(train: list[Setup], infer: list[Setup], memory: dict[str, dict[str, A
            missing: list[str]) -> str:
     by = {s.name: s for s in train}
     inf = {s.name: s for s in infer}
-    full = median_ms(by["full"])
+    full, full_cpu = median_ms(by["full"]), median_cpu_ms(by["full"])
     lines = [
         "# adapterkit method benchmark",
         "",
@@ -234,20 +243,24 @@ def report(train: list[Setup], infer: list[Setup], memory: dict[str, dict[str, A
         f"(threads={torch.get_num_threads()}), Python {platform.python_version()}",
         f"- workload: bundled MiniLM-L6 (BertForSequenceClassification, 2 labels), batch {BATCH} x {SEQ_LEN} tokens, "
         f"{args.warmup} warm-up + {args.repeats} timed repeats per configuration, interleaved round-robin; medians"
-        + (f"; lora and peft-lora get {args.lora_repeats} more alternating repeats" if args.lora_repeats else ""),
+        + (f"; lora and peft-lora get {args.lora_repeats} more alternating repeats" if args.lora_repeats else "")
+        + (f"; unipelt and unipelt-nogate get {args.gate_repeats} more alternating repeats" if args.gate_repeats
+           else ""),
         "- memory: peak RSS increase during training steps, measured in one fresh subprocess per configuration "
         "(VmHWM reset via /proc/self/clear_refs; includes activations, grads, AdamW state, allocator cache)",
         "",
         "## Training step (forward + backward + AdamW step)",
         "",
-        "| configuration | trainable params | step ms (median) | IQR ms | x full FT | peak RSS increase MiB |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| configuration | trainable params | step ms (median) | IQR ms | x full FT | CPU ms (median) | CPU x full FT "
+        "| peak RSS increase MiB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for s in train:
         mem = memory.get(s.name, {})
         mem_txt = f"{mem['delta_mib']:.0f}" if mem.get("available") else "n/a"
         lines.append(
-            f"| {s.name} | {s.trainable:,} | {median_ms(s):.1f} | {spread(s)} | {median_ms(s) / full:.2f} | {mem_txt} |"
+            f"| {s.name} | {s.trainable:,} | {median_ms(s):.1f} | {spread(s)} | {median_ms(s) / full:.2f} | "
+            f"{median_cpu_ms(s):.1f} | {median_cpu_ms(s) / full_cpu:.2f} | {mem_txt} |"
         )
     if missing:
         lines += ["", f"Not measured (method not registered or package missing): {', '.join(missing)}"]
@@ -255,16 +268,18 @@ def report(train: list[Setup], infer: list[Setup], memory: dict[str, dict[str, A
         "",
         "## Inference (eval, no_grad, one batch)",
         "",
-        "| configuration | latency ms (median) | IQR ms | x bare |",
-        "|---|---:|---:|---:|",
+        "| configuration | latency ms (median) | IQR ms | x bare | CPU ms (median) | CPU x bare |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
-    bare = median_ms(inf["bare"])
+    bare, bare_cpu = median_ms(inf["bare"]), median_cpu_ms(inf["bare"])
     for s in infer:
-        lines.append(f"| {s.name} | {median_ms(s):.1f} | {spread(s)} | {median_ms(s) / bare:.3f} |")
+        lines.append(f"| {s.name} | {median_ms(s):.1f} | {spread(s)} | {median_ms(s) / bare:.3f} | "
+                     f"{median_cpu_ms(s):.1f} | {median_cpu_ms(s) / bare_cpu:.3f} |")
 
-    def ratio(table: dict[str, Setup], a: str, b: str | float) -> float | None:
-        den = b if isinstance(b, float) else (median_ms(table[b]) if b in table else None)
-        return median_ms(table[a]) / den if a in table and den else None
+    def ratio(table: dict[str, Setup], a: str, b: str | float, of: Callable[[Setup], float] = median_ms
+              ) -> float | None:
+        den = b if isinstance(b, float) else (of(table[b]) if b in table else None)
+        return of(table[a]) / den if a in table and den else None
 
     targets: list[tuple[str, float | None, float]] = [
         ("Pfeiffer training step <= 0.55x full fine-tuning", ratio(by, "pfeiffer", full), 0.55),
@@ -274,6 +289,7 @@ def report(train: list[Setup], infer: list[Setup], memory: dict[str, dict[str, A
         ("Pfeiffer without backbone dropout <= 0.55x full FT with dropout (defaults)",
          ratio(by, "pfeiffer-nodrop", full), 0.55),
         ("UniPELT gates add <= 10% step time over the ungated A+P+L", ratio(by, "unipelt", "unipelt-nogate"), 1.10),
+        ("the same, in process CPU time per step", ratio(by, "unipelt", "unipelt-nogate", median_cpu_ms), 1.10),
         ("one bottleneck adapter inference <= 1.05x bare", ratio(inf, "pfeiffer", bare), 1.05),
         ("merged LoRA inference within 2% of bare", ratio(inf, "lora-merged", bare), 1.02),
     ]
@@ -295,6 +311,8 @@ def main() -> None:
     parser.add_argument("--memory-steps", type=int, default=3, help="training steps per memory subprocess")
     parser.add_argument("--lora-repeats", type=int, default=24,
                         help="extra alternating repeats of lora vs peft-lora (their medians use all repeats)")
+    parser.add_argument("--gate-repeats", type=int, default=24,
+                        help="extra alternating repeats of unipelt vs unipelt-nogate (their medians use all repeats)")
     parser.add_argument("--configs", help="comma-separated training configurations to time (default: all); full and "
                         "bare always run, as the baselines")
     parser.add_argument("--out", help="also write the Markdown report to this file")
@@ -304,7 +322,7 @@ def main() -> None:
         print(json.dumps(memory_worker(args.memory_worker, args.memory_steps)))
         return
     if args.quick:
-        args.repeats, args.warmup, args.memory_steps, args.lora_repeats = 3, 1, 2, 0
+        args.repeats, args.warmup, args.memory_steps, args.lora_repeats, args.gate_repeats = 3, 1, 2, 0, 0
 
     torch.set_num_threads(THREADS)
     torch.manual_seed(0)
@@ -341,6 +359,11 @@ def main() -> None:
         # the two LoRAs differ by a few percent at most: time them head to head for longer, alternating
         print(f"timing lora vs peft-lora x {args.lora_repeats} more repeats ...", file=sys.stderr)
         time_round_robin(pair, 0, args.lora_repeats)
+    pair = [s for s in train if s.name in ("unipelt", "unipelt-nogate")]
+    if len(pair) == 2 and args.gate_repeats:
+        # the gates' cost is a few percent of a step: time gated and ungated head to head for longer, alternating
+        print(f"timing unipelt vs unipelt-nogate x {args.gate_repeats} more repeats ...", file=sys.stderr)
+        time_round_robin(pair, 0, args.gate_repeats)
     print(f"timing {len(infer)} inference configurations x {args.repeats * 3} repeats ...", file=sys.stderr)
     time_round_robin(infer, args.warmup, args.repeats * 3)
     for s in [*train, *infer]:  # free the models (keep the timings) before the memory subprocesses run

@@ -218,6 +218,30 @@ def test_cli_train_and_eval_write_the_gate_report(tmp_path: Path):
     assert sum(evaluated, []) == pytest.approx(sum(table["mean"], []), abs=1e-6)  # the same test set, the same gates
 
 
+def test_a_layers_prefix_and_lora_gates_are_computed_together(monkeypatch: pytest.MonkeyPatch):
+    """They read the same tensor (the attention input): one Linear(hidden, 3) per layer, not three."""
+    import torch.nn.functional as F
+
+    model = AdaptedModel(tiny_model("bert"))
+    model.add_adapter("u", UniPELTConfig(prefix=PrefixTuningConfig(prefix_length=3, bottleneck_size=8)))
+    gates = gate_modules(model, "u")
+    assert [len(gates[(0, label)]._group) for label in ("attention", "query", "value", "ffn_output")] == [3, 3, 3, 0]
+    shapes: list[tuple[int, ...]] = []
+    linear = F.linear
+
+    def counting(x, weight, bias=None):
+        if weight.shape[0] <= 3 and weight.shape[1] == 32:
+            shapes.append(tuple(weight.shape))
+        return linear(x, weight, bias)
+
+    monkeypatch.setattr(F, "linear", counting)
+    model.eval()
+    with torch.no_grad():
+        model(input_ids=BATCH["input_ids"], attention_mask=BATCH["attention_mask"])
+    # per layer: the three attention-input gates at once, then the adapter's gate; then the 2-label classifier
+    assert shapes == [(3, 32), (1, 32), (3, 32), (1, 32), (2, 32)]
+
+
 # -- mixed-adapter batches (adapter_names=): each row equals its solo run --------------------------------
 @pytest.mark.parametrize("arch", ["bert", "llama"])
 def test_routing_unipelt_with_and_without_prompts_equals_solo_runs(arch: str) -> None:

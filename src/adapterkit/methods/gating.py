@@ -8,9 +8,11 @@ gate analysis can read per-layer mean gate values after each batch.
 """
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 GATE_AVERAGES = ("real_tokens", "all")
@@ -20,7 +22,14 @@ GateAverage = Literal["real_tokens", "all"]
 
 
 class Gate(nn.Module):
-    """``g = mean_t sigmoid(W x_t + b)`` per example, shaped ``(batch, 1, 1)`` to scale ``(batch, seq, dim)``."""
+    """``g = mean_t sigmoid(W x_t + b)`` per example, shaped ``(batch, 1, 1)`` to scale ``(batch, seq, dim)``.
+
+    Gates that read the same input (UniPELT's prefix gate and its query/value LoRA gates all read the layer
+    input) can be grouped with :func:`group_gates`: the first of them called in a forward pass computes the
+    whole group with one ``Linear(hidden, n)`` (one read of the input, one input-gradient product in the
+    backward pass) and the others take their column, when they are called with that same tensor.
+    Each gate keeps its own ``Linear(hidden, 1)`` parameters either way.
+    """
 
     def __init__(self, hidden: int, average: GateAverage = "real_tokens") -> None:
         super().__init__()
@@ -31,32 +40,96 @@ class Gate(nn.Module):
         nn.init.zeros_(self.linear.bias)
         self.average = average
         self.last: torch.Tensor | None = None
+        self._group: tuple[Gate, ...] = ()  # a plain tuple: the other gates are not submodules of this one
+        self._index = 0
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        if mask is None:
-            mask = context_mask()
         """Gate values of ``x`` (batch, seq, hidden); ``mask`` (batch, seq'), 1 for real tokens (default: the
         forward context's attention mask; a mask that is not 2-D is not used).
 
         A mask shorter than the sequence (soft prompt tokens prepended in front of the text) counts the
-        extra leading positions as real.
+        extra leading positions as real. The mask's weights are computed once per forward pass and shared by
+        every gate (:func:`token_mask`).
         """
-        per_token = torch.sigmoid(self.linear(x))  # (batch, seq, 1)
-        if mask is None or mask.dim() != 2 or self.average == "all":
-            value = per_token.mean(dim=1, keepdim=True)
+        ctx = None
+        if mask is None:
+            from ..context import current
+
+            ctx = current()
+        if ctx is not None and len(self._group) > 1:
+            value = self._group_values(ctx, x)[..., self._index:self._index + 1]
         else:
-            m = real_token_mask(mask, x.shape[1]).to(per_token.dtype).unsqueeze(-1)
-            value = (per_token * m).sum(dim=1, keepdim=True) / m.sum(dim=1, keepdim=True).clamp_min(1.0)
+            value = self._mean(torch.sigmoid(self.linear(x)), mask)
         self.last = value.detach()
         return value
 
+    def _mean(self, per_token: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """(batch, seq, n) per-token gate values -> (batch, 1, n), averaged as ``self.average`` says."""
+        weights = None if self.average == "all" else token_mask(per_token.shape[1], per_token, mask)
+        if weights is None:
+            return per_token.mean(dim=1, keepdim=True)
+        real, count = weights
+        return (per_token * real).sum(dim=1, keepdim=True) / count
 
-def context_mask() -> torch.Tensor | None:
-    """The attention mask of the forward pass in progress (None outside ``AdaptedModel.forward``)."""
-    from ..context import current
+    def _group_values(self, ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        """(batch, 1, n) values of every gate of this gate's group for input ``x``, computed once per pass."""
+        leader = self._group[0]
+        cached = ctx.state(leader, "group")
+        if cached is not None and cached[0] is x:
+            return cached[1]
+        weight = torch.cat([g.linear.weight for g in self._group])
+        bias = torch.cat([g.linear.bias for g in self._group])
+        values = self._mean(torch.sigmoid(F.linear(x, weight, bias)), None)
+        ctx.set_state(leader, "group", (x, values))
+        return values
 
-    ctx = current()
-    return None if ctx is None else ctx.attention_mask
+
+def group_gates(gates: Sequence[Gate]) -> None:
+    """Let ``gates`` (that read the same input tensor, e.g. one layer's attention input) be computed together;
+    gates of one group must share their input width and averaging. A gate called with another tensor than
+    the group's last input recomputes the group for it, so a wrong grouping costs time, never correctness."""
+    gates = list(gates)
+    if len(gates) < 2:
+        return
+    widths = {g.linear.in_features for g in gates}
+    averages = {g.average for g in gates}
+    if len(widths) > 1 or len(averages) > 1:
+        raise ValueError(f"group_gates: gates differ in input width {sorted(widths)} or averaging {sorted(averages)}")
+    group = tuple(gates)
+    for i, gate in enumerate(group):
+        gate._group, gate._index = group, i
+
+
+_MASKS = object()
+"""Owner of the per-forward cache of averaging masks in the forward context."""
+
+
+def token_mask(length: int, like: torch.Tensor, mask: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(real, count): ``real`` (batch, length, 1) is 1 at the real tokens, ``count`` (batch, 1, 1) their number
+    (at least 1), in ``like``'s dtype and device; None when there is no usable (2-D) mask.
+
+    ``mask`` None: the forward context's attention mask, and the result is cached in the context, so a
+    forward pass computes it once per sequence length (not once per gate and layer).
+    """
+    ctx = None
+    if mask is None:
+        from ..context import current
+
+        ctx = current()
+        mask = None if ctx is None else ctx.attention_mask
+    if mask is None or mask.dim() != 2:
+        return None
+    key = (length, like.dtype, like.device)
+    if ctx is not None:
+        cached = ctx.state(_MASKS, "masks", dict).get(key)
+        if cached is not None and cached[0].shape[0] == like.shape[0]:
+            return cached
+    real = real_token_mask(mask, length).to(device=like.device, dtype=like.dtype).unsqueeze(-1)
+    result = (real, real.sum(dim=1, keepdim=True).clamp_min(1.0))
+    if ctx is not None:
+        ctx.state(_MASKS, "masks", dict)[key] = result
+    return result
 
 
 def real_token_mask(mask: torch.Tensor, length: int) -> torch.Tensor:

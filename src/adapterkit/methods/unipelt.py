@@ -27,13 +27,15 @@ from ..config import MethodConfig, check, opt
 from ..registry import register_method
 from .base import Attachment, BuildContext
 from .bottleneck import BottleneckConfig, PfeifferConfig
-from .gating import GATE_AVERAGE_HELP, GATE_AVERAGES
+from .gating import GATE_AVERAGE_HELP, GATE_AVERAGES, Gate, group_gates
 from .lora import LoRAConfig
 from .prefix import PrefixEncoder, PrefixTuningConfig
 from .prompt import PromptTuningConfig
 
 COMPONENTS = {"A": "adapter", "P": "prefix", "L": "lora"}
 COMPONENT_SETS = ("A", "P", "L", "AP", "AL", "PL", "APL")
+READS_ATTENTION_INPUT = ("attention", "query", "key", "value")
+"""Sites whose gate reads the attention module's input (the prefix; LoRA on the query/key/value projections)."""
 
 
 def _component_help() -> str:
@@ -95,6 +97,15 @@ class UniPELTConfig(MethodConfig):
         attachments: list[Attachment] = []
         for _, config in self.parts():
             attachments += config.build(ctx)
+        # the prefix gate and the LoRA gates of one layer read the same input (the attention input): computed
+        # together, one Linear(hidden, n) per layer (see gating.group_gates)
+        by_layer: dict[int, list[Gate]] = {}
+        for a in attachments:
+            gate = getattr(a.module, "gate", None)
+            if a.layer is not None and a.site in READS_ATTENTION_INPUT and isinstance(gate, Gate):
+                by_layer.setdefault(a.layer, []).append(gate)
+        for gates in by_layer.values():
+            group_gates(gates)
         return attachments
 
 
