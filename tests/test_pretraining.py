@@ -256,3 +256,22 @@ def test_task_texts_of_a_qa_task_are_its_contexts_and_questions(tmp_path: Path):
     texts = task_texts(task_from_file("syn", path, kind="qa"))
     assert texts == [f"Context {i} mentions Paris." for i in range(3)] + [f"Question {i}.{q}?" for i in range(3)
                                                                           for q in range(2)]
+
+
+def test_a_pretrained_sentence_transformers_model_keeps_its_pooling(tmp_path: Path):
+    """The bundled MiniLM pools by the mean (modules.json + 1_Pooling): its DAPT/TAPT copy must pool the same way."""
+    from adapterkit.heads import sentence_transformers_pooling
+    from adapterkit.pretraining import load_mlm_model, save_pretrained_model
+
+    source = save_tiny_model(tmp_path / "st", head="base", words=WORDS)
+    (source / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}]))
+    (source / "1_Pooling").mkdir()
+    (source / "1_Pooling" / "config.json").write_text(json.dumps({"word_embedding_dimension": 32,
+                                                                  "pooling_mode_mean_tokens": True}))
+    (source / "2_Normalize").mkdir()
+    assert sentence_transformers_pooling(source) == ("mean", True)
+    saved = save_pretrained_model(load_mlm_model(str(source), say=lambda _: None), tmp_path / "out")
+    assert sentence_transformers_pooling(saved) == ("mean", True)

@@ -214,8 +214,16 @@ def _unused_checkpoint_tensors(path: Path, keys: Sequence[str], prefix: str) -> 
     return out
 
 
+SENTENCE_TRANSFORMERS_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json")
+"""Files of a sentence-transformers model directory (with its numbered module folders, e.g. ``1_Pooling``) that
+say how it pools; a pretrained copy keeps them, so that its task head pools as the source model's did."""
+
+
 def save_pretrained_model(mlm: MLMModel, directory: str | Path) -> Path:
-    """Save the masked-LM model, its tokenizer and the carried-over tensors as a model directory."""
+    """Save the masked-LM model, its tokenizer and the carried-over tensors as a model directory; a
+    sentence-transformers source's pooling configuration (``modules.json``, ``1_Pooling/``, ...) is copied."""
+    import shutil
+
     from safetensors.torch import load_file, save_file
 
     from .io import atomic_path
@@ -223,6 +231,14 @@ def save_pretrained_model(mlm: MLMModel, directory: str | Path) -> Path:
     directory = Path(directory)
     mlm.model.save_pretrained(directory)
     mlm.tokenizer.save_pretrained(directory)
+    source = Path(mlm.source)
+    if source.is_dir():
+        for name in SENTENCE_TRANSFORMERS_FILES:
+            if (source / name).is_file():
+                shutil.copyfile(source / name, directory / name)
+        for folder in source.iterdir():  # 1_Pooling, 2_Normalize: small config folders, no weights
+            if folder.is_dir() and folder.name[:1].isdigit() and "_" in folder.name:
+                shutil.copytree(folder, directory / folder.name, dirs_exist_ok=True)
     weights = directory / "model.safetensors"
     if mlm.carried and weights.is_file():
         tensors = load_file(str(weights))

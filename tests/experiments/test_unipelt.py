@@ -49,6 +49,7 @@ def test_unipelt_experiment_end_to_end(tmp_path, data_dir, capsys: pytest.Captur
         assert (out / "tapt" / f"{task}_seed3" / "model" / "model.safetensors").is_file()
         assert by[(task, "full", True)]["tapt_seconds"] > 0 and by[(task, "full", False)]["tapt_seconds"] == 0
     assert all(r["test_score"] is not None for r in rows)
+    assert by[("rte", "full", True)]["pooling"] == by[("rte", "full", False)]["pooling"] is not None
     assert (out / "gates" / "rte_K=8_seed=3_unipelt_prompt" / "gates.json").is_file()
     report = (out / "results.md").read_text()
     assert "## GLUE, K = 8 training examples" in report and "| unipelt_prompt +TAPT |" in report

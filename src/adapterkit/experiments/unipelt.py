@@ -277,9 +277,12 @@ def run_one(task: str, spec: Any, system: str, tapt_dir: str | None, data: tuple
                    train_mode=mode, learning_rate=lr, logging_steps=max(1, len(data[0]) // opts["batch_size"]),
                    **{**NO_CHECKPOINTS, **changes})
     config = clamp_max_length(config, adapted.model, tokenizer)
+    head = getattr(adapted, "head_config", None)
+    pooling = {"pooling": None if qa or head is None else head.pooling}  # the TAPT model must pool as the base
     if system in BASELINES and not qa:
         row = run_baseline(system, adapted, tokenizer, spec, data, config, label=label)
-        return {k: row[k] for k in ("dev_score", "test", "trainable", "train_seconds", "best_epoch", "history")}
+        return {**pooling, **{k: row[k] for k in ("dev_score", "test", "trainable", "train_seconds", "best_epoch",
+                                                  "history")}}
     if system in METHODS:
         method, fields = METHODS[system]
         adapted.add_adapter(system, get_method(method).from_dict(fields, f"system {system}"))
@@ -290,7 +293,7 @@ def run_one(task: str, spec: Any, system: str, tapt_dir: str | None, data: tuple
     run = run_system(adapted, tokenizer, spec, data, config, label=label, test_source=f"{task} test",
                      gate_report=gates)
     row = run.row()
-    result = {"dev_score": row["dev_score"], "test": run.test, "trainable": row["trainable"],
+    result = {**pooling, "dev_score": row["dev_score"], "test": run.test, "trainable": row["trainable"],
               "train_seconds": row["train_seconds"], "best_epoch": row["best_epoch"], "history": row["history"]}
     if qa and zero_shot:
         result["zero_shot"] = {lang: evaluate_split(adapted, tokenizer, zs_spec, examples, config,
