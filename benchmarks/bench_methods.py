@@ -311,6 +311,8 @@ def main() -> None:
     parser.add_argument("--memory-steps", type=int, default=3, help="training steps per memory subprocess")
     parser.add_argument("--lora-repeats", type=int, default=24,
                         help="extra alternating repeats of lora vs peft-lora (their medians use all repeats)")
+    parser.add_argument("--threads", type=int, default=THREADS, help="torch threads (1 on a machine shared with "
+                        "other jobs: two-thread timings of many small operations then measure contention)")
     parser.add_argument("--gate-repeats", type=int, default=24,
                         help="extra alternating repeats of unipelt vs unipelt-nogate (their medians use all repeats)")
     parser.add_argument("--configs", help="comma-separated training configurations to time (default: all); full and "
@@ -324,7 +326,7 @@ def main() -> None:
     if args.quick:
         args.repeats, args.warmup, args.memory_steps, args.lora_repeats, args.gate_repeats = 3, 1, 2, 0, 0
 
-    torch.set_num_threads(THREADS)
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     methods = registered_methods()
     try:
