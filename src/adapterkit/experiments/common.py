@@ -244,3 +244,20 @@ def series_for_plot(rows: Sequence[dict[str, Any]], settings: Sequence[tuple[str
         if any(m == m for m in means):  # not all NaN
             out[system] = (means, stds)
     return out
+
+
+def learning_rates(opts: dict[str, Any], defaults: dict[str, float]) -> dict[str, float]:
+    """An experiment's per-system ``defaults`` with ``--learning-rate`` (every trained system) and then
+    ``--lrs NAME=LR,...`` applied; an unknown name or a malformed item is a ConfigError naming the field."""
+    rates = dict(defaults)
+    if opts.get("learning_rate"):
+        rates = {k: float(opts["learning_rate"]) for k in rates}
+    for item in [s for s in str(opts.get("lrs") or "").split(",") if s.strip()]:
+        name, _, value = item.partition("=")
+        if name.strip() not in defaults:
+            raise ConfigError(f"lrs: {name.strip()!r}: not a trained system; use {sorted(defaults)}")
+        try:
+            rates[name.strip()] = float(value)
+        except ValueError:
+            raise ConfigError(f"lrs: {item!r}: expected NAME=LEARNING_RATE") from None
+    return rates

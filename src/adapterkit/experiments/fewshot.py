@@ -24,6 +24,7 @@ from typing import Any
 
 from ..config import opt
 from ..errors import ConfigError
+from .common import learning_rates as common_learning_rates
 from .common import option_groups
 
 DESCRIPTION = "Few-shot heads: majority, linear probe, head, adapters and full fine-tuning, old vs new pooling"
@@ -59,19 +60,8 @@ KEYS = ("task", "k", "seed", "pooling", "system")
 
 
 def learning_rates(opts: dict[str, Any]) -> dict[str, float]:
-    """``LRS`` with ``--learning-rate`` (all trained systems) and then ``--lrs NAME=LR,...`` applied."""
-    rates = dict(LRS)
-    if opts.get("learning_rate"):
-        rates = {k: float(opts["learning_rate"]) for k in rates}
-    for item in [s for s in str(opts.get("lrs") or "").split(",") if s.strip()]:
-        name, _, value = item.partition("=")
-        if name.strip() not in LRS:
-            raise ConfigError(f"lrs: {name.strip()!r}: not a trained system; use {sorted(LRS)}")
-        try:
-            rates[name.strip()] = float(value)
-        except ValueError:
-            raise ConfigError(f"lrs: {item!r}: expected NAME=LEARNING_RATE") from None
-    return rates
+    """``LRS`` with ``--learning-rate`` and ``--lrs`` applied (see :func:`.common.learning_rates`)."""
+    return common_learning_rates(opts, LRS)
 
 
 def split(spec: Any, data_dir: Any, k: int, seed: int, test_size: int | None) -> tuple[list, list, list]:

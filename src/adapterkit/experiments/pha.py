@@ -44,6 +44,7 @@ from typing import Any, Literal
 
 from ..config import opt
 from ..errors import ConfigError
+from .common import learning_rates as common_learning_rates
 from .common import option_groups
 
 DESCRIPTION = "PHA vs HyperFormer++, per-task / shared adapters and full fine-tuning: multi-task sizes, then few-shot transfer"
@@ -106,19 +107,8 @@ SETTINGS = ("model", "epochs", "learning_rate", "lrs", "batch_size", "max_length
 
 
 def learning_rates(opts: dict[str, Any]) -> dict[str, float]:
-    """``LRS`` with ``--learning-rate`` (all trained systems) and then ``--lrs NAME=LR,...`` applied."""
-    rates = dict(LRS)
-    if opts.get("learning_rate"):
-        rates = {k: float(opts["learning_rate"]) for k in rates}
-    for item in [s for s in str(opts.get("lrs") or "").split(",") if s.strip()]:
-        name, _, value = item.partition("=")
-        if name.strip() not in LRS:
-            raise ConfigError(f"lrs: {name.strip()!r}: not a trained system; use {sorted(LRS)}")
-        try:
-            rates[name.strip()] = float(value)
-        except ValueError:
-            raise ConfigError(f"lrs: {item!r}: expected NAME=LEARNING_RATE") from None
-    return rates
+    """``LRS`` with ``--learning-rate`` and ``--lrs`` applied (see :func:`.common.learning_rates`)."""
+    return common_learning_rates(opts, LRS)
 
 
 def json_fields(opts: dict[str, Any], key: str) -> dict[str, Any]:

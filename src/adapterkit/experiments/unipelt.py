@@ -34,6 +34,7 @@ from typing import Any, Literal
 
 from ..config import opt
 from ..errors import ConfigError
+from .common import learning_rates as common_learning_rates
 from .common import option_groups
 
 DESCRIPTION = "UniPELT vs adapter, prefix, LoRA, prompt and full fine-tuning, each with and without TAPT"
@@ -107,19 +108,8 @@ KEYS = ("task", "k", "seed", "system", "tapt")
 
 
 def learning_rates(opts: dict[str, Any]) -> dict[str, float]:
-    """``LRS`` with ``--learning-rate`` (all trained systems) and then ``--lrs NAME=LR,...`` applied."""
-    rates = dict(LRS)
-    if opts.get("learning_rate"):
-        rates = {k: float(opts["learning_rate"]) for k in rates}
-    for item in [s for s in str(opts.get("lrs") or "").split(",") if s.strip()]:
-        name, _, value = item.partition("=")
-        if name.strip() not in LRS:
-            raise ConfigError(f"lrs: {name.strip()!r}: not a trained system; use {sorted(LRS)}")
-        try:
-            rates[name.strip()] = float(value)
-        except ValueError:
-            raise ConfigError(f"lrs: {item!r}: expected NAME=LEARNING_RATE") from None
-    return rates
+    """``LRS`` with ``--learning-rate`` and ``--lrs`` applied (see :func:`.common.learning_rates`)."""
+    return common_learning_rates(opts, LRS)
 
 
 def tapt_modes(opts: dict[str, Any]) -> list[bool]:
