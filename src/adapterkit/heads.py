@@ -190,6 +190,23 @@ def find_pooler(model: nn.Module) -> nn.Module | None:
     return pooler if isinstance(pooler, nn.Module) else None
 
 
+def pooler_with(pooler: nn.Module | None, head_tensors: dict[str, torch.Tensor]) -> Any:
+    """``pooler`` run with the pooler weights among ``head_tensors`` (saved head names, e.g.
+    ``bert.pooler.dense.weight``), matched to the pooler's own parameter names even where an adapter wraps
+    its layers (``dense.base_layer.weight``); ``pooler`` itself when there are none (or no pooler)."""
+    weights = {k.rpartition("pooler.")[2]: t for k, t in head_tensors.items() if ".pooler." in f".{k}"}
+    if pooler is None or not weights:
+        return pooler
+    from torch.func import functional_call
+
+    actual = {f".{n}".replace(".base_layer.", ".")[1:]: n for n, _ in pooler.named_parameters()}
+    weights = {actual.get(k, k): t for k, t in weights.items()}
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        return functional_call(pooler, weights, (x,))
+    return run
+
+
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None, mode: str,
          pooler: nn.Module | None = None) -> torch.Tensor:
     """One vector per sequence from ``hidden`` (batch, tokens, width); padding (mask 0) is ignored."""

@@ -7,7 +7,6 @@ every model family.
 """
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ from .architectures import ArchitectureSpec, find_layers, get_architecture
 from .config import MethodConfig, ParamGroup
 from .context import forward_context
 from .errors import ConfigError
-from .heads import HeadConfig, PooledHead, find_pooler, head_features, head_loss
+from .heads import HeadConfig, PooledHead, find_pooler, head_features, head_loss, pooler_with
 from .methods.base import Attachment, BuildContext, HasNeurons, Mergeable, NeuronGroup
 from .routing import ROUTING, Routing, Rows, batch_size_of, current_routing, scatter, select
 
@@ -244,14 +243,8 @@ class AdaptedModel(nn.Module):
         pooler = find_pooler(self.model)
         for name, rows in groups:
             head = self.adapter_heads[name]
-            pooler_weights = {k.rpartition("pooler.")[2]: t for k, t in head.tensors.items() if ".pooler." in f".{k}"}
-            own_pooler: Any = pooler
-            if pooler is not None and pooler_weights:
-                from torch.func import functional_call
-
-                own_pooler = functools.partial(functional_call, pooler, pooler_weights)
             features = head_features(select(hidden, rows), select(mask, rows) if mask is not None else None,
-                                     head.config, own_pooler)
+                                     head.config, pooler_with(pooler, head.tensors))
             weight = head.tensors["pooled_head.classifier.weight"]
             bias = head.tensors.get("pooled_head.classifier.bias")
             parts.append((rows, nn.functional.linear(self.pooled_head.dropout(features), weight, bias)))

@@ -472,10 +472,7 @@ class AdapterPool:
         (``AdaptedModel.set_adapter_head``), so its rows' logits come out of that forward; an adapter with a
         pooled head (any other pooling, any number of labels) gets its rows' hidden states through its head here.
         """
-        from torch.func import functional_call
-
-        from ..heads import find_pooler
-        from ..model import canonical_name
+        from ..heads import find_pooler, pooler_with
 
         pooled = any(e.pooled is not None for e in entries)
         with torch.inference_mode():
@@ -492,15 +489,8 @@ class AdapterPool:
             for rows in groups.values():
                 entry = entries[rows[0]]
                 index = torch.tensor(rows, device=self.device)
-                own_pooler = pooler
-                weights = {k.rpartition("pooler.")[2]: t for k, t in entry.head.items() if ".pooler." in f".{k}"}
-                if pooler is not None and weights:  # names inside the pooler, as wrapped (``dense.base_layer.weight``)
-                    actual = {canonical_name(f".{n}")[1:]: n for n, _ in pooler.named_parameters()}
-                    weights = {actual.get(k, k): t for k, t in weights.items()}
-
-                    def own_pooler(x: torch.Tensor, _w: dict = weights) -> torch.Tensor:
-                        return functional_call(pooler, _w, (x,))
-                features = entry.pooled.features(hidden.index_select(0, index), mask.index_select(0, index), own_pooler)
+                features = entry.pooled.features(hidden.index_select(0, index), mask.index_select(0, index),
+                                                 pooler_with(pooler, entry.head))
                 for row, logits in zip(rows, entry.pooled(features).float().cpu(), strict=True):
                     out[row] = logits
         return out
