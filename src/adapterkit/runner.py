@@ -113,13 +113,13 @@ def adapter_overrides(value: Any) -> dict[str, Any]:
 
 
 def split_data(spec: Any, data_dir: Any, *, k_shot: int | None, train_size: int | None, dev_size: int | None,
-               seed: int, need_train: bool = True, own_files: bool = False
-               ) -> tuple[list, list | None, list | None, list[str]]:
+               seed: int, need_train: bool = True, own_files: bool = False,
+               short_classes: str = "error") -> tuple[list, list | None, list | None, list[str]]:
     """(train, dev, test, notes): dev carved from train when ``dev_size``, then sampling.
 
     For a registered task, carving a dev set makes the official dev set the test set. With
     ``own_files`` (the user's --train-file/--dev-file/--test-file) every file stays the split it was
-    given as, and the notes name the files.
+    given as, and the notes name the files. ``short_classes``: see :func:`.data.sampling.k_shot`.
     """
     from .data.sampling import carve_dev, subsample
     from .data.sampling import k_shot as sample_k
@@ -145,7 +145,7 @@ def split_data(spec: Any, data_dir: Any, *, k_shot: int | None, train_size: int 
         notes.append(f"dev: {len(dev)} examples carved from train; test: the official dev set ({len(test or [])})"
                      + dropped)
     if k_shot:
-        train = sample_k(train, k_shot, seed)
+        train = sample_k(train, k_shot, seed, short=short_classes, names=spec.labels)
         notes.append(f"train: {k_shot} examples per class ({len(train)})")
     if train_size:
         train = subsample(train, train_size, seed)

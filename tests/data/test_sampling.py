@@ -34,6 +34,15 @@ def test_k_shot_too_few_names_class():
         k_shot(EX, 0, seed=0)
 
 
+def test_k_shot_short_all_takes_every_example_of_a_short_class_and_warns():
+    with pytest.warns(UserWarning, match="class 2 has 10"):
+        a = k_shot(EX, 12, seed=0, short="all")
+    assert Counter(e["label"] for e in a) == {0: 12, 1: 12, 2: 10}
+    assert {e["text"] for e in a if e["label"] == 2} == {f"2-{i}" for i in range(10)}
+    with pytest.raises(ConfigError, match="short_classes"):
+        k_shot(EX, 4, seed=0, short="skip")
+
+
 def test_subsample_keeps_proportions():
     sub = subsample(EX, 20, seed=3)
     assert len(sub) == 20

@@ -41,3 +41,20 @@ def test_fewshot_rejects_unknown_options() -> None:
         fewshot.learning_rates({"lrs": "bogus=1"})
     assert main(["experiment", "fewshot", "--poolings", "average", "--systems", "probe"]) == 2
     assert main(["experiment", "fewshot", "--systems", "nonsense"]) == 2
+
+
+def test_fewshot_split_of_chemprot_needs_short_classes_all(data_dir) -> None:
+    from collections import Counter
+
+    from adapterkit.data.tasks import get_task
+    from adapterkit.errors import DataError
+
+    spec = get_task("chemprot")
+    with pytest.raises(DataError, match="AGONIST-INHIBITOR"):
+        fewshot.split(spec, data_dir, 8, 42, 500)
+    with pytest.warns(UserWarning, match="AGONIST-INHIBITOR"):
+        train, dev, test = fewshot.split(spec, data_dir, 8, 42, 500, short_classes="all")
+    counts = Counter(ex["label"] for ex in train)
+    assert len(counts) == 13 and max(counts.values()) == 8 and min(counts.values()) < 8
+    assert len(dev) == 8 * 13 and len(test) == 500
+    assert not {ex["text"] for ex in train} & {ex["text"] for ex in dev}

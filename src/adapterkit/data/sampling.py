@@ -8,10 +8,14 @@ from __future__ import annotations
 import math
 import numbers
 import random
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
 from adapterkit.errors import ConfigError, DataError
+
+SHORT_CLASSES = ("error", "all")
+"""What :func:`k_shot` does with a class that has fewer than k examples."""
 
 Example = dict[str, Any]
 
@@ -77,25 +81,42 @@ def _check_seed(seed: Any) -> None:
         raise ConfigError(f"seed: expected an int, got {seed!r}")
 
 
-def k_shot(examples: Sequence[Example], k: int, seed: int, label_key: str = "label") -> list[Example]:
-    """``k`` examples per class, drawn with ``seed``; a class with fewer than ``k`` is a DataError."""
+def k_shot(examples: Sequence[Example], k: int, seed: int, label_key: str = "label",
+           short: str = "error", names: Sequence[str] | None = None) -> list[Example]:
+    """``k`` examples per class, drawn with ``seed``.
+
+    ``short`` says what a class with fewer than ``k`` examples gets: ``"error"`` (a DataError naming the
+    classes) or ``"all"`` (every example it has, with a warning naming the classes; for long-tailed
+    label sets such as ChemProt, whose rarest relation has 4 training examples). ``names``: label names in
+    id order, for the messages.
+    """
     _check_seed(seed)
     if not isinstance(k, int) or k < 1:
         raise ConfigError(f"k: expected a positive int, got {k!r}")
+    if short not in SHORT_CLASSES:
+        raise ConfigError(f"short_classes: expected one of {list(SHORT_CLASSES)}, got {short!r}")
     if not examples:
         raise DataError("k_shot: no examples to sample from")
     missing = [i for i, ex in enumerate(examples) if ex.get(label_key) is None]
     if missing:
         raise DataError(f"k_shot: field {label_key!r} missing in example {missing[0]}")
     groups = _group([ex[label_key] for ex in examples])
-    short = {lab: len(idx) for lab, idx in groups.items() if len(idx) < k}
-    if short:
-        detail = ", ".join(f"class {lab!r} has {c}" for lab, c in short.items())
-        raise DataError(f"k_shot: field {label_key!r}: need {k} examples per class but {detail}")
+    short_counts = {lab: len(idx) for lab, idx in groups.items() if len(idx) < k}
+    if short_counts:
+        def shown(lab: Any) -> str:
+            named = names is not None and isinstance(lab, int) and 0 <= lab < len(names)
+            return f"{lab!r} ({names[lab]})" if named else repr(lab)
+
+        detail = ", ".join(f"class {shown(lab)} has {c}" for lab, c in short_counts.items())
+        if short == "error":
+            raise DataError(f"k_shot: field {label_key!r}: need {k} examples per class but {detail} "
+                            "(short_classes='all' takes every example of such a class)")
+        warnings.warn(f"k_shot: fewer than {k} examples per class: {detail}; all of them are used",
+                      stacklevel=2)
     rng = random.Random(seed)
     chosen: list[int] = []
     for idx in groups.values():
-        chosen.extend(rng.sample(idx, k))
+        chosen.extend(rng.sample(idx, min(k, len(idx))))
     return [examples[i] for i in sorted(chosen)]
 
 

@@ -43,6 +43,8 @@ class Options:
     lrs: str | None = opt(None, "per-system learning rates, e.g. pfeiffer=3e-3,full=1e-4 (defaults: "
                           + ", ".join(f"{k} {v:g}" for k, v in LRS.items()) + "; --learning-rate sets them all)")
     test_size: int | None = opt(500, "cap on test examples")
+    short_classes: str = opt("error", "a class with fewer than k training examples: error, or all (train on every "
+                             "example it has; for long-tailed label sets such as ChemProt)")
 
 
 OPTIONS = option_groups(
@@ -54,8 +56,10 @@ OPTIONS = option_groups(
     head=False,
 )
 SETTINGS = ("model", "epochs", "learning_rate", "lrs", "batch_size", "max_length", "test_size", "precision", "lp_init",
-            "patience")
+            "patience", "short_classes")
 """Options that change results: a log is never extended under other values (see ResultLog)."""
+LEGACY_SETTINGS = {"short_classes": "error"}
+"""Settings added after logs were written, with the value those logs ran under."""
 KEYS = ("task", "k", "seed", "pooling", "system")
 
 
@@ -64,13 +68,15 @@ def learning_rates(opts: dict[str, Any]) -> dict[str, float]:
     return common_learning_rates(opts, LRS)
 
 
-def split(spec: Any, data_dir: Any, k: int, seed: int, test_size: int | None) -> tuple[list, list, list]:
-    """k per class for train and for dev (both from train); the official dev set (capped) as test."""
+def split(spec: Any, data_dir: Any, k: int, seed: int, test_size: int | None,
+          short_classes: str = "error") -> tuple[list, list, list]:
+    """k per class for train, and a dev set of k x classes carved from train (stratified); the official dev set
+    (capped) as test."""
     from ..data.sampling import subsample
     from ..runner import split_data
 
     train, dev, test, _ = split_data(spec, data_dir, k_shot=k, train_size=None, dev_size=k * spec.num_labels,
-                                     seed=seed)
+                                     seed=seed, short_classes=short_classes)
     if test_size and test and len(test) > test_size:
         test = subsample(test, test_size, seed)
     return train, dev, test or []
@@ -95,7 +101,7 @@ def run(opts: dict[str, Any]) -> int:
     rates = learning_rates(opts)
     data_dir = resolve_data_dir(opts.get("data_dir"))
     out = Path(opts["output_dir"])
-    log = ResultLog(out / "runs.jsonl", logged_settings(opts, SETTINGS))
+    log = ResultLog(out / "runs.jsonl", logged_settings(opts, SETTINGS), legacy=LEGACY_SETTINGS)
     # seeds outermost: an experiment stopped early has whole seeds; cheap baselines first within a cell
     plan = [(t, k, s, p, sys) for s in opts["seeds"] for t in opts["tasks"] for k in opts["k_shots"]
             for p in opts["poolings"] for sys in SYSTEMS if sys in opts["systems"]]
@@ -111,7 +117,8 @@ def run(opts: dict[str, Any]) -> int:
             raise ConfigError(f"tasks: {task}: few-shot (k per class) needs a classification task")
         if (task, k, seed) not in data_cache:
             data_cache.clear()
-            data_cache[(task, k, seed)] = split(spec, data_dir, k, seed, opts.get("test_size"))
+            data_cache[(task, k, seed)] = split(spec, data_dir, k, seed, opts.get("test_size"),
+                                                  opts.get("short_classes", "error"))
         data = data_cache[(task, k, seed)]
         label = f"{task} k={k} seed={seed} {pooling} {system}"
         progress.step(label)
@@ -145,7 +152,7 @@ def report(rows: list[dict[str, Any]], opts: dict[str, Any]) -> None:
             f"carved from train (selects the epoch, and the probe's L2 strength); test: the official dev set "
             f"(at most {opts.get('test_size')} examples). {opts['epochs']:g} epochs, batch {opts['batch_size']}, "
             f"max length {opts['max_length']}, precision {opts['precision']}, LP-FT {bool(opts['lp_init'])}, patience "
-            f"{opts.get('patience')}; learning rates: " + ", ".join(f"{s} {rates[s]:g}" for s in systems if s in rates)
+            f"{opts.get('patience')}, short classes {opts.get('short_classes', 'error')}; learning rates: " + ", ".join(f"{s} {rates[s]:g}" for s in systems if s in rates)
             + ". Scores x100, mean ± std over seeds (n = seeds done).\n"]
     plots = []
     for task in opts["tasks"]:
