@@ -57,6 +57,21 @@ def test_aa_focused_config_follows_the_selection(tmp_path) -> None:
     assert adaptable.adapter_config("aa-focused", opts, path) is None  # nothing selected: head only
 
 
+def test_adaptable_lp_init_starts_adapter_heads_from_a_probe_but_not_the_baselines(tmp_path, data_dir,
+                                                                                  capsys: pytest.CaptureFixture) -> None:
+    model = save_tiny_model(tmp_path / "tiny-bert", head="base")
+    out = tmp_path / "out"
+    argv = ["experiment", "adaptable", "--model", str(model), "--data-dir", str(data_dir), "--output-dir", str(out),
+            "--tasks", "sst2", "--sizes", "24", "--seeds", "3", "--epochs", "1", "--test-size", "20",
+            "--max-length", "32", "--systems", "head,pfeiffer", "--lp-init", "true", "--pooling", "mean",
+            "--progress", "log"]
+    assert main(argv) == 0
+    said = capsys.readouterr().out
+    assert "[sst2 N=24 seed=3 pfeiffer] LP-FT: head initialised" in said
+    assert "head] LP-FT" not in said
+    assert json.loads((out / "settings.json").read_text())["lp_init"] is True
+
+
 def test_adaptable_option_errors(tmp_path) -> None:
     argv = ["experiment", "adaptable", "--output-dir", str(tmp_path), "--backbone-dropout", "true"]
     assert main(argv) == 2  # the frozen-layer cache needs a deterministic backbone

@@ -41,11 +41,13 @@ OPTIONS = option_groups(
     {"epochs": 20.0, "learning_rate": 1e-3, "batch_size": 32, "backbone_dropout": False, "cache_frozen_layers": True},
     {"backbone_dropout": "dropout in the frozen backbone (for all systems)",
      "cache_frozen_layers": "AA-focused: compute the frozen layers below its lowest layer once per input (needs "
-     "--backbone-dropout false)"},
-    ("cache_frozen_layers",),
+     "--backbone-dropout false)",
+     "lp_init": "adapter systems: start the head from a linear probe on the training features (LP-FT); the "
+     "baselines never use it"},
+    ("cache_frozen_layers", "lp_init"),
 )
 SETTINGS = ("model", "epochs", "learning_rate", "batch_size", "max_length", "test_size", "backbone_dropout",
-            "precision", "pooling", "normalize")
+            "precision", "pooling", "normalize", "lp_init")
 """Options that change results: a log is never extended under other values (see ResultLog)."""
 KEYS = ("task", "size", "seed", "system")
 
@@ -113,7 +115,7 @@ def run(opts: dict[str, Any]) -> int:
         raise ConfigError("cache_frozen_layers: needs --backbone-dropout false (cached layers must be deterministic)")
     data_dir = resolve_data_dir(opts.get("data_dir"))
     out = Path(opts["output_dir"])
-    log = ResultLog(out / "runs.jsonl", logged_settings(opts, SETTINGS), legacy=LEGACY_SETTINGS)
+    log = ResultLog(out / "runs.jsonl", logged_settings(opts, SETTINGS), legacy={**LEGACY_SETTINGS, "lp_init": False})
     order = [s for s in SYSTEMS if s in opts["systems"]]  # AA before AA-focused
     # seeds outermost: an experiment stopped early (or extended with more seeds later) has whole seeds
     plan = [(t, n, s, sys) for s in opts["seeds"] for t in opts["tasks"] for n in opts["sizes"] for sys in order]

@@ -67,19 +67,21 @@ def head_of(opts: dict[str, Any]) -> Any:
 def baseline_row(system: str, adapted: Any, tokenizer: Any, spec: Any, data: tuple[list, list, list],
                  opts: dict[str, Any], *, label: str, seed: int, output_dir: str | Path) -> dict[str, Any]:
     """A result row of ``majority`` / ``probe`` (no gradient training) or ``head`` (frozen backbone, the head
-    trained at :data:`HEAD_LR`) on ``data`` = (train, dev, test), with the model's head (pooling) as built."""
+    trained at :data:`HEAD_LR`) on ``data`` = (train, dev, test), with the model's head (pooling) as built; never
+    with LP-FT, so that the baselines stay the same whatever the systems use."""
     from ..options import build
     from ..runner import BASELINES, run_baseline
     from ..training import TrainConfig
 
     if system in BASELINES:
-        config = build(TrainConfig, opts, output_dir=str(output_dir), seed=seed, cache_frozen_layers=False)
+        config = build(TrainConfig, opts, output_dir=str(output_dir), seed=seed, cache_frozen_layers=False,
+                       lp_init=False)
         row = run_baseline(system, adapted, tokenizer, spec, data, config, label=label)
         return {k: row[k] for k in ("test_score", "dev_score", "best_epoch", "trainable", "trainable_pct",
                                     "train_seconds", "history")}
     if system == "head":
         return run_cell(adapted, tokenizer, spec, data, opts, label=label, seed=seed, output_dir=output_dir,
-                        train_mode="head", learning_rate=HEAD_LR, cache_frozen_layers=False)
+                        train_mode="head", learning_rate=HEAD_LR, cache_frozen_layers=False, lp_init=False)
     raise ConfigError(f"systems: {system!r}: not a baseline system; baselines: {list(BASELINE_SYSTEMS)}")
 
 
