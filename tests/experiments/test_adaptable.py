@@ -70,6 +70,7 @@ def test_adaptable_lp_init_starts_adapter_heads_from_a_probe_but_not_the_baselin
     assert "[sst2 N=24 seed=3 pfeiffer] LP-FT: head initialised" in said
     assert "head] LP-FT" not in said
     assert json.loads((out / "settings.json").read_text())["lp_init"] is True
+    assert "LP-FT head init True" in (out / "results.md").read_text()
 
 
 def test_adaptable_option_errors(tmp_path) -> None:

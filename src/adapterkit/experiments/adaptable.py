@@ -199,7 +199,8 @@ def report(rows: list[dict[str, Any]], opts: dict[str, Any]) -> None:
             f"Model: {opts.get('model') or 'bundled all-MiniLM-L6-v2'}. N examples split 75/25 into train/dev; test = "
             f"official dev set. {opts['epochs']:g} epochs, batch {opts['batch_size']}, adapter lr {opts['learning_rate']:g} "
             f"(AA switch 0.05, rational 0.01; head baseline {HEAD_LR:g}), head pooling {opts.get('pooling') or 'auto'}, "
-            f"backbone dropout {opts['backbone_dropout']}, precision "
+            f"LP-FT head init {bool(opts.get('lp_init'))} (adapter systems), backbone dropout {opts['backbone_dropout']}, "
+            "precision "
             f"{opts.get('precision', 'fp32')}, test cap {opts.get('test_size') or 'none'}; seeds "
             f"{', '.join(map(str, opts['seeds']))}. Scores x100 (mean ± std over seeds); metrics: "
             f"{', '.join(f'{t} {get_task(t).metric}' for t in opts['tasks'])}.\n",
