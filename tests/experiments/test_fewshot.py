@@ -58,3 +58,10 @@ def test_fewshot_split_of_chemprot_needs_short_classes_all(data_dir) -> None:
     assert len(counts) == 13 and max(counts.values()) == 8 and min(counts.values()) < 8
     assert len(dev) == 8 * 13 and len(test) == 500
     assert not {ex["text"] for ex in train} & {ex["text"] for ex in dev}
+
+
+def test_fewshot_rejects_an_unknown_short_classes_value_before_writing(tmp_path) -> None:
+    with pytest.raises(SystemExit) as stop:  # argparse: usage error, exit status 2
+        main(["experiment", "fewshot", "--output-dir", str(tmp_path / "out"), "--short-classes", "skip"])
+    assert stop.value.code == 2
+    assert not (tmp_path / "out").exists()

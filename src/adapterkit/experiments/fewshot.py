@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from ..config import opt
 from ..errors import ConfigError
@@ -43,8 +43,9 @@ class Options:
     lrs: str | None = opt(None, "per-system learning rates, e.g. pfeiffer=3e-3,full=1e-4 (defaults: "
                           + ", ".join(f"{k} {v:g}" for k, v in LRS.items()) + "; --learning-rate sets them all)")
     test_size: int | None = opt(500, "cap on test examples")
-    short_classes: str = opt("error", "a class with fewer than k training examples: error, or all (train on every "
-                             "example it has; for long-tailed label sets such as ChemProt)")
+    short_classes: Literal["error", "all"] = opt(
+        "error", "a class with fewer than k training examples: error, or all (train on every example it has; for "
+        "long-tailed label sets such as ChemProt)")
 
 
 OPTIONS = option_groups(
