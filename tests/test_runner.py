@@ -361,6 +361,7 @@ def test_headerless_files_through_the_options(tmp_path):
 def test_each_method_has_its_own_default_learning_rate():
     from adapterkit.methods.bottleneck import PfeifferConfig
     from adapterkit.methods.lora import LoRAConfig
+    from adapterkit.methods.prefix import PrefixTuningConfig
     from adapterkit.methods.prompt import PromptTuningConfig
     from adapterkit.runner import default_learning_rate
     from adapterkit.training import DEFAULT_LEARNING_RATES
@@ -368,5 +369,6 @@ def test_each_method_has_its_own_default_learning_rate():
     assert default_learning_rate("pfeiffer") == PfeifferConfig.default_learning_rate == 1e-3
     assert default_learning_rate("lora") == LoRAConfig.default_learning_rate == 1e-3
     assert default_learning_rate("prompt") == PromptTuningConfig.default_learning_rate == 1e-2
+    assert default_learning_rate("prefix") == PrefixTuningConfig.default_learning_rate == 3e-4  # 1e-3 collapsed
     assert default_learning_rate("full") == DEFAULT_LEARNING_RATES["full"] == 5e-5
     assert default_learning_rate("head") == DEFAULT_LEARNING_RATES["head"] == 1e-3

@@ -86,3 +86,23 @@ def test_unipelt_experiment_rejects_bad_options() -> None:
         main(["experiment", "unipelt", "--tapt", "sometimes"])
     with pytest.raises(ConfigError, match="tapt: 'sometimes'"):
         unipelt.tapt_modes({"tapt": "sometimes"})
+
+
+def test_unipelt_log_records_the_learning_rates_and_refuses_other_defaults(tmp_path, data_dir, capsys) -> None:
+    """A log records the per-system learning rates; one written before they were recorded (prefix 3e-3, the
+    old default) is not extended under the new prefix default, and resumes when that rate is asked for."""
+    out = tmp_path / "out"
+    argv = ["experiment", "unipelt", "--data-dir", str(data_dir), "--output-dir", str(out), "--tasks", "rte",
+            "--seeds", "3", "--report-only", "true"]
+    assert main(argv) == 0
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["system_lrs"] == unipelt.LRS and unipelt.LRS["prefix"] == 3e-4
+    del settings["system_lrs"]  # as logs written before this change, which recorded the raw options
+    (out / "settings.json").write_text(json.dumps({**settings, "lr": None, "lrs": "unipelt=5e-4"}))
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "settings.json: system_lrs" in err and "'prefix': 0.003" in err and "'unipelt': 0.0005" in err
+    assert main([*argv, "--lrs", "prefix=3e-3"]) == 2  # the old log's unipelt rate differs too
+    assert main([*argv, "--lrs", "prefix=3e-3,unipelt=5e-4"]) == 0
+    assert json.loads((out / "settings.json").read_text())["system_lrs"]["prefix"] == 3e-3

@@ -144,17 +144,18 @@ class ResultLog:
 
         file = self.path.with_name("settings.json")
         settings = json.loads(json.dumps(settings))  # as stored: tuples become lists
-        stored: dict[str, Any] = {}
+        on_disk: dict[str, Any] = {}
         if file.exists():
-            stored = {**self.legacy, **read_json(file)}
+            on_disk = read_json(file)
+            stored = {**self.legacy, **on_disk}
             for key, value in settings.items():
                 if key in stored and stored[key] != value:
                     raise ConfigError(f"{file}: {key}: the runs in {self.path.name} used {stored[key]!r}, this run "
                                       f"asks for {value!r}; use the same {key} or another --output-dir")
         elif self.path.exists():
             return  # a log written before settings were recorded: nothing to compare with, nothing claimed
-        if {**stored, **settings} != stored:
-            atomic_write_json(file, {**stored, **settings})
+        if {**on_disk, **settings} != on_disk:  # a legacy value, once confirmed, is written down
+            atomic_write_json(file, {**on_disk, **settings})
 
     def unique(self, fields: Sequence[str]) -> list[dict[str, Any]]:
         """The rows, one per key (the last one logged wins, e.g. when two processes ran the same run)."""
