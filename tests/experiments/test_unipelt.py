@@ -88,21 +88,23 @@ def test_unipelt_experiment_rejects_bad_options() -> None:
         unipelt.tapt_modes({"tapt": "sometimes"})
 
 
-def test_unipelt_log_records_the_learning_rates_and_refuses_other_defaults(tmp_path, data_dir, capsys) -> None:
-    """A log records the per-system learning rates; one written before they were recorded (prefix 3e-3, the
-    old default) is not extended under the new prefix default, and resumes when that rate is asked for."""
+def test_unipelt_log_records_rates_and_methods_and_refuses_other_defaults(tmp_path, data_dir, capsys) -> None:
+    """A log records the per-system learning rates and method fields; one written before they were recorded
+    is not extended under other rates (named), nor under the new prefix fields (its own rate of 3e-4)."""
     out = tmp_path / "out"
     argv = ["experiment", "unipelt", "--data-dir", str(data_dir), "--output-dir", str(out), "--tasks", "rte",
             "--seeds", "3", "--report-only", "true"]
     assert main(argv) == 0
     settings = json.loads((out / "settings.json").read_text())
-    assert settings["system_lrs"] == unipelt.LRS and unipelt.LRS["prefix"] == 3e-4
-    del settings["system_lrs"]  # as logs written before this change, which recorded the raw options
+    assert settings["system_lrs"] == unipelt.LRS
+    assert settings["methods"]["prefix"] == {"method": "prefix", **unipelt.METHODS["prefix"][1]}
+    assert settings["methods"]["prefix"]["learning_rate"] == 3e-4 < unipelt.LRS["prefix"]
+    for key in ("system_lrs", "methods"):  # as logs written before this change, which recorded the raw options
+        del settings[key]
     (out / "settings.json").write_text(json.dumps({**settings, "lr": None, "lrs": "unipelt=5e-4"}))
     capsys.readouterr()
     assert main(argv) == 2
+    assert "settings.json: system_lrs" in capsys.readouterr().err  # that log trained unipelt at 5e-4
+    assert main([*argv, "--lrs", "unipelt=5e-4"]) == 2
     err = capsys.readouterr().err
-    assert "settings.json: system_lrs" in err and "'prefix': 0.003" in err and "'unipelt': 0.0005" in err
-    assert main([*argv, "--lrs", "prefix=3e-3"]) == 2  # the old log's unipelt rate differs too
-    assert main([*argv, "--lrs", "prefix=3e-3,unipelt=5e-4"]) == 0
-    assert json.loads((out / "settings.json").read_text())["system_lrs"]["prefix"] == 3e-3
+    assert "settings.json: methods" in err and "'learning_rate': 0.0003" in err

@@ -43,20 +43,25 @@ TRAINED = ("full", "adapter", "prefix", "lora", "prompt", "unipelt", "unipelt_pr
 SYSTEMS = (*BASELINES, *TRAINED)
 METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "adapter": ("pfeiffer", {"bottleneck_size": 48}),
-    "prefix": ("prefix", {"prefix_length": 10, "reparameterize": True, "bottleneck_size": 512}),
+    "prefix": ("prefix", {"prefix_length": 10, "reparameterize": True, "bottleneck_size": 512, "learning_rate": 3e-4}),
     "lora": ("lora", {"r": 8, "alpha": 16.0, "targets": ["query", "value"]}),
     "prompt": ("prompt", {"num_tokens": 10}),
     "unipelt": ("unipelt", {}),
     "unipelt_prompt": ("unipelt_prompt", {}),
 }
-"""System -> (adapterkit method, its fields): the UniPELT paper's component settings."""
-LRS = {"full": 1e-4, "adapter": 3e-3, "prefix": 3e-4, "lora": 1e-3, "prompt": 3e-2, "unipelt": 1e-3,
+"""System -> (adapterkit method, its fields): the UniPELT paper's component settings. The prefix trains at its
+own rate (3e-4; the paper uses 2e-4), below the run's: at 1e-3 and 3e-3 it never left the constant prediction
+on ACL-ARC and ChemProt (the reparameterised prefix takes over attention), while the head at 3e-4 learns too
+slowly for 20 epochs (docs/results/unipelt.md)."""
+METHODS_OF_UNLOGGED_RUNS = {**METHODS, "prefix": ("prefix", {"prefix_length": 10, "reparameterize": True,
+                                                             "bottleneck_size": 512})}
+"""``METHODS`` of the logs written before the method fields were recorded in ``settings.json``."""
+LRS = {"full": 1e-4, "adapter": 3e-3, "prefix": 3e-3, "lora": 1e-3, "prompt": 3e-2, "unipelt": 1e-3,
        "unipelt_prompt": 1e-3}
-"""Default learning rate per trained system (small training sets, batch 16, up to 20 epochs). Prefix tuning
-alone was 3e-3 until the first full-size domain runs: at 3e-3 (and at 1e-3) it never left the constant
-prediction on ACL-ARC and ChemProt (the reparameterised prefix takes over attention), at 3e-4 it learns (the
-UniPELT paper uses 2e-4); see docs/results/unipelt.md."""
-LRS_BEFORE_PREFIX_FIX = {**LRS, "prefix": 3e-3}
+"""Default learning rate per trained system (small training sets, batch 16, up to 20 epochs): the run's rate,
+for the head and every adapter without a rate of its own (the prefix has one, see ``METHODS``)."""
+LRS_OF_UNLOGGED_RUNS = {"full": 1e-4, "adapter": 3e-3, "prefix": 3e-3, "lora": 1e-3, "prompt": 3e-2,
+                        "unipelt": 1e-3, "unipelt_prompt": 1e-3}
 """The rates of logs written before the learning rates were recorded in ``settings.json``."""
 GLUE = ("sst2", "cola", "mrpc", "stsb", "rte")
 DOMAIN = ("chemprot", "citation_intent")
@@ -109,7 +114,8 @@ SETTINGS = ("model", "epochs", "batch_size", "max_length", "qa_max_length", "dev
             "test_size", "domain_train_size", "tapt_epochs", "tapt_learning_rate", "tapt_max_texts", "patience",
             "precision", "doc_stride")
 """Options that change results: a log is never extended under other values (see ResultLog). The learning
-rates are recorded resolved, as ``system_lrs`` (defaults with ``--learning-rate`` and ``--lrs`` applied)."""
+rates are recorded resolved, as ``system_lrs`` (defaults with ``--learning-rate`` and ``--lrs`` applied), and
+the systems' method fields as ``methods``."""
 KEYS = ("task", "k", "seed", "system", "tapt")
 
 
@@ -126,7 +132,12 @@ def _rates_before_they_were_logged(out: Path) -> dict[str, float]:
     file = out / "settings.json"
     stored = read_json(file) if file.is_file() else {}
     return common_learning_rates({"learning_rate": stored.get("lr"), "lrs": stored.get("lrs")},
-                                 LRS_BEFORE_PREFIX_FIX)
+                                 LRS_OF_UNLOGGED_RUNS)
+
+
+def _methods_record(methods: dict[str, tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+    """``METHODS`` as ``settings.json`` records it."""
+    return {system: {"method": method, **fields} for system, (method, fields) in methods.items()}
 
 
 def tapt_modes(opts: dict[str, Any]) -> list[bool]:
@@ -323,8 +334,10 @@ def run(opts: dict[str, Any]) -> int:
     data_dir = resolve_data_dir(opts.get("data_dir"))
     out = Path(opts["output_dir"])
     # the resolved per-system rates are part of the protocol: a log is not extended under other defaults
-    log = ResultLog(out / "runs.jsonl", {**logged_settings(opts, SETTINGS), "system_lrs": rates},
-                    legacy={"system_lrs": _rates_before_they_were_logged(out)})
+    log = ResultLog(out / "runs.jsonl",
+                    {**logged_settings(opts, SETTINGS), "system_lrs": rates, "methods": _methods_record(METHODS)},
+                    legacy={"system_lrs": _rates_before_they_were_logged(out),
+                            "methods": _methods_record(METHODS_OF_UNLOGGED_RUNS)})
     systems = [s for s in SYSTEMS if s in opts["systems"]]
     # seeds outermost: an experiment stopped early has whole seeds; within a cell the baselines first, then the
     # systems from the base model, then from the TAPT model
