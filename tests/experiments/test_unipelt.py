@@ -99,6 +99,7 @@ def test_unipelt_log_records_rates_and_methods_and_refuses_other_defaults(tmp_pa
     assert settings["system_lrs"] == unipelt.LRS
     assert settings["methods"]["prefix"] == {"method": "prefix", **unipelt.METHODS["prefix"][1]}
     assert settings["methods"]["prefix"]["learning_rate"] == 3e-4 < unipelt.LRS["prefix"]
+    assert "prefix 0.003 (its adapter at 0.0003)" in (out / "results.md").read_text()
     for key in ("system_lrs", "methods"):  # as logs written before this change, which recorded the raw options
         del settings[key]
     (out / "settings.json").write_text(json.dumps({**settings, "lr": None, "lrs": "unipelt=5e-4"}))

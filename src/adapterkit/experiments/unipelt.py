@@ -530,7 +530,8 @@ def report(rows: list[dict[str, Any]], opts: dict[str, Any]) -> None:
         f"Model: {opts.get('model') or 'bundled all-MiniLM-L6-v2'}. Up to {opts['epochs']:g} epochs with early stopping "
         f"(patience {opts.get('patience')}) on dev, batch {opts['batch_size']}, max length {opts['max_length']} "
         f"(QA {opts['qa_max_length']}), precision {opts.get('precision', 'fp32')}; learning rates: "
-        + ", ".join(f"{s} {rates[s]:g}" for s in systems if s in rates)
+        + ", ".join(f"{s} {rates[s]:g}" + (f" (its adapter at {own:g})" if (own := METHODS.get(s, ("", {}))[1].get(
+            "learning_rate")) else "") for s in systems if s in rates)
         + f". TAPT: {opts['tapt_epochs']:g} masked-LM epochs at lr {opts['tapt_learning_rate']:g} on at most "
         f"{opts.get('tapt_max_texts') or 'all'} training texts of the task, one TAPT model per task and seed. "
         f"GLUE: K training examples, the next {opts['dev_size']} as dev, the official dev set as test. Seeds: "
