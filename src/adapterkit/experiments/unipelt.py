@@ -53,8 +53,14 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
 own rate (3e-4; the paper uses 2e-4), below the run's: at 1e-3 and 3e-3 it never left the constant prediction
 on ACL-ARC and ChemProt (the reparameterised prefix takes over attention), while the head at 3e-4 learns too
 slowly for 20 epochs (docs/results/unipelt.md)."""
-METHODS_OF_UNLOGGED_RUNS = {**METHODS, "prefix": ("prefix", {"prefix_length": 10, "reparameterize": True,
-                                                             "bottleneck_size": 512})}
+METHODS_OF_UNLOGGED_RUNS: dict[str, tuple[str, dict[str, Any]]] = {
+    "adapter": ("pfeiffer", {"bottleneck_size": 48}),
+    "prefix": ("prefix", {"prefix_length": 10, "reparameterize": True, "bottleneck_size": 512}),
+    "lora": ("lora", {"r": 8, "alpha": 16.0, "targets": ["query", "value"]}),
+    "prompt": ("prompt", {"num_tokens": 10}),
+    "unipelt": ("unipelt", {}),
+    "unipelt_prompt": ("unipelt_prompt", {}),
+}
 """``METHODS`` of the logs written before the method fields were recorded in ``settings.json``."""
 LRS = {"full": 1e-4, "adapter": 3e-3, "prefix": 3e-3, "lora": 1e-3, "prompt": 3e-2, "unipelt": 1e-3,
        "unipelt_prompt": 1e-3}
@@ -138,6 +144,12 @@ def _rates_before_they_were_logged(out: Path) -> dict[str, float]:
 def _methods_record(methods: dict[str, tuple[str, dict[str, Any]]]) -> dict[str, Any]:
     """``METHODS`` as ``settings.json`` records it."""
     return {system: {"method": method, **fields} for system, (method, fields) in methods.items()}
+
+
+def _own_rate_note(system: str) -> str:
+    """`` (its adapter at R)`` when ``system``'s method fields give its adapter a rate of its own, else ``""``."""
+    own = METHODS.get(system, ("", {}))[1].get("learning_rate")
+    return f" (its adapter at {own:g})" if own else ""
 
 
 def tapt_modes(opts: dict[str, Any]) -> list[bool]:
@@ -333,7 +345,7 @@ def run(opts: dict[str, Any]) -> int:
     rates = learning_rates(opts)
     data_dir = resolve_data_dir(opts.get("data_dir"))
     out = Path(opts["output_dir"])
-    # the resolved per-system rates are part of the protocol: a log is not extended under other defaults
+    # the resolved rates and the method fields are part of the protocol: a log is not extended under others
     log = ResultLog(out / "runs.jsonl",
                     {**logged_settings(opts, SETTINGS), "system_lrs": rates, "methods": _methods_record(METHODS)},
                     legacy={"system_lrs": _rates_before_they_were_logged(out),
@@ -530,8 +542,7 @@ def report(rows: list[dict[str, Any]], opts: dict[str, Any]) -> None:
         f"Model: {opts.get('model') or 'bundled all-MiniLM-L6-v2'}. Up to {opts['epochs']:g} epochs with early stopping "
         f"(patience {opts.get('patience')}) on dev, batch {opts['batch_size']}, max length {opts['max_length']} "
         f"(QA {opts['qa_max_length']}), precision {opts.get('precision', 'fp32')}; learning rates: "
-        + ", ".join(f"{s} {rates[s]:g}" + (f" (its adapter at {own:g})" if (own := METHODS.get(s, ("", {}))[1].get(
-            "learning_rate")) else "") for s in systems if s in rates)
+        + ", ".join(f"{s} {rates[s]:g}{_own_rate_note(s)}" for s in systems if s in rates)
         + f". TAPT: {opts['tapt_epochs']:g} masked-LM epochs at lr {opts['tapt_learning_rate']:g} on at most "
         f"{opts.get('tapt_max_texts') or 'all'} training texts of the task, one TAPT model per task and seed. "
         f"GLUE: K training examples, the next {opts['dev_size']} as dev, the official dev set as test. Seeds: "
