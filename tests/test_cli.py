@@ -72,6 +72,17 @@ def test_info_list(capsys):
     assert "sst2" not in capsys.readouterr().out
 
 
+def test_python_dash_m_runs_the_cli():
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "adapterkit", "info", "--list", "methods"], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert "pfeiffer" in done.stdout and "sst2" not in done.stdout
+
+
 def test_train_eval_info_on_own_tsv(tmp_path: Path, capsys):
     model = save_tiny_model(tmp_path / "tiny-bert", words=[*POS, *NEG, *FILL])  # 19-word vocabulary
     train = write_tsv(tmp_path / "train.tsv", 24, 0)
