@@ -219,6 +219,36 @@ def test_probe_system_accuracy_equals_direct_computation(tiny_dir) -> None:
     assert majority["test_score"] == pytest.approx(np.mean([e["label"] == top for e in test_ex]))
 
 
+def test_probe_features_are_computed_where_training_would_run(tiny_dir, monkeypatch) -> None:
+    """With an accelerator present the probe baseline moves the model there (and back), not the CPU."""
+    import adapterkit.training.trainer as trainer_module
+
+    accelerator = torch.device("cpu", 0)  # stands in for cuda:0; a distinct device name that runs here
+    monkeypatch.setattr(trainer_module, "has_accelerator", lambda: True)
+    monkeypatch.setattr(torch.accelerator, "current_accelerator", lambda *a, **k: accelerator)
+    assert trainer_module.compute_device() == accelerator
+    assert trainer_module.compute_device(use_cpu=True) == torch.device("cpu")
+
+    hf, tok = load_base_model(tiny_dir, pooling="mean")
+    model = AdaptedModel(hf)
+    moves = []
+    real_to = model.to
+
+    def spy(*args, **kwargs):
+        moves.append(torch.device(args[0]))
+        return real_to(*args, **kwargs)
+
+    model.to = spy
+    data = (_examples(20, 0), _examples(10, 1), _examples(10, 2))
+    row = run_baseline("probe", model, tok, SPEC, data, TrainConfig(max_length=16))
+    assert row["test_score"] is not None
+    assert moves and moves[0::2] == [accelerator] * (len(moves) // 2) and moves[1::2] == [torch.device("cpu")] * (
+        len(moves) // 2)
+    moves.clear()
+    run_baseline("probe", model, tok, SPEC, data, TrainConfig(max_length=16, use_cpu=True))
+    assert set(moves) == {torch.device("cpu")}
+
+
 def test_saved_adapter_records_pooling_and_old_adapters_load_as_before(tiny_dir, tmp_path) -> None:
     hf, _ = load_base_model(tiny_dir, pooling="max", normalize=True)
     model = AdaptedModel(hf)

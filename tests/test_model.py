@@ -158,6 +158,9 @@ def test_parameter_groups_learning_rates(model: AdaptedModel) -> None:
     ids = [id(p) for g in groups for p in g["params"]]
     assert len(ids) == len(set(ids))
     torch.optim.AdamW(groups)  # the groups are valid optimizer input
+    with_head = {g["name"]: g for g in model.parameter_groups(1e-4, head_lr=3e-3)}
+    assert set(with_head) == {"fast@0.01", "plain@0.0001", "head@0.003"}
+    assert {id(p) for p in with_head["head@0.003"]["params"]} == {id(p) for p in by_name["base"]["params"]}
     model.set_train_mode("full")
     groups = model.parameter_groups(1e-4)
     assert [g["name"] for g in groups] == ["base"]

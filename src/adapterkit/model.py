@@ -526,9 +526,11 @@ class AdaptedModel(nn.Module):
         used = {id(p) for p in self.head_parameters().values()}
         return [p for p in own.values() if id(p) not in used]
 
-    def parameter_groups(self, base_lr: float, weight_decay: float = 0.0) -> list[dict[str, Any]]:
+    def parameter_groups(self, base_lr: float, weight_decay: float = 0.0,
+                         head_lr: float | None = None) -> list[dict[str, Any]]:
         """Optimizer groups: per active adapter, the groups its config returns (``MethodConfig.parameter_groups``:
-        by default one group at its ``learning_rate``); everything else trainable at ``base_lr``.
+        by default one group at its ``learning_rate``); the trainable head (:meth:`head_parameters`) at ``head_lr``
+        when given (group ``head@lr``); everything else trainable at ``base_lr``.
 
         A group with no rate of its own gets ``base_lr``; adapter parameters no group claims fall back to
         the config's ``learning_rate``. Names: ``adapter@lr`` for the default group, ``adapter.group@lr`` otherwise.
@@ -550,6 +552,11 @@ class AdaptedModel(nn.Module):
                 lr = group.lr or base_lr
                 label = name if group.name == "adapter" else f"{name}.{group.name}"
                 groups.append({"params": params, "lr": lr, "weight_decay": weight_decay, "name": f"{label}@{lr:g}"})
+        if head_lr is not None:
+            head = [p for p in self.head_parameters().values() if p.requires_grad and id(p) not in seen]
+            seen.update(id(p) for p in head)
+            if head:
+                groups.append({"params": head, "lr": head_lr, "weight_decay": weight_decay, "name": f"head@{head_lr:g}"})
         rest = [p for p in self.parameters() if p.requires_grad and id(p) not in seen]
         if rest:
             groups.append({"params": rest, "lr": base_lr, "weight_decay": weight_decay, "name": "base"})

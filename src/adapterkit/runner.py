@@ -429,14 +429,16 @@ def run_baseline(method: str, adapted: Any, tokenizer: Any, spec: Any, data: tup
     length, batch, precision = config.max_length, config.eval_batch_size, config.precision
     if method == "probe":
         from .heads import HeadConfig, find_pooler
-        from .training import example_features, probe_fit
+        from .training import compute_device, example_features, probe_fit
 
         if adapted.pooled_head is None:  # the model's own head: probe the features it sees ([CLS] via the pooler)
             adapted.set_head(HeadConfig("cls+pooler" if find_pooler(adapted.model) is not None else "cls"))
-        fit = probe_fit(adapted, tokenizer, spec, train_ex, dev_ex, length, batch, precision)
+        device = compute_device(getattr(config, "use_cpu", False))  # where training would run (a GPU if present)
+        fit = probe_fit(adapted, tokenizer, spec, train_ex, dev_ex, length, batch, precision, device)
 
         def logits_of(examples: list) -> np.ndarray:
-            return fit.predict(example_features(adapted, tokenizer, spec, examples, length, batch, precision)).numpy()
+            feats = example_features(adapted, tokenizer, spec, examples, length, batch, precision, device)
+            return fit.predict(feats).numpy()
 
         trainable = int(fit.weight.numel() + fit.bias.numel())
         note = f"l2 {fit.l2:g}"

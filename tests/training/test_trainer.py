@@ -146,6 +146,22 @@ def test_per_group_learning_rates(tmp_path: Path, tok):
         assert lrs["a@0.05"] == pytest.approx(50 * lrs["base"], rel=1e-6)
 
 
+def test_head_learning_rate_gets_its_own_group(tmp_path: Path, tok):
+    adapted = tiny_adapted()
+    seen: list[dict[str, tuple[float, int]]] = []
+
+    class Record(TrainerCallback):
+        def on_step_end(self, args, state, control, optimizer=None, **kw):
+            seen.append({g["name"]: (g["initial_lr"], len(g["params"])) for g in optimizer.param_groups})
+
+    train(adapted, tok, SPEC, examples(16, 0), None,
+          config(tmp_path / "run", epochs=1, learning_rate=3e-4, head_learning_rate=3e-2), callbacks=[Record()])
+    head = [p for p in adapted.head_parameters().values() if p.requires_grad]
+    assert seen[0]["head@0.03"] == (3e-2, len(head)) and "base" not in seen[0]
+    with pytest.raises(ConfigError, match="head_learning_rate"):
+        config(tmp_path / "bad", head_learning_rate=0.0)
+
+
 def test_extra_loss_hook_is_added(tmp_path: Path, tok):
     adapted = tiny_adapted()
     calls = []

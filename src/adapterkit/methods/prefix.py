@@ -296,7 +296,8 @@ class PrefixTuningConfig(MethodConfig):
     method: ClassVar[str] = "prefix"
     # 1e-3 (and 3e-3) left the reparameterised prefix at the constant prediction on ACL-ARC and ChemProt;
     # 3e-4 learns (docs/results/unipelt.md; the UniPELT paper uses 2e-4). A new head trains slowly at this
-    # rate: give the prefix its own `learning_rate` and the run a higher one, as `experiment unipelt` does.
+    # rate: give it its own (TrainConfig.head_learning_rate, `train --head-learning-rate 3e-3`), or give the
+    # prefix its own `learning_rate` and the run a higher one, as `experiment unipelt` does.
     default_learning_rate: ClassVar[float] = 3e-4
     prefix_length: int = opt(10, "number of prefix positions per layer")
     reparameterize: bool = opt(True, "produce the prefixes with an MLP shared by all layers (Li & Liang 2021)")

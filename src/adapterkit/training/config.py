@@ -32,6 +32,10 @@ class TrainConfig:
     learning_rate: float | None = opt(
         None, "base learning rate (adapters may set their own); default by train_mode: 1e-3 adapters, 5e-5 full, "
         "1e-3 head (`adapterkit train`: the method's own, see `adapterkit info --list methods`)", aliases=("lr",))
+    head_learning_rate: float | None = opt(
+        None, "learning rate of the task head (a pooled head, the model's own head, a cls+pooler pooler); null: "
+        "learning_rate. Slow methods (prefix tuning at 3e-4) may leave a fresh few-shot head untrained: give it "
+        "its own, e.g. 3e-3")
     weight_decay: float = opt(0.0, "AdamW weight decay")
     warmup_ratio: float = opt(0.06, "fraction of the training steps with a linear warm-up, in [0, 1)")
     max_grad_norm: float = opt(1.0, "gradient clipping norm (0 disables)")
@@ -104,6 +108,8 @@ class TrainConfig:
         check(math.isfinite(self.epochs), "epochs", f"must be finite, got {self.epochs}")
         check(self.learning_rate > 0 and math.isfinite(self.learning_rate), "learning_rate",
               f"must be a finite number > 0, got {self.learning_rate}")
+        check(self.head_learning_rate is None or (self.head_learning_rate > 0 and math.isfinite(self.head_learning_rate)),
+              "head_learning_rate", f"must be a finite number > 0 or null, got {self.head_learning_rate}")
         check(isinstance(self.seed, int) and 0 <= self.seed < 2**32, "seed", f"must be in [0, 2**32), got {self.seed}")
         check(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
         check(0 <= self.warmup_ratio < 1, "warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")

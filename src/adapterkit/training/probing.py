@@ -17,8 +17,10 @@ from .inference import autocast, collator, encode
 
 @torch.no_grad()
 def example_features(adapted: Any, tokenizer: Any, spec: Any, examples: Sequence[dict[str, Any]], max_length: int,
-                     batch_size: int = 64, precision: str = "fp32") -> torch.Tensor:
-    """The pooled head's input features (with the active adapters, no dropout) for ``examples``, in order."""
+                     batch_size: int = 64, precision: str = "fp32",
+                     device: torch.device | str | None = None) -> torch.Tensor:
+    """The pooled head's input features (with the active adapters, no dropout) for ``examples``, in order, as a
+    CPU tensor; computed on ``device`` (default: where the model is; the model returns there afterwards)."""
     if adapted.pooled_head is None:
         raise ConfigError("pooling: the model uses its own head (hf); probes and LP-FT need a pooled head "
                           "(pooling cls, cls+pooler, mean, max, ...)")
@@ -26,16 +28,19 @@ def example_features(adapted: Any, tokenizer: Any, spec: Any, examples: Sequence
     names = [c for c in dataset.column_names if c in ("input_ids", "attention_mask", "token_type_ids")]
     rows = dataset.select_columns(names).to_list()
     collate = collator(tokenizer, spec)
-    device = next(adapted.parameters()).device
+    home = next(adapted.parameters()).device
+    device = torch.device(device) if device is not None else home
     was_training = adapted.training
     adapted.eval()
     out = []
     try:
+        adapted.to(device)
         for i in range(0, len(rows), batch_size):
             batch = collate(rows[i: i + batch_size])
             with autocast(precision, device):
                 out.append(adapted.pooled_features(**{k: v.to(device) for k, v in batch.items()}).float().cpu())
     finally:
+        adapted.to(home)
         adapted.train(was_training)
     return torch.cat(out)
 
@@ -47,17 +52,18 @@ def _targets(spec: Any, examples: Sequence[dict[str, Any]]) -> torch.Tensor:
 
 def probe_fit(adapted: Any, tokenizer: Any, spec: Any, train: Sequence[dict[str, Any]],
               dev: Sequence[dict[str, Any]] | None, max_length: int, batch_size: int = 64,
-              precision: str = "fp32") -> LinearFit:
-    """A linear probe on ``adapted``'s frozen head features of ``train`` (L2 strength chosen on ``dev``)."""
+              precision: str = "fp32", device: torch.device | str | None = None) -> LinearFit:
+    """A linear probe on ``adapted``'s frozen head features of ``train`` (L2 strength chosen on ``dev``);
+    features computed on ``device`` (see :func:`example_features`)."""
     from ..metrics import compute_metrics
 
     if spec.kind not in ("classification", "regression"):
         raise ConfigError(f"probe: task kind {spec.kind!r}: probes need classification or regression")
     regression = spec.kind == "regression"
-    x = example_features(adapted, tokenizer, spec, train, max_length, batch_size, precision)
+    x = example_features(adapted, tokenizer, spec, train, max_length, batch_size, precision, device)
     dev_x = dev_y = None
     if dev:
-        dev_x = example_features(adapted, tokenizer, spec, dev, max_length, batch_size, precision)
+        dev_x = example_features(adapted, tokenizer, spec, dev, max_length, batch_size, precision, device)
         dev_y = _targets(spec, dev)
 
     def score(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -70,9 +76,9 @@ def probe_fit(adapted: Any, tokenizer: Any, spec: Any, train: Sequence[dict[str,
 
 def init_head_from_probe(adapted: Any, tokenizer: Any, spec: Any, train: Sequence[dict[str, Any]],
                          dev: Sequence[dict[str, Any]] | None, max_length: int, batch_size: int = 64,
-                         precision: str = "fp32") -> LinearFit:
+                         precision: str = "fp32", device: torch.device | str | None = None) -> LinearFit:
     """LP-FT: set the pooled head's linear layer to a probe fitted on the current (frozen) features."""
-    fit = probe_fit(adapted, tokenizer, spec, train, dev, max_length, batch_size, precision)
+    fit = probe_fit(adapted, tokenizer, spec, train, dev, max_length, batch_size, precision, device)
     linear = adapted.pooled_head.classifier
     with torch.no_grad():
         linear.weight.copy_(fit.weight.to(linear.weight))

@@ -75,18 +75,20 @@ def trainer_class() -> type:
         """Trainer with per-group learning rates, trainable-only checkpoints, extra losses and QA evaluation."""
 
         def __init__(self, *args: Any, spec: Any, extra_loss: ExtraLoss | None, weight_decay: float,
-                     qa_dev: tuple[Sequence[Example], Any] | None = None, **kwargs: Any) -> None:
+                     qa_dev: tuple[Sequence[Example], Any] | None = None, head_lr: float | None = None,
+                     **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self.spec = spec
             self.extra_loss = extra_loss
             self.weight_decay = weight_decay
+            self.head_lr = head_lr
             self.qa_dev = qa_dev
             # The HF head computes a per-batch mean loss: no token-count scaling across devices.
             self.model_accepts_loss_kwargs = False
 
         def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
             if self.optimizer is None:
-                groups = self.model.parameter_groups(self.args.learning_rate, self.weight_decay)
+                groups = self.model.parameter_groups(self.args.learning_rate, self.weight_decay, head_lr=self.head_lr)
                 if not groups:
                     raise ConfigError("train_mode: nothing to train (no trainable parameters)")
                 self.optimizer = torch.optim.AdamW(groups, lr=self.args.learning_rate, weight_decay=self.weight_decay)
@@ -228,6 +230,14 @@ def has_accelerator() -> bool:
     return bool(probe.is_available()) if probe is not None else torch.cuda.is_available()
 
 
+def compute_device(use_cpu: bool = False) -> torch.device:
+    """The device the Trainer would train on: the current accelerator, or the CPU (``use_cpu`` or none present)."""
+    if use_cpu or not has_accelerator():
+        return torch.device("cpu")
+    probe = getattr(torch, "accelerator", None)
+    return torch.device(probe.current_accelerator()) if probe is not None else torch.device("cuda")
+
+
 def _qa_dev_features(tokenizer: Any, spec: Any, examples: Sequence[Example], config: TrainConfig) -> Any:
     """QA dev windows for evaluation, with the answer positions of training (so the dev loss is computed too)."""
     features = encode(tokenizer, spec, examples, config.max_length, config.doc_stride, for_eval=True)
@@ -290,7 +300,7 @@ def train(adapted: Any, tokenizer: Any, spec: Any, train_examples: Sequence[Exam
         if spec.kind not in ("classification", "regression"):
             raise ConfigError(f"lp_init: task kind {spec.kind!r}: LP-FT needs a classification or regression head")
         fit = init_head_from_probe(adapted, tokenizer, spec, train_examples, dev_examples or None, config.max_length,
-                                   config.eval_batch_size, config.precision)
+                                   config.eval_batch_size, config.precision, compute_device(config.use_cpu))
         if config.progress != "none":
             say(f"[{name}] LP-FT: head initialised from a linear probe (l2 {fit.l2:g}"
                  + (f", dev score {fit.dev_score:.4f})" if fit.dev_score is not None else ")"))
@@ -312,6 +322,7 @@ def train(adapted: Any, tokenizer: Any, spec: Any, train_examples: Sequence[Exam
         extra_loss=extra_loss,
         weight_decay=config.weight_decay,
         qa_dev=qa_dev,
+        head_lr=config.head_learning_rate,
     )
     if config.progress != "bar":
         trainer.remove_callback(PrinterCallback)
