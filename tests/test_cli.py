@@ -388,7 +388,8 @@ def test_help_and_info_show_the_default_learning_rates_that_train_uses(tmp_path:
     assert main(["info", "--list", "methods"]) == 0
     listing = capsys.readouterr().out
     assert "default lr" in listing
-    assert any(line.split()[:2] == ["head", "0.001"] for line in listing.splitlines())
+    assert any(line.split()[:3] == ["head", "0.001", "0.001"] for line in listing.splitlines())
+    assert any(line.split()[:3] == ["prefix", "0.0003", "0.003"] for line in listing.splitlines())
     model = save_tiny_model(tmp_path / "tiny-bert", words=[*POS, *NEG, *FILL])
     train = write_tsv(tmp_path / "train.tsv", 16, 0)
     for method in ("head", "pfeiffer"):
@@ -397,6 +398,15 @@ def test_help_and_info_show_the_default_learning_rates_that_train_uses(tmp_path:
                      str(model), "--epochs", "1", "--batch-size", "8", "--max-length", "12", "--progress", "none",
                      "--output-dir", str(out)]) == 0
         assert json.loads((out / "results.json").read_text())["learning_rate"] == default_learning_rate(method)
+    # prefix tuning's slow default rate comes with a faster head, unless a rate is given
+    common = ["--train-file", str(train), "--text-columns", "sentence", "--method", "prefix", "--model", str(model),
+              "--epochs", "1", "--batch-size", "8", "--max-length", "12", "--progress", "none"]
+    for extra, lrs in (([], (3e-4, 3e-3)), (["--lr", "1e-3"], (1e-3, None)),
+                       (["--head-learning-rate", "1e-2"], (3e-4, 1e-2))):
+        out = tmp_path / f"prefix{len(extra)}{extra[-1] if extra else ''}"
+        assert main(["train", *common, *extra, "--output-dir", str(out)]) == 0
+        results = json.loads((out / "results.json").read_text())
+        assert (results["learning_rate"], results["head_learning_rate"]) == lrs
 
 
 def test_demo_baselines_pooling_lp_init_and_patience(tmp_path: Path, capsys):

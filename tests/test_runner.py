@@ -370,5 +370,9 @@ def test_each_method_has_its_own_default_learning_rate():
     assert default_learning_rate("lora") == LoRAConfig.default_learning_rate == 1e-3
     assert default_learning_rate("prompt") == PromptTuningConfig.default_learning_rate == 1e-2
     assert default_learning_rate("prefix") == PrefixTuningConfig.default_learning_rate == 3e-4  # 1e-3 collapsed
+    from adapterkit.runner import default_head_learning_rate
+
+    assert default_head_learning_rate("prefix") == PrefixTuningConfig.default_head_learning_rate == 3e-3
+    assert default_head_learning_rate("pfeiffer") is None and default_head_learning_rate("full") is None
     assert default_learning_rate("full") == DEFAULT_LEARNING_RATES["full"] == 5e-5
     assert default_learning_rate("head") == DEFAULT_LEARNING_RATES["head"] == 1e-3

@@ -259,13 +259,16 @@ def train_mode_of(method: str) -> str:
 
 def cmd_train(opts: dict[str, Any]) -> int:
     from .reporting import text_table
-    from .runner import default_learning_rate
+    from .runner import default_head_learning_rate, default_learning_rate
 
     model = options.build(ModelOptions, opts)
     method = system_method(model)
-    config = options.build(TrainConfig, opts, train_mode=train_mode_of(method),
-                           learning_rate=default_learning_rate(method) if opts.get("learning_rate") is None
-                           else opts["learning_rate"])
+    rates = {}
+    if opts.get("learning_rate") is None:  # the method's defaults: its rate, and its head's where it has one
+        rates["learning_rate"] = default_learning_rate(method)
+        if opts.get("head_learning_rate") is None:
+            rates["head_learning_rate"] = default_head_learning_rate(method)
+    config = options.build(TrainConfig, opts, train_mode=train_mode_of(method), **rates)
     row = run_training(options.build(DataOptions, opts), model, config, head=options.build(HeadConfig, opts))
     cols = {k: v for k, v in RESULT_COLUMNS.items() if row.get(k) is not None}
     say("")
@@ -311,7 +314,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         if what in ("all", "methods"):
             from . import methods  # noqa: F401  (importing registers the built-in methods)
             from .registry import METHODS
-            from .runner import default_learning_rate
+            from .runner import default_head_learning_rate, default_learning_rate
 
             rows = [{"method": n, "description": _first_line(c.__doc__)} for n, c in sorted(METHODS.items())]
             rows += [{"method": "full", "description": "full fine-tuning (every parameter trains)"},
@@ -321,7 +324,9 @@ def cmd_info(args: argparse.Namespace) -> int:
             for row in rows:
                 row["default lr"] = f"{default_learning_rate(row['method']):g}" if row["method"] not in (
                     "probe", "majority") else "-"
-            say("Methods:\n" + text_table(rows, ["method", "default lr", "description"]))
+                head_lr = default_head_learning_rate(row["method"])  # None: the head trains at the default lr
+                row["head lr"] = f"{head_lr:g}" if head_lr is not None else row["default lr"]
+            say("Methods:\n" + text_table(rows, ["method", "default lr", "head lr", "description"]))
         if what in ("all", "tasks"):
             from .data.tasks import TASKS
 

@@ -148,6 +148,9 @@ class MethodConfig(abc.ABC):
     #: adapters on large data sets, barely moves them in a few hundred steps; see the README's
     #: "Default learning rates"). A subclass sets its own.
     default_learning_rate: ClassVar[float] = 1e-3
+    #: The task head's rate when ``train`` gets neither ``--lr`` nor ``--head-learning-rate`` (None: the base
+    #: rate). For methods whose default rate is too low for a freshly initialised head.
+    default_head_learning_rate: ClassVar[float | None] = None
 
     def __post_init__(self) -> None:
         check(self.layers is None or len(self.layers) > 0, "layers", "must name at least one layer, or be null for all")

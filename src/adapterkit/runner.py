@@ -250,6 +250,15 @@ def default_learning_rate(method: str) -> float:
     return float(get_method(method).default_learning_rate)
 
 
+def default_head_learning_rate(method: str) -> float | None:
+    """The head's rate ``train`` uses for ``method`` when neither rate is given (None: the base rate)."""
+    if method in ("full", "head") or method in BASELINES:
+        return None
+    from .registry import get_method
+
+    return get_method(method).default_head_learning_rate
+
+
 def default_learning_rates_text() -> str:
     """``0.01 for prompt, 0.001 for adaptable, ..., 5e-05 for full``: each method's default learning rate."""
     from . import methods  # noqa: F401  (importing registers the built-in methods)
@@ -529,6 +538,7 @@ def _run_training(data: DataOptions, model: ModelOptions, config: Any, *, spec: 
                      test_source=split_source(spec, test_split, data_dir), gate_report=out)
     result = run.result
     summary = {"task": spec.name, "method": method, "learning_rate": config.learning_rate,
+               "head_learning_rate": config.head_learning_rate,
                "head": adapted.head_config.to_dict(), "dev": result.metrics,
                "test": run.test,
                "best_epoch": result.best_epoch, "train_seconds": result.train_seconds,
@@ -537,6 +547,7 @@ def _run_training(data: DataOptions, model: ModelOptions, config: Any, *, spec: 
         summary["predictions"] = str(out / "predictions.json")
     if adapter_name:
         training = {"method": method, "epochs": config.epochs, "learning_rate": config.learning_rate,
+                    "head_learning_rate": config.head_learning_rate,
                     "batch_size": config.batch_size, "max_length": config.max_length, "seed": config.seed,
                     "train_examples": len(examples[0]), "dev_examples": len(examples[1] or []), "k_shot": data.k_shot,
                     "precision": config.precision, "best_epoch": result.best_epoch}
