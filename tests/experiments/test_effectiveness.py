@@ -62,7 +62,8 @@ def test_effectiveness_end_to_end(tmp_path: Path) -> None:
             "--tasks", "sample_sentiment", "--systems", "houlsby64,full", "--sizes", "16,32", "--seeds", "1", "--epochs", "2", "--batch-size", "8",
             "--max-length", "24", "--dev-size", "8", "--xnli-train-size", "24", "--xnli-eval-size", "20",
             "--xnli-epochs", "1", "--languages", "en,de,fr,es", "--lr-task", "sample_sentiment", "--lr-size", "16",
-            "--lrs", "1e-3,1e-2", "--lr-epochs", "2", "--probe-size", "20", "--tokens", "all", "--progress", "none"]
+            "--lrs", "1e-3,1e-2", "--lr-epochs", "2", "--probe-size", "20", "--tokens", "all", "--progress", "none",
+            "--full-head-lr", "5e-3"]
     with pytest.warns(UserWarning, match="dev-es.tsv"):
         assert main(args) == 0
     rows = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
@@ -76,9 +77,11 @@ def test_effectiveness_end_to_end(tmp_path: Path) -> None:
     xnli = [r for r in rows if r["part"] == "xnli"]
     assert {r["system"] for r in xnli} == {"houlsby64", "full", "trivial", "linear probe"}
     assert all(set(r["languages"]) == {"en", "de", "fr"} for r in xnli)
+    trained = [r for r in rows if r["part"] in ("low", "xnli") and r["system"] in ("houlsby64", "full")]
+    assert {(r["system"], r.get("head_lr")) for r in trained} == {("houlsby64", None), ("full", 5e-3)}
     assert len([r for r in rows if r["part"] == "lr" and "lr" in r]) == 4
     md = (out / "results.md").read_text()
-    for section in ("(a) Low-resource", "(b) Cross-lingual", "(c) Learning-rate", "(d) Overfitting",
+    for section in ("head 0.005", "(a) Low-resource", "(b) Cross-lingual", "(c) Learning-rate", "(d) Overfitting",
                     "(e) Representational similarity", "## Claims", "linear probe", "trivial", "dev-es.tsv"):
         assert section in md
     for png in ("low_resource.png", "zero_shot_xnli.png", "lr_sweep.png", "dev_loss.png", "similarity.png"):

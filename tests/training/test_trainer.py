@@ -363,3 +363,23 @@ def test_patience_stops_early_and_is_validated(tmp_path: Path, tok):
         config(tmp_path, patience=0)
     with pytest.raises(ConfigError, match="patience: needs eval_each_epoch"):
         config(tmp_path, patience=2, eval_each_epoch=False)
+
+
+def test_bf16_on_a_cpu_without_native_bf16_warns(tmp_path: Path, tok, monkeypatch: pytest.MonkeyPatch):
+    import warnings
+
+    from adapterkit.training import inference
+
+    monkeypatch.setattr(inference, "cpu_bf16_native", lambda: False)
+    with pytest.warns(RuntimeWarning, match="precision: bf16 on this CPU"):
+        inference.autocast("bf16", "cpu")
+    with pytest.warns(RuntimeWarning, match="use --precision fp32"):
+        train(tiny_adapted(), tok, SPEC, examples(8, 0), None, config(tmp_path, precision="bf16", epochs=1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        inference.autocast("fp32", "cpu")
+        inference.warn_slow_bf16("bf16", "cuda")  # a GPU has its own bf16
+        monkeypatch.setattr(inference, "cpu_bf16_native", lambda: True)
+        inference.autocast("bf16", "cpu")
+    monkeypatch.undo()
+    assert inference.cpu_bf16_native() in (True, False, None)  # the real probe answers without raising

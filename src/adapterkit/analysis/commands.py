@@ -61,6 +61,7 @@ class ZeroShotCommand:
     languages: list[str] | None = opt(None, "languages to evaluate (default: every language of the suite)")
     eval_size: int | None = opt(1000, "XNLI: rows held out and evaluated in every language")
     full_lr: float = opt(3e-5, "full fine-tuning learning rate")
+    full_head_lr: float | None = opt(None, "learning rate of full fine-tuning's new task head (default: full_lr)")
     head_lr: float = opt(1e-2, "head-only learning rate")
 
 
@@ -91,6 +92,7 @@ def command_groups(analysis: str) -> tuple[Group, ...]:
 SWEEP_SETTINGS = ("task", "model", "train_size", "dev_size", "test_size", "epochs", "batch_size", "max_length",
                   "precision")
 ZERO_SHOT_SETTINGS = ("model", "train_size", "dev_size", "eval_size", "epochs", "learning_rate", "full_lr",
+                      "full_head_lr",
                       "head_lr", "batch_size", "max_length", "precision")
 HELP = {"similarity": "per-layer CKA/RSA of tuned models against a base model",
         "lr-sweep": "run systems over a grid of learning rates and seeds; score table, score-vs-lr and dev curves",
@@ -340,7 +342,7 @@ def zero_shot_runs(opts: dict[str, Any], log: Any, suite_name: str, *, part: str
     from ..console import say as _say
     from ..data.tasks import resolve_data_dir
     from .crosslingual import english_data, get_suite, zero_shot_eval
-    from .systems import default_lr, parse_system, train_system
+    from .systems import default_lr, full_head_lr, parse_system, train_system
 
     suite = get_suite(suite_name)
     data_dir = resolve_data_dir(opts.get("data_dir"))
@@ -365,7 +367,8 @@ def zero_shot_runs(opts: dict[str, Any], log: Any, suite_name: str, *, part: str
             system, suite.spec("en"), (train, dev, []), model=opts.get("model"), lr=lr, seed=seed,
             epochs=opts["epochs"], batch_size=opts["batch_size"], max_length=opts["max_length"],
             eval_batch_size=opts["eval_batch_size"], precision=opts["precision"], progress=opts["progress"],
-            label=label, output_dir=Path(opts["output_dir"]) / "work" / label.replace(" ", "_"))
+            label=label, head_lr=full_head_lr(system, opts),
+            output_dir=Path(opts["output_dir"]) / "work" / label.replace(" ", "_"))
         results, missing = zero_shot_eval(model, tokenizer, suite, data_dir, heldout,
                                           languages=opts.get("languages") or None, max_length=opts["max_length"],
                                           batch_size=opts["eval_batch_size"], precision=opts["precision"], log=_say)

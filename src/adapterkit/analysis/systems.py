@@ -91,22 +91,26 @@ def epoch_curve(history: Sequence[dict[str, Any]]) -> list[dict[str, float | Non
 def train_system(system: System, spec: Any, data: tuple[list, list, list], *, model: str | None, lr: float,
                  seed: int, epochs: float, batch_size: int, max_length: int, output_dir: str | Path,
                  eval_batch_size: int = 64, precision: str = "fp32", progress: str = "log",
-                 backbone_dropout: bool = True, label: str | None = None) -> tuple[Any, Any, dict[str, Any]]:
+                 backbone_dropout: bool = True, label: str | None = None,
+                 head_lr: float | None = None) -> tuple[Any, Any, dict[str, Any]]:
     """Train ``system`` on ``data[0]`` (best epoch on ``data[1]``), score ``data[2]``; returns (model,
-    tokenizer, row) with the test score and the per-epoch dev loss and dev score (``curve``)."""
+    tokenizer, row) with the test score and the per-epoch dev loss and dev score (``curve``). ``head_lr``
+    gives the task head its own learning rate (default: ``lr``)."""
     from ..console import say as _say
     from ..training import TrainConfig, evaluate, train
     from ..training import default_doc_stride as _doc_stride
 
     if lr <= 0:
         raise ConfigError(f"lr: must be > 0, got {lr}")
+    if head_lr is not None and head_lr <= 0:
+        raise ConfigError(f"head_lr: must be > 0, got {head_lr}")
     train_ex, dev_ex, test_ex = data
     label = label or system.name
     adapted, tokenizer = build(system, model, spec, seed)
     config = TrainConfig(output_dir=str(output_dir), epochs=float(epochs), batch_size=batch_size,
-                         eval_batch_size=eval_batch_size, learning_rate=lr, max_length=max_length, seed=seed,
-                         train_mode=system.train_mode, save_total_limit=1, save_optimizer=False,
-                         backbone_dropout=backbone_dropout or system.train_mode != "adapters",
+                         eval_batch_size=eval_batch_size, learning_rate=lr, head_learning_rate=head_lr,
+                         max_length=max_length, seed=seed, train_mode=system.train_mode, save_total_limit=1,
+                         save_optimizer=False, backbone_dropout=backbone_dropout or system.train_mode != "adapters",
                          cleanup_checkpoints=True, progress=progress, precision=precision,
                          logging_steps=max(1, len(train_ex) // batch_size), doc_stride=_doc_stride(max_length))
     result = train(adapted, tokenizer, spec, train_ex, dev_ex or None, config, name=label)
@@ -116,6 +120,7 @@ def train_system(system: System, spec: Any, data: tuple[list, list, list], *, mo
     _say(f"[{label}] test {test.get('score', float('nan')):.4f} ({spec.metric}); dev {result.score}; "
          f"train {result.train_seconds:.0f}s")
     row = {"system": system.name, "method": system.method, "lr": lr, "seed": seed,
+           **({"head_lr": head_lr} if head_lr is not None else {}),
            "test_score": test.get("score"), "dev_score": result.score, "best_epoch": result.best_epoch,
            "trainable": counts["total"] if system.method == "full" else result.trainable_parameters,
            "train_seconds": round(result.train_seconds, 2), "curve": epoch_curve(result.history)}
@@ -220,3 +225,9 @@ def low_resource_split(spec: Any, data_dir: Any, size: int | None, seed: int, de
 def default_lr(system: System, adapter_lr: float, full_lr: float, head_lr: float) -> float:
     """The learning rate of ``system``: full fine-tuning, head-only, or adapter rate."""
     return full_lr if system.method == "full" else head_lr if system.method == "head" else adapter_lr
+
+
+def full_head_lr(system: System, opts: dict[str, Any]) -> float | None:
+    """The head's own rate for full fine-tuning (``opts["full_head_lr"]``), else None: the head trains at the
+    system's rate."""
+    return opts.get("full_head_lr") if system.method == "full" else None

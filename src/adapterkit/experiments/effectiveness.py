@@ -39,6 +39,8 @@ class Options:
     parts: list[str] = opt(list(PARTS), "comma-separated parts: low (low-resource, curves, similarity), xnli, lr")
     sizes: list[int] = opt([100, 300, 1000], "comma-separated training sizes of the low-resource part")
     full_lr: float = opt(3e-5, "full fine-tuning learning rate")
+    full_head_lr: float | None = opt(
+        None, "learning rate of full fine-tuning's new task head (default: full_lr, as in the paper)")
     head_lr: float = opt(1e-2, "head-only learning rate (not a default system)")
     dev_size: int = opt(200, "dev examples carved from the training data (they select the epoch)")
     test_size: int | None = opt(1000, "cap on test examples (0 or none: all)")
@@ -64,9 +66,9 @@ OPTIONS = option_groups(
     {"epochs": "epochs of the low-resource runs (best dev epoch kept)"},
     head=False,  # the analysis systems build their heads with load_base_model's default (pooling auto)
 )
-SETTINGS = ("model", "epochs", "learning_rate", "full_lr", "batch_size", "max_length", "dev_size", "test_size",
-            "backbone_dropout", "xnli_train_size", "xnli_eval_size", "xnli_epochs", "lr_epochs", "probe_size", "tokens",
-            "correlation", "precision")
+SETTINGS = ("model", "epochs", "learning_rate", "full_lr", "full_head_lr", "batch_size", "max_length", "dev_size",
+            "test_size", "backbone_dropout", "xnli_train_size", "xnli_eval_size", "xnli_epochs", "lr_epochs",
+            "probe_size", "tokens", "correlation", "precision")
 """Options that change results: a log is never extended under other values (see ResultLog)."""
 LOW_KEYS = ("part", "task", "size", "seed", "system")
 
@@ -120,7 +122,7 @@ def run_low(opts: dict[str, Any], log: Any) -> None:
     """Part (a), with the curves (d) and the per-layer similarity (e) of every run."""
     from ..analysis.commands import baselines
     from ..analysis.representations import SimilarityOptions, layer_similarity
-    from ..analysis.systems import default_lr, low_resource_split, parse_system, train_system
+    from ..analysis.systems import default_lr, full_head_lr, low_resource_split, parse_system, train_system
     from ..console import Progress
     from ..console import say as _say
     from ..data.tasks import get_task, resolve_data_dir
@@ -147,7 +149,7 @@ def run_low(opts: dict[str, Any], log: Any) -> None:
             system, spec, data, model=opts.get("model"), lr=lr, seed=seed, epochs=opts["epochs"],
             batch_size=opts["batch_size"], max_length=opts["max_length"], eval_batch_size=opts["eval_batch_size"],
             precision=opts["precision"], progress=opts["progress"], label=label,
-            backbone_dropout=opts.get("backbone_dropout", True),
+            backbone_dropout=opts.get("backbone_dropout", True), head_lr=full_head_lr(system, opts),
             output_dir=Path(opts["output_dir"]) / "work" / label.replace(" ", "_"))
         if opts["similarity"]:
             if ("base",) not in cache:
@@ -345,7 +347,8 @@ def report(log: Any, opts: dict[str, Any]) -> None:
     all_systems = [*systems, "linear probe", "trivial"]
     text = ["# On the effectiveness of adapter-based tuning: adapters vs full fine-tuning\n",
             f"Model: {opts.get('model') or 'bundled all-MiniLM-L6-v2'}. Systems: Houlsby adapters with bottleneck 64 "
-            f"and 256 (lr {opts['learning_rate']:g}; backbone frozen, head trained), full fine-tuning (lr {opts['full_lr']:g}); "
+            f"and 256 (lr {opts['learning_rate']:g}; backbone frozen, head trained), full fine-tuning (lr "
+            f"{opts['full_lr']:g}{_full_head(opts)}); "
             f"baselines: trivial (majority class / constant) and a frozen linear probe on mean-pooled features. "
             f"{opts['epochs']:g} epochs (best dev epoch kept), batch {opts['batch_size']}, dev {opts['dev_size']} "
             f"carved from train, test cap {opts['test_size'] or 'none'}, precision {opts.get('precision', 'fp32')}; "
@@ -407,6 +410,11 @@ def report(log: Any, opts: dict[str, Any]) -> None:
                                              "low": low, "xnli": xnli, "lr": lr})
     _say("\n".join(text))
     _say("plots: " + ", ".join(map(str, plots)))
+
+
+def _full_head(opts: dict[str, Any]) -> str:
+    rate = opts.get("full_head_lr")
+    return f", head {rate:g} in parts (a) and (b)" if rate else ""
 
 
 def rise_table(low: list[dict], sizes: list[int], systems: list[str]) -> list[dict[str, Any]]:

@@ -89,7 +89,7 @@ class TrainConfig:
     precision: Literal["fp32", "bf16", "fp16"] = opt(
         "fp32",
         "fp32, or mixed precision with fp32 weights: bf16 (autocast; fast on CPUs with AVX512-BF16/AMX and on "
-        "Ampere+ GPUs) or fp16 (CUDA only, with loss scaling)",
+        "Ampere+ GPUs, emulated and far slower on other CPUs, where it warns) or fp16 (CUDA only, with loss scaling)",
     )
 
     def __post_init__(self) -> None:

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -57,12 +59,31 @@ def label_names(spec: Any) -> list[str]:
 # --- evaluation ---------------------------------------------------------------------------------
 
 
+@functools.cache
+def cpu_bf16_native() -> bool | None:
+    """Whether oneDNN computes bf16 natively on this CPU (AVX-512 or AMX); None when torch cannot tell."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return None
+
+
+def warn_slow_bf16(precision: str, device: torch.device | str) -> None:
+    """Warn (once per call site) when bf16 autocast runs on a CPU without native bf16: there it is emulated
+    (``benchmarks/bench_precision.py`` on an AVX2-only CPU: training steps 22x and inference 7x slower than fp32)."""
+    if precision == "bf16" and torch.device(device).type == "cpu" and cpu_bf16_native() is False:
+        warnings.warn("precision: bf16 on this CPU (no AVX-512/AMX bf16 in oneDNN) is emulated and far slower "
+                      "than fp32 (training steps measured 22x slower on an AVX2-only CPU); use --precision fp32 here",
+                      RuntimeWarning, stacklevel=3)
+
+
 def autocast(precision: str, device: torch.device | str) -> contextlib.AbstractContextManager:
     """The autocast context of ``precision`` ("fp32": none) on ``device``'s type."""
     if precision not in PRECISIONS:
         raise ConfigError(f"precision: use one of {list(PRECISIONS)}, got {precision!r}")
     if precision == "fp32":
         return contextlib.nullcontext()
+    warn_slow_bf16(precision, device)
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(torch.device(device).type, dtype=dtype)
 

@@ -36,7 +36,16 @@ from .checkpoints import (
     save_checkpoint_weights,
 )
 from .config import TrainConfig
-from .inference import QA_EVAL_COLUMNS, Example, collator, encode, has_qa_references, label_names, score_qa
+from .inference import (
+    QA_EVAL_COLUMNS,
+    Example,
+    collator,
+    encode,
+    has_qa_references,
+    label_names,
+    score_qa,
+    warn_slow_bf16,
+)
 
 ExtraLoss = Callable[[Any, dict[str, Any]], torch.Tensor]
 
@@ -186,6 +195,8 @@ def training_arguments(config: TrainConfig, has_dev: bool, spec: Any) -> Any:
     on_cpu = config.use_cpu or not has_accelerator()
     if config.precision == "fp16" and (on_cpu or not torch.cuda.is_available()):
         raise ConfigError("precision: fp16 needs a CUDA GPU (it uses loss scaling); use bf16 on the CPU")
+    if on_cpu:
+        warn_slow_bf16(config.precision, "cpu")
     by_steps = evaluating and config.eval_steps
     return TrainingArguments(
         output_dir=config.output_dir,
