@@ -41,16 +41,27 @@ def test_verdict_rule() -> None:
 
 def test_claims_directions() -> None:
     low = [{"task": "t", "size": 10, "seed": s, "system": sys, "test_score": score,
-            "similarity": {"rsa": [1.0, sim], "cka": [1.0, sim]},
-            "curve": [{"epoch": 1.0, "dev_loss": 1.0}, {"epoch": 2.0, "dev_loss": 0.5}, {"epoch": 3.0,
-                                                                                        "dev_loss": last}]}
-           for s in (1, 2, 3) for sys, score, sim, last in (("houlsby64", 0.6 + s / 100, 0.95, 0.55),
-                                                            ("full", 0.5 + s / 90, 0.5, 1.5))]
-    rows = {r["claim"][:4]: r for r in claims(low, [], [], ["houlsby64"])}
-    assert rows["(1) "]["verdict"] == "holds"  # adapter's top layer stays closer to the base
-    assert rows["(2a)"]["verdict"] == "holds"
-    assert rows["(3) "]["verdict"] == "holds" and "+0.95" in rows["(3) "]["measurement (adapter - full)"]
-    assert rows["(2b)"]["verdict"] == "not measured" and rows["(4) "]["verdict"] == "not measured"
+            # top layer: the adapter closer to the base; mean over layers 1-2: full closer (0.75 against 0.65)
+            "similarity": {"rsa": [1.0, mid, sim], "cka": [1.0, mid, sim]},
+            "curve": [{"epoch": 1.0, "dev_loss": 1.0, "dev_score": 0.6}, {"epoch": 2.0, "dev_loss": 0.5,
+                                                                        "dev_score": 0.8},
+                      {"epoch": 3.0, "dev_loss": last, "dev_score": last_score}]}
+           for s in (1, 2, 3) for sys, score, mid, sim, last, last_score in (
+               ("houlsby64", 0.6 + s / 100, 0.35, 0.95, 0.55, 0.79), ("full", 0.5 + s / 90, 1.0, 0.5, 1.5, 0.7))]
+    rows = claims(low, [], [], ["houlsby64"])
+    by = {r["claim"]: r for r in rows}
+    assert len(by) == len(rows) == 9 and {r["system"] for r in rows} == {"houlsby64"}
+    top = [r for c, r in by.items() if c.startswith("(1)") and "top-layer" in c]
+    mean = [r for c, r in by.items() if c.startswith("(1)") and "mean over the layers" in c]
+    assert len(top) == len(mean) == 2
+    assert all(r["verdict"] == "holds" for r in top)  # the adapter's top layer stays closer to the base
+    assert all(r["verdict"] == "does not hold" and "-0.10" in r["measurement (adapter - full)"] for r in mean)
+    assert by["(2a) better in low-resource settings (test score x100)"]["verdict"] == "holds"
+    loss = by["(3) overfits less: dev loss rises less after its minimum (full - adapter)"]
+    assert loss["verdict"] == "holds" and "+0.95" in loss["measurement (adapter - full)"]
+    drop = by["(3) overfits less: dev score falls less after its best epoch (full - adapter, x100)"]
+    assert drop["verdict"] == "holds" and "+9.00" in drop["measurement (adapter - full)"]  # (10 - 1) points
+    assert all(r["verdict"] == "not measured" for c, r in by.items() if c.startswith(("(2b)", "(4)")))
 
 
 def test_effectiveness_end_to_end(tmp_path: Path) -> None:
@@ -81,7 +92,7 @@ def test_effectiveness_end_to_end(tmp_path: Path) -> None:
     assert {(r["system"], r.get("head_lr")) for r in trained} == {("houlsby64", None), ("full", 5e-3)}
     assert len([r for r in rows if r["part"] == "lr" and "lr" in r]) == 4
     md = (out / "results.md").read_text()
-    for section in ("head 0.005", "(a) Low-resource", "(b) Cross-lingual", "(c) Learning-rate", "(d) Overfitting",
+    for section in ("head 0.005", "score drop", "(a) Low-resource", "(b) Cross-lingual", "(c) Learning-rate", "(d) Overfitting",
                     "(e) Representational similarity", "## Claims", "linear probe", "trivial", "dev-es.tsv"):
         assert section in md
     for png in ("low_resource.png", "zero_shot_xnli.png", "lr_sweep.png", "dev_loss.png", "similarity.png"):

@@ -280,22 +280,30 @@ def _rise(curve: list[dict[str, Any]]) -> float | None:
     return losses[-1] - min(losses) if len(losses) >= 2 else None
 
 
+def _drop(curve: list[dict[str, Any]]) -> float | None:
+    scores = [c["dev_score"] for c in curve or [] if c.get("dev_score") is not None]
+    return max(scores) - scores[-1] if len(scores) >= 2 else None
+
+
+def _layer_mean(values: list[float]) -> float:
+    """Mean similarity over the transformer layers (``values[0]`` is the embedding layer, shared by both)."""
+    layers = values[1:] or values
+    return sum(layers) / len(layers)
+
+
 def claims(low: list[dict], xnli: list[dict], lr: list[dict], adapters: list[str]) -> list[dict[str, Any]]:
     """The claims table: one row per claim and adapter size, from paired differences to full fine-tuning."""
     import statistics
 
     out = []
     for ad in adapters:
-        sims: dict[str, dict[tuple, float]] = {"rsa": {}, "cka": {}}
-        for r in low:
-            for metric in sims:
-                values = (r.get("similarity") or {}).get(metric)
-                if values:
-                    sims[metric][(r["task"], r["size"], r["seed"], r["system"])] = values[-1]
-        for metric in ("rsa", "cka"):
-            d = paired(sims[metric], ad, "full")
-            out.append({"claim": f"(1) less deviation from the base model: top-layer {metric.upper()} higher",
-                        "system": ad, "measurement (adapter - full)": _fmt(d), "verdict": verdict(d)})
+        for where, pick in (("top-layer", lambda v: v[-1]), ("mean over the layers'", _layer_mean)):
+            for metric in ("rsa", "cka"):
+                sims = {(r["task"], r["size"], r["seed"], r["system"]): pick(values) for r in low
+                        if (values := (r.get("similarity") or {}).get(metric))}
+                d = paired(sims, ad, "full")
+                out.append({"claim": f"(1) less deviation from the base model: {where} {metric.upper()} higher",
+                            "system": ad, "measurement (adapter - full)": _fmt(d), "verdict": verdict(d)})
         scores = {(r["task"], r["size"], r["seed"], r["system"]): r["test_score"] for r in low}
         d = [100 * x for x in paired(scores, ad, "full")]
         out.append({"claim": "(2a) better in low-resource settings (test score x100)", "system": ad,
@@ -312,6 +320,10 @@ def claims(low: list[dict], xnli: list[dict], lr: list[dict], adapters: list[str
         rises = {k: v for k, v in rises.items() if v is not None}
         d = [-x for x in paired(rises, ad, "full")]  # positive: the adapter's dev loss rises less
         out.append({"claim": "(3) overfits less: dev loss rises less after its minimum (full - adapter)",
+                    "system": ad, "measurement (adapter - full)": _fmt(d), "verdict": verdict(d)})
+        drops = {(r["task"], r["size"], r["seed"], r["system"]): _drop(r.get("curve")) for r in low}
+        d = [-100 * x for x in paired({k: v for k, v in drops.items() if v is not None}, ad, "full")]
+        out.append({"claim": "(3) overfits less: dev score falls less after its best epoch (full - adapter, x100)",
                     "system": ad, "measurement (adapter - full)": _fmt(d), "verdict": verdict(d)})
         spread: dict[tuple, float] = {}
         for seed in sorted({r["seed"] for r in lr}):
@@ -388,8 +400,8 @@ def report(log: Any, opts: dict[str, Any]) -> None:
                                 title=f"{opts['lr_task']} N={opts['lr_size']}: test score against lr"))
     # (d) curves
     text += ["\n## (d) Overfitting: dev loss per epoch\n",
-             "Per run: rise of the dev loss from its minimum to the last epoch; mean ± std over the runs "
-             "(tasks and seeds) per training size.\n", markdown_table(rise_table(low, opts["sizes"], systems))
+             "Per run: rise of the dev loss from its minimum to the last epoch, and fall of the dev score (x100) "
+             "from its best epoch to the last; mean ± std over the runs (tasks and seeds) per training size.\n", markdown_table(rise_table(low, opts["sizes"], systems))
              if low else "(no runs)\n"]
     if low:
         plots.append(curves_figure(out / "dev_loss.png", low, settings, systems))
@@ -404,7 +416,8 @@ def report(log: Any, opts: dict[str, Any]) -> None:
     text += ["\n## Claims\n",
              "Paired differences to full fine-tuning on the same task, size and seed (XNLI: seed; lr: seed). "
              "holds / does not hold: mean beyond two standard errors of the pairs; otherwise inconclusive.\n",
-             markdown_table(claims(low, xnli, lr_runs, adapters))]
+             markdown_table(rows) if (rows := claims(low, xnli, lr_runs, adapters)) else
+             "(no adapter has a full fine-tuning run to pair with)\n"]
     (out / "results.md").write_text("\n".join(text) + "\n", encoding="utf-8")
     atomic_write_json(out / "results.json", {"options": {k: v for k, v in opts.items() if not k.startswith("_")},
                                              "low": low, "xnli": xnli, "lr": lr})
@@ -427,6 +440,9 @@ def rise_table(low: list[dict], sizes: list[int], systems: list[str]) -> list[di
             rises = [x for r in low if r["system"] == system and r["size"] == size
                      if (x := _rise(r.get("curve"))) is not None]
             line[f"N={size} rise"] = format_mean_std(rises, 3) if rises else "–"
+            drops = [100 * x for r in low if r["system"] == system and r["size"] == size
+                     if (x := _drop(r.get("curve"))) is not None]
+            line[f"N={size} score drop"] = format_mean_std(drops, 1) if drops else "–"
             best = [r["best_epoch"] for r in low if r["system"] == system and r["size"] == size
                     and r.get("best_epoch") is not None]
             line[f"N={size} best epoch"] = f"{mean_std(best)[0]:.1f}" if best else "–"
