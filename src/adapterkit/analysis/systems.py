@@ -117,8 +117,8 @@ def train_system(system: System, spec: Any, data: tuple[list, list, list], *, mo
     test = evaluate(adapted, tokenizer, spec, test_ex, eval_batch_size, max_length, _doc_stride(max_length),
                     precision=precision) if test_ex else {}
     counts = adapted.count_parameters()
-    _say(f"[{label}] test {test.get('score', float('nan')):.4f} ({spec.metric}); dev {result.score}; "
-         f"train {result.train_seconds:.0f}s")
+    tested = f"test {test['score']:.4f} ({spec.metric}); " if test else ""
+    _say(f"[{label}] {tested}dev {result.score}; train {result.train_seconds:.0f}s")
     row = {"system": system.name, "method": system.method, "lr": lr, "seed": seed,
            **({"head_lr": head_lr} if head_lr is not None else {}),
            "test_score": test.get("score"), "dev_score": result.score, "best_epoch": result.best_epoch,
