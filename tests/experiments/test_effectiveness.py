@@ -101,3 +101,7 @@ def test_effectiveness_end_to_end(tmp_path: Path) -> None:
     before = (out / "runs.jsonl").read_text()
     assert main(args) == 0
     assert (out / "runs.jsonl").read_text() == before
+    # a size that has not run yet is named, not shown as an empty column
+    assert main([*args, "--sizes", "16,32,64", "--report-only", "true"]) == 0
+    md = (out / "results.md").read_text()
+    assert "No run yet: sample_sentiment/64." in md and "sample_sentiment/64 |" not in md

@@ -366,11 +366,15 @@ def report(log: Any, opts: dict[str, Any]) -> None:
             f"carved from train, test cap {opts['test_size'] or 'none'}, precision {opts.get('precision', 'fp32')}; "
             f"seeds {', '.join(map(str, opts['seeds']))}. Scores x100, mean ± std over seeds (n = runs).\n"]
     # (a) low resource
-    settings = [(t, n) for t in opts["tasks"] for n in opts["sizes"]]
+    planned = [(t, n) for t in opts["tasks"] for n in opts["sizes"]]
+    ran = {(r["task"], r["size"]) for r in low if r["system"] in systems}
+    settings = [p for p in planned if p in ran]
+    pending = [f"{t}/{n}" for t, n in planned if (t, n) not in ran]
     text += ["## (a) Low-resource subsets: test score\n",
-             markdown_table(summarize(low, settings, ("task", "size"), all_systems)) if low else "(no runs)\n"]
+             markdown_table(summarize(low, settings, ("task", "size"), all_systems)) if settings else "(no runs)\n",
+             *([f"No run yet: {', '.join(pending)}.\n"] if pending else [])]
     plots = []
-    if low:
+    if settings:
         plots.append(grouped_bar_plot(out / "low_resource.png", [f"{t} N={n}" for t, n in settings],
                                       series_for_plot(low, settings, ("task", "size"), all_systems),
                                       title="Low-resource test score (x100), mean ± std over seeds",
@@ -401,9 +405,9 @@ def report(log: Any, opts: dict[str, Any]) -> None:
     # (d) curves
     text += ["\n## (d) Overfitting: dev loss per epoch\n",
              "Per run: rise of the dev loss from its minimum to the last epoch, and fall of the dev score (x100) "
-             "from its best epoch to the last; mean ± std over the runs (tasks and seeds) per training size.\n", markdown_table(rise_table(low, opts["sizes"], systems))
-             if low else "(no runs)\n"]
-    if low:
+             "from its best epoch to the last; mean ± std over the runs (tasks and seeds) per training size.\n",
+             markdown_table(rise_table(low, opts["sizes"], systems)) if settings else "(no runs)\n"]
+    if settings:
         plots.append(curves_figure(out / "dev_loss.png", low, settings, systems))
     # (e) similarity
     sim_table = similarity_table(low, systems)
