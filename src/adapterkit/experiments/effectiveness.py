@@ -398,7 +398,8 @@ def report(log: Any, opts: dict[str, Any]) -> None:
             table.append({"system": name, "grid mean": round(sum(vals) / len(vals), 2), "runs": len(vals)})
     text += [f"\n## (c) Learning-rate sensitivity ({opts['lr_task']}, N={opts['lr_size']}, {opts['lr_epochs']:g} "
              "epochs)\n", "Per lr: mean ± std over seeds; grid mean / std / spread over the per-lr means.\n",
-             markdown_table(table) if table else "(no runs)\n"]
+             markdown_table(table, digits=dict.fromkeys(("grid mean", "grid std", "spread (max-min)"), 2))
+             if table else "(no runs)\n"]
     if lr_runs:
         plots.append(sweep_plot(out / "lr_sweep.png", lr_runs, systems,
                                 title=f"{opts['lr_task']} N={opts['lr_size']}: test score against lr"))
