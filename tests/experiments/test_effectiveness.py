@@ -95,6 +95,7 @@ def test_effectiveness_end_to_end(tmp_path: Path) -> None:
     for section in ("head 0.005", "score drop", "(a) Low-resource", "(b) Cross-lingual", "(c) Learning-rate", "(d) Overfitting",
                     "(e) Representational similarity", "## Claims", "linear probe", "trivial", "dev-es.tsv"):
         assert section in md
+    assert "| de | fr |" in md and "| es |" not in md  # a missing language is listed below the table, not a column
     for png in ("low_resource.png", "zero_shot_xnli.png", "lr_sweep.png", "dev_loss.png", "similarity.png"):
         assert (out / png).stat().st_size > 1000, png
     # resumable: a rerun trains nothing and appends nothing

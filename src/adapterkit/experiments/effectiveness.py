@@ -380,7 +380,8 @@ def report(log: Any, opts: dict[str, Any]) -> None:
                                       title="Low-resource test score (x100), mean ± std over seeds",
                                       ylabel="test score x100"))
     # (b) cross-lingual
-    languages = list(opts.get("languages") or SUITES["xnli"].languages)
+    evaluated = {lang for r in xnli for lang in r.get("languages", {})}
+    languages = [lang for lang in opts.get("languages") or SUITES["xnli"].languages if lang in evaluated]
     text += ["\n## (b) Cross-lingual zero-shot XNLI (trained on English)\n",
              markdown_table(zero_shot_table(xnli, languages, all_systems)) if xnli else "(no runs)\n"]
     missing = sorted({m for r in xnli for m in r.get("missing", [])})
