@@ -106,3 +106,9 @@ def test_effectiveness_end_to_end(tmp_path: Path) -> None:
     assert main([*args, "--sizes", "16,32,64", "--report-only", "true"]) == 0
     md = (out / "results.md").read_text()
     assert "No run yet: sample_sentiment/64." in md and "sample_sentiment/64 |" not in md
+
+
+def test_full_head_lr_must_be_positive(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["experiment", "effectiveness", "--output-dir", str(tmp_path / "o"), "--full-head-lr", "0"]) != 0
+    assert "full_head_lr: must be > 0" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()  # refused before anything is written

@@ -92,8 +92,7 @@ def command_groups(analysis: str) -> tuple[Group, ...]:
 SWEEP_SETTINGS = ("task", "model", "train_size", "dev_size", "test_size", "epochs", "batch_size", "max_length",
                   "precision")
 ZERO_SHOT_SETTINGS = ("model", "train_size", "dev_size", "eval_size", "epochs", "learning_rate", "full_lr",
-                      "full_head_lr",
-                      "head_lr", "batch_size", "max_length", "precision")
+                      "full_head_lr", "head_lr", "batch_size", "max_length", "precision")
 HELP = {"similarity": "per-layer CKA/RSA of tuned models against a base model",
         "lr-sweep": "run systems over a grid of learning rates and seeds; score table, score-vs-lr and dev curves",
         "zero-shot": "train on English, evaluate unchanged on every language of XNLI, PAWS-X, XQuAD"}

@@ -83,6 +83,8 @@ def _check(opts: dict[str, Any]) -> None:
     if bad:
         raise ConfigError(f"parts: unknown part {bad[0]!r}; known: {list(PARTS)}")
     check_grid(opts["lrs"])
+    if opts.get("full_head_lr") is not None and opts["full_head_lr"] <= 0:
+        raise ConfigError(f"full_head_lr: must be > 0, got {opts['full_head_lr']}")
 
 
 def run(opts: dict[str, Any]) -> int:
@@ -443,14 +445,12 @@ def rise_table(low: list[dict], sizes: list[int], systems: list[str]) -> list[di
     for system in systems:
         line: dict[str, Any] = {"system": system}
         for size in sizes:
-            rises = [x for r in low if r["system"] == system and r["size"] == size
-                     if (x := _rise(r.get("curve"))) is not None]
+            runs = [r for r in low if r["system"] == system and r["size"] == size]
+            rises = [x for r in runs if (x := _rise(r.get("curve"))) is not None]
             line[f"N={size} rise"] = format_mean_std(rises, 3) if rises else "–"
-            drops = [100 * x for r in low if r["system"] == system and r["size"] == size
-                     if (x := _drop(r.get("curve"))) is not None]
+            drops = [100 * x for r in runs if (x := _drop(r.get("curve"))) is not None]
             line[f"N={size} score drop"] = format_mean_std(drops, 1) if drops else "–"
-            best = [r["best_epoch"] for r in low if r["system"] == system and r["size"] == size
-                    and r.get("best_epoch") is not None]
+            best = [r["best_epoch"] for r in runs if r.get("best_epoch") is not None]
             line[f"N={size} best epoch"] = f"{mean_std(best)[0]:.1f}" if best else "–"
         out.append(line)
     return out

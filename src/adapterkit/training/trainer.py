@@ -194,7 +194,7 @@ def training_arguments(config: TrainConfig, has_dev: bool, spec: Any) -> Any:
                           "selection saves at each evaluation)")
     on_cpu = config.use_cpu or not has_accelerator()
     if config.precision == "fp16" and (on_cpu or not torch.cuda.is_available()):
-        raise ConfigError("precision: fp16 needs a CUDA GPU (it uses loss scaling); use bf16 on the CPU")
+        raise ConfigError("precision: fp16 needs a CUDA GPU (it uses loss scaling); use fp32, or bf16 on a CPU with bf16 support")
     if on_cpu:
         warn_slow_bf16(config.precision, "cpu")
     by_steps = evaluating and config.eval_steps
