@@ -7,7 +7,15 @@ import pytest
 import torch
 
 from adapterkit.errors import ConfigError
-from adapterkit.experiments.common import ResultLog, probe_score, series_for_plot, summarize
+from adapterkit.experiments.common import (
+    TRIVIAL_NOTE,
+    ResultLog,
+    probe_score,
+    series_for_plot,
+    summarize,
+    trivial_note,
+    trivial_runs,
+)
 
 KEYS = ("task", "seed", "system")
 
@@ -45,6 +53,27 @@ def test_summaries_average_over_seeds() -> None:
     means, stds = series_for_plot(rows, [("t", 4)], ("task", "k"), ["a"])["a"]
     assert means == pytest.approx([60.0]) and stds[0] == pytest.approx(14.142, abs=1e-3)
     json.dumps(table)
+
+
+def test_runs_at_the_trivial_baseline_are_marked_per_seed() -> None:
+    """A run is marked when its score equals the trivial baseline's on the same task, size and seed; the same
+    score on another seed or task is not a match, nor is a score one hundredth of a point away."""
+    def row(system, seed, score, task="t"):
+        return {"task": task, "k": 4, "seed": seed, "system": system, "test_score": score, "trainable": 1,
+                "train_seconds": 1.0}
+
+    rows = [row("majority", 1, 0.8122), row("majority", 2, 0.7), row("majority", 1, 0.0, task="u"),
+            row("a", 1, 0.8122), row("a", 2, 0.8122), row("b", 1, 0.8123), row("b", 2, 0.7), row("a", 1, 0.0, "u"),
+            row("trivial", 1, 0.8122)]
+    at_trivial = trivial_runs(rows, ("task", "k"))
+    assert [at_trivial(r) for r in rows] == [False, False, False, True, False, False, True, True, False]
+    table = summarize(rows, [("t", 4), ("u", 4)], ("task", "k"), ["majority", "a", "b"])
+    cells = {line["system"]: (line["t/4"], line["u/4"]) for line in table}
+    assert cells["majority"][0] == "75.6 ± 7.9 (n=2)"  # the baseline itself is never marked
+    assert cells["a"] == ("81.2 ± 0.0 (n=2, †1)", "0.0 ± 0.0 (n=1, †1)")
+    assert cells["b"][0] == "75.6 ± 7.9 (n=2, †1)"
+    assert trivial_note(table) == [TRIVIAL_NOTE + "\n"]
+    assert trivial_note(summarize(rows[:3], [("t", 4)], ("task", "k"), ["majority"])) == []
 
 
 def test_a_row_added_after_a_cut_line_stays_readable(tmp_path) -> None:

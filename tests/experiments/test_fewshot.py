@@ -65,3 +65,17 @@ def test_fewshot_rejects_an_unknown_short_classes_value_before_writing(tmp_path)
         main(["experiment", "fewshot", "--output-dir", str(tmp_path / "out"), "--short-classes", "skip"])
     assert stop.value.code == 2
     assert not (tmp_path / "out").exists()
+
+
+def test_fewshot_report_marks_runs_at_the_trivial_baseline(tmp_path) -> None:
+    from adapterkit.options import defaults
+
+    opts = {**defaults(fewshot.OPTIONS), "output_dir": str(tmp_path), "tasks": ["sst2"], "k_shots": [8],
+            "poolings": ["mean"], "seeds": [1], "systems": list(fewshot.SYSTEMS), "max_length": 64,
+            "precision": "fp32"}
+    rows = [{"task": "sst2", "pooling": "mean", "k": 8, "seed": 1, "system": s, "test_score": v}
+            for s, v in (("majority", 0.509), ("pfeiffer", 0.509), ("lora", 0.712))]
+    fewshot.report(rows, opts)
+    text = (tmp_path / "results.md").read_text()
+    assert "| pfeiffer | 50.9 ± 0.0 (n=1, †1) |" in text and "| lora | 71.2 ± 0.0 (n=1) |" in text
+    assert "†k: k of the cell's runs scored exactly" in text

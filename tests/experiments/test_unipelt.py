@@ -74,6 +74,29 @@ def test_unipelt_glue_table_prints_the_papers_averages_beside_ours() -> None:
     assert series == {"unipelt": ([100], [pytest.approx(60.0)])}
 
 
+def test_unipelt_tables_mark_runs_at_the_trivial_baseline() -> None:
+    """GLUE and domain cells say how many of their runs scored exactly the constant prediction; the note follows
+    the table only then."""
+    def row(task, system, seed, score, **test):
+        return {"task": task, "k": 100 if task == "mrpc" else None, "seed": seed, "system": system, "tapt": False,
+                "test_score": score, "test": {"score": score, **test}, "trainable": 1, "train_seconds": 1.0}
+
+    rows = [row("mrpc", "majority", 1, 0.8122), row("mrpc", "full", 1, 0.8122), row("mrpc", "lora", 1, 0.8134)]
+    opts = {"tasks": ["mrpc"], "k_shots": [100], "seeds": [1]}
+    text = "".join(unipelt.glue_tables(rows, opts, ["majority", "full", "lora"])[0])
+    assert "| full | 81.2 ± 0.0 (n=1, †1) |" in text and "| lora | 81.3 ± 0.0 (n=1) |" in text
+    assert "| majority | 81.2 ± 0.0 (n=1) |" in text and "†k: k of the cell's runs" in text
+    text = "".join(unipelt.glue_tables(rows[:1] + rows[2:], opts, ["majority", "lora"])[0])
+    assert "†" not in text
+    domain = [row("chemprot", "majority", 1, 0.044, micro_f1=0.362, macro_f1=0.044),
+              row("chemprot", "prefix", 1, 0.044, micro_f1=0.362, macro_f1=0.044),
+              row("chemprot", "lora", 1, 0.466, micro_f1=0.752, macro_f1=0.466)]
+    text = "".join(unipelt.domain_table(domain, {"tasks": ["chemprot"], "seeds": [1]}, ["majority", "prefix",
+                                                                                        "lora"])[0])
+    assert "| prefix | 36.2 ± 0.0 (n=1, †1) | 4.4 ± 0.0 (n=1, †1) |" in text
+    assert "| lora | 75.2 ± 0.0 (n=1) | 46.6 ± 0.0 (n=1) |" in text
+
+
 def test_unipelt_experiment_rejects_bad_options() -> None:
     assert unipelt.learning_rates({"lrs": "unipelt=5e-4"})["unipelt"] == 5e-4
     with pytest.raises(ConfigError, match="lrs: 'bogus'"):

@@ -181,7 +181,7 @@ def report(rows: list[dict[str, Any]], opts: dict[str, Any]) -> None:
     from ..console import say
     from ..data.tasks import get_task
     from ..reporting import grouped_bar_plot, markdown_table
-    from .common import HEAD_LR, series_for_plot, summarize
+    from .common import HEAD_LR, series_for_plot, summarize, trivial_note
 
     out = Path(opts["output_dir"])
     settings = [(t, n) for t in opts["tasks"] for n in opts["sizes"]]
@@ -205,6 +205,7 @@ def report(rows: list[dict[str, Any]], opts: dict[str, Any]) -> None:
             f"{', '.join(map(str, opts['seeds']))}. Scores x100 (mean ± std over seeds); metrics: "
             f"{', '.join(f'{t} {get_task(t).metric}' for t in opts['tasks'])}.\n",
             markdown_table(table, columns),
+            *trivial_note(table),
             "\n## Per training size: mean over tasks, and paired difference to the standard adapter\n",
             "Mean: test score x100 over all tasks and seeds. Δ: system minus `pfeiffer` on the same task and seed "
             "(mean ± std over those pairs); W/T/L: pairs where the system is better / within 0.05 / worse.\n",

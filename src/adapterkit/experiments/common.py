@@ -213,9 +213,50 @@ def probe_score(train_x: torch.Tensor, train_y: torch.Tensor, dev_x: torch.Tenso
     return float((fit.predict(dev_x).argmax(-1) == dev_y).double().mean())
 
 
+TRIVIAL_SYSTEMS = ("majority", "trivial")
+"""The names the experiments give their trivial baseline (the constant prediction)."""
+TRIVIAL_MARK = "†"
+TRIVIAL_NOTE = (f"{TRIVIAL_MARK}k: k of the cell's runs scored exactly what the trivial baseline (the constant "
+                "prediction) scored on the same task, size and seed: collapsed predictions or a model that never "
+                "left its start. A failed run to investigate, not a finding about the method.")
+
+
+def trivial_runs(rows: Sequence[dict[str, Any]], keys: Sequence[str]) -> Any:
+    """A predicate: True for a row of a system other than the trivial baseline whose test score equals, to 1e-9,
+    the trivial baseline's test score in ``rows`` with the same ``keys`` and seed (e.g. binary F1 of predicting
+    the positive class everywhere; MCC 0 of any constant)."""
+    def key(row: dict[str, Any]) -> tuple:
+        return (*(row.get(k) for k in keys), row.get("seed"))
+
+    trivial = {key(r): r["test_score"] for r in rows if r["system"] in TRIVIAL_SYSTEMS and r["test_score"] is not None}
+
+    def at_trivial(row: dict[str, Any]) -> bool:
+        base = trivial.get(key(row))
+        return (row["system"] not in TRIVIAL_SYSTEMS and row.get("test_score") is not None and base is not None
+                and abs(row["test_score"] - base) <= 1e-9)
+
+    return at_trivial
+
+
+def score_cell(values: Sequence[float], scale: float = 100.0, trivial: int = 0) -> str:
+    """``mean ± std (n=N)``, with ``, †k`` when k of the runs sit at the trivial baseline (see TRIVIAL_NOTE)."""
+    if not values:
+        return "–"
+    flag = f", {TRIVIAL_MARK}{trivial}" if trivial else ""
+    return f"{format_mean_std(values, 1, scale)} (n={len(values)}{flag})"
+
+
+def trivial_note(table: Sequence[dict[str, Any]]) -> list[str]:
+    """``[TRIVIAL_NOTE]`` when a cell of ``table`` is marked, else ``[]``."""
+    marked = any(TRIVIAL_MARK in str(v) for line in table for k, v in line.items() if k != "system")
+    return [TRIVIAL_NOTE + "\n"] if marked else []
+
+
 def summarize(rows: Sequence[dict[str, Any]], settings: Sequence[tuple[str, ...]], setting_keys: Sequence[str],
               systems: Sequence[str], *, scale: float = 100.0) -> list[dict[str, Any]]:
-    """One table row per system: ``mean ± std`` of the test score per setting, parameters and mean train time."""
+    """One table row per system: ``mean ± std`` of the test score per setting (runs at the trivial baseline
+    marked, see :func:`trivial_runs`), parameters and mean train time."""
+    at_trivial = trivial_runs(rows, setting_keys)
     table = []
     for system in systems:
         mine = [r for r in rows if r["system"] == system]
@@ -223,9 +264,9 @@ def summarize(rows: Sequence[dict[str, Any]], settings: Sequence[tuple[str, ...]
             continue
         out: dict[str, Any] = {"system": system}
         for setting in settings:
-            vals = [r["test_score"] for r in mine if tuple(r[k] for k in setting_keys) == setting
-                    and r["test_score"] is not None]
-            out["/".join(map(str, setting))] = f"{format_mean_std(vals, 1, scale)} (n={len(vals)})" if vals else "–"
+            runs = [r for r in mine if tuple(r[k] for k in setting_keys) == setting and r["test_score"] is not None]
+            out["/".join(map(str, setting))] = score_cell([r["test_score"] for r in runs], scale,
+                                                          sum(map(at_trivial, runs)))
         out["trainable"] = f"{int(mean_std([r['trainable'] for r in mine])[0]):,}"
         out["train_s"] = f"{mean_std([r['train_seconds'] for r in mine])[0]:.1f}"
         table.append(out)

@@ -347,7 +347,7 @@ def report(log: Any, opts: dict[str, Any]) -> None:
     from ..console import say as _say
     from ..io import atomic_write_json
     from ..reporting import grouped_bar_plot, markdown_table
-    from .common import series_for_plot, summarize
+    from .common import series_for_plot, summarize, trivial_note
 
     out = Path(opts["output_dir"])
     out.mkdir(parents=True, exist_ok=True)
@@ -372,8 +372,9 @@ def report(log: Any, opts: dict[str, Any]) -> None:
     ran = {(r["task"], r["size"]) for r in low if r["system"] in systems}
     settings = [p for p in planned if p in ran]
     pending = [f"{t}/{n}" for t, n in planned if (t, n) not in ran]
+    low_table = summarize(low, settings, ("task", "size"), all_systems)
     text += ["## (a) Low-resource subsets: test score\n",
-             markdown_table(summarize(low, settings, ("task", "size"), all_systems)) if settings else "(no runs)\n",
+             markdown_table(low_table) if settings else "(no runs)\n", *trivial_note(low_table),
              *([f"No run yet: {', '.join(pending)}.\n"] if pending else [])]
     plots = []
     if settings:

@@ -141,11 +141,13 @@ def report(rows: list[dict[str, Any]], opts: dict[str, Any]) -> None:
     """Per task and pooling: a table of mean ± std over seeds per k; a plot of score against k per system."""
     from ..console import say
     from ..data.tasks import get_task
-    from ..reporting import format_mean_std, markdown_table, mean_std
+    from ..reporting import markdown_table, mean_std
+    from .common import score_cell, trivial_note, trivial_runs
 
     out = Path(opts["output_dir"])
     out.mkdir(parents=True, exist_ok=True)
     rows = [r for r in rows if r["seed"] in opts["seeds"] and r["task"] in opts["tasks"]]
+    at_trivial = trivial_runs(rows, ("task", "pooling", "k"))
     systems = [s for s in SYSTEMS if s in opts["systems"]]
     rates = learning_rates(opts)
     text = ["# Few-shot heads and pooling\n",
@@ -166,12 +168,12 @@ def report(rows: list[dict[str, Any]], opts: dict[str, Any]) -> None:
             for system in systems:
                 cells: dict[str, Any] = {"system": system}
                 for k in opts["k_shots"]:
-                    vals = [r["test_score"] for r in mine if r["system"] == system and r["k"] == k
-                            and r["test_score"] is not None]
-                    cells[f"k{k}"] = f"{format_mean_std(vals, 1, 100.0)} (n={len(vals)})" if vals else "–"
+                    runs = [r for r in mine if r["system"] == system and r["k"] == k and r["test_score"] is not None]
+                    cells[f"k{k}"] = score_cell([r["test_score"] for r in runs], 100.0, sum(map(at_trivial, runs)))
                 table.append(cells)
             columns = {"system": "System", **{f"k{k}": f"k={k}" for k in opts["k_shots"]}}
-            text += [f"\n## {task} ({metric}), pooling `{pooling}`\n", markdown_table(table, columns)]
+            text += [f"\n## {task} ({metric}), pooling `{pooling}`\n", markdown_table(table, columns),
+                     *trivial_note(table)]
         series: dict[str, tuple[list[float], list[float]]] = {}
         for pooling in opts["poolings"]:
             for system in systems:

@@ -237,7 +237,7 @@ def report(rows: list[dict[str, Any]], opts: dict[str, Any], entries: list) -> N
     from ..console import say
     from ..reporting import grouped_bar_plot, markdown_table
     from ..zoo import zoo_table
-    from .common import HEAD_LR, series_for_plot, summarize
+    from .common import HEAD_LR, series_for_plot, summarize, trivial_note
 
     out = Path(opts["output_dir"])
     settings = [(t, k) for t in opts["tasks"] for k in opts["k_shots"]]
@@ -256,6 +256,7 @@ def report(rows: list[dict[str, Any]], opts: dict[str, Any], entries: list) -> N
         f"{opts.get('precision', 'fp32')}; seeds {', '.join(map(str, opts['seeds']))}. Scores x100, mean ± std over seeds; "
         f"metrics: {', '.join(f'{t} {m}' for t, m in metrics.items())}.\n",
         markdown_table(table, columns),
+        *trivial_note(table),
         "\n## Zoo\n",
         markdown_table(zoo_table(entries), {"name": "Name", "task": "Task", "track": "Track", "train": "Train",
                                             "metric": "Metric", "dev_score": "Dev score"}, {"dev_score": 4}),

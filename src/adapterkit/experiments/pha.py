@@ -479,11 +479,13 @@ def report(rows: list[dict[str, Any]], opts: dict[str, Any]) -> None:
     from ..console import say
     from ..data.tasks import get_task
     from ..reporting import format_mean_std, markdown_table, mean_std
+    from .common import score_cell, trivial_note, trivial_runs
 
     out = Path(opts["output_dir"])
     out.mkdir(parents=True, exist_ok=True)
     rows = [r for r in rows if r["seed"] in opts["seeds"]]
     grid = [r for r in rows if r["phase"] == "grid" and r["size"] in opts["sizes"]]
+    at_trivial = trivial_runs(grid, ("size",))
     systems = [s for s in SYSTEMS if s in opts["systems"]]
     rates = learning_rates(opts)
     metrics = ", ".join(f"{t} {get_task(t).metric}" for t in opts["tasks"])
@@ -503,8 +505,8 @@ def report(rows: list[dict[str, Any]], opts: dict[str, Any]) -> None:
             continue
         cells: dict[str, Any] = {"system": system}
         for n in opts["sizes"]:
-            vals = [r["test_score"] for r in mine if r["size"] == n and r["test_score"] is not None]
-            cells[f"n{n}"] = f"{format_mean_std(vals, 1, 100.0)} (n={len(vals)})" if vals else "–"
+            runs = [r for r in mine if r["size"] == n and r["test_score"] is not None]
+            cells[f"n{n}"] = score_cell([r["test_score"] for r in runs], 100.0, sum(map(at_trivial, runs)))
         cells["trainable"] = f"{int(mean_std([r['trainable'] for r in mine])[0]):,}"
         for n in opts["sizes"]:
             secs = [r["train_seconds"] for r in mine if r["size"] == n]
@@ -512,7 +514,7 @@ def report(rows: list[dict[str, Any]], opts: dict[str, Any]) -> None:
         table.append(cells)
     columns = {"system": "System", **{f"n{n}": f"N={n} mean score" for n in opts["sizes"]},
                "trainable": "Trainable params", **{f"t{n}": f"Train s (N={n})" for n in opts["sizes"]}}
-    text += ["\n## Multi-task: mean test score over tasks\n", markdown_table(table, columns)]
+    text += ["\n## Multi-task: mean test score over tasks\n", markdown_table(table, columns), *trivial_note(table)]
     for n in opts["sizes"]:
         per = []
         for system in systems:
@@ -538,18 +540,18 @@ def report(rows: list[dict[str, Any]], opts: dict[str, Any]) -> None:
         if not mine:
             continue
         ttable = []
+        at_trivial_k = trivial_runs(mine, ("k",))
         for system in tsystems:
             cells = {"system": system}
             for k in opts["k_shots"]:
-                vals = [r["test_score"] for r in mine if r["system"] == system and r["k"] == k
-                        and r["test_score"] is not None]
-                cells[f"k{k}"] = f"{format_mean_std(vals, 1, 100.0)} (n={len(vals)})" if vals else "–"
+                runs = [r for r in mine if r["system"] == system and r["k"] == k and r["test_score"] is not None]
+                cells[f"k{k}"] = score_cell([r["test_score"] for r in runs], 100.0, sum(map(at_trivial_k, runs)))
             params = [r["trainable"] for r in mine if r["system"] == system]
             cells["trainable"] = f"{int(mean_std(params)[0]):,}" if params else "–"
             ttable.append(cells)
         text += [f"\n## Few-shot transfer to {target} ({get_task(target).metric})\n",
                  markdown_table(ttable, {"system": "System", **{f"k{k}": f"k={k}" for k in opts["k_shots"]},
-                                         "trainable": "Trainable params"})]
+                                         "trainable": "Trainable params"}), *trivial_note(ttable)]
         plot = _transfer_plot(out / f"pha_transfer_{target}.png", mine, tsystems, opts["k_shots"], target)
         if plot:
             plots.append(plot)

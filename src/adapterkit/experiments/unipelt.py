@@ -407,10 +407,10 @@ def _metric(row: dict[str, Any], key: str, lang: str | None = None) -> float | N
     return None if value is None else float(value)
 
 
-def _cell(values: list[float], scale: float = 100.0) -> str:
-    from ..reporting import format_mean_std
+def _cell(values: list[float], scale: float = 100.0, trivial: int = 0) -> str:
+    from .common import score_cell
 
-    return f"{format_mean_std(values, 1, scale)} (n={len(values)})" if values else "–"
+    return score_cell(values, scale, trivial)
 
 
 def _common_columns(mine: list[dict[str, Any]]) -> dict[str, str]:
@@ -429,6 +429,7 @@ def glue_tables(rows: list[dict[str, Any]], opts: dict[str, Any], systems: list[
     paper's BERT-base averages; and ``{name: (ks, averages)}`` for the plot."""
     from ..data.tasks import get_task
     from ..reporting import markdown_table, mean_std
+    from .common import trivial_note, trivial_runs
 
     tasks = [t for t in opts["tasks"] if part_of(t) == "glue"]
     text: list[str] = []
@@ -436,6 +437,7 @@ def glue_tables(rows: list[dict[str, Any]], opts: dict[str, Any], systems: list[
     if not tasks:
         return text, series
     glue = [r for r in rows if r["task"] in tasks]
+    at_trivial = trivial_runs(glue, ("task", "k"))
     for k in [int(k) for k in opts["k_shots"]]:
         mine_k = [r for r in glue if r["k"] == k]
         if not mine_k:
@@ -445,7 +447,8 @@ def glue_tables(rows: list[dict[str, Any]], opts: dict[str, Any], systems: list[
             mine = [r for r in mine_k if r["system"] == system and r["tapt"] == tapt and r["test_score"] is not None]
             cells: dict[str, Any] = {"system": _name(system, tapt)}
             for task in tasks:
-                cells[task] = _cell([r["test_score"] for r in mine if r["task"] == task])
+                runs = [r for r in mine if r["task"] == task]
+                cells[task] = _cell([r["test_score"] for r in runs], trivial=sum(map(at_trivial, runs)))
             per_seed = []
             for seed in opts["seeds"]:
                 scores = {r["task"]: r["test_score"] for r in mine if r["seed"] == seed}
@@ -463,18 +466,20 @@ def glue_tables(rows: list[dict[str, Any]], opts: dict[str, Any], systems: list[
         columns = {"system": "System", **{t: f"{t} ({get_task(t).metric})" for t in tasks},
                    "avg": f"Avg ({len(tasks)} tasks)", "paper": "Paper avg, BERT-base, 8 tasks (not ours)",
                    **COMMON_HEADERS}
-        text += [f"\n## GLUE, K = {k} training examples\n", markdown_table(table, columns)]
+        text += [f"\n## GLUE, K = {k} training examples\n", markdown_table(table, columns), *trivial_note(table)]
     return text, series
 
 
 def domain_table(rows: list[dict[str, Any]], opts: dict[str, Any], systems: list[str]) -> tuple[list[str], dict]:
     """ChemProt and ACL-ARC: micro- and macro-F1 per system; and grouped-bar series of macro-F1."""
     from ..reporting import markdown_table, mean_std
+    from .common import trivial_note, trivial_runs
 
     tasks = [t for t in opts["tasks"] if part_of(t) == "domain"]
     mine_all = [r for r in rows if r["task"] in tasks]
     if not mine_all:
         return [], {}
+    at_trivial = trivial_runs(mine_all, ("task", "k"))
     table, series = [], {}
     for system, tapt in _variants(mine_all, systems):
         mine = [r for r in mine_all if r["system"] == system and r["tapt"] == tapt]
@@ -482,8 +487,9 @@ def domain_table(rows: list[dict[str, Any]], opts: dict[str, Any], systems: list
         means, stds = [], []
         for task in tasks:
             for key in ("micro_f1", "macro_f1"):
-                vals = [v for r in mine if r["task"] == task and (v := _metric(r, key)) is not None]
-                cells[f"{task}/{key}"] = _cell(vals)
+                runs = [r for r in mine if r["task"] == task and _metric(r, key) is not None]
+                vals = [_metric(r, key) for r in runs]
+                cells[f"{task}/{key}"] = _cell(vals, trivial=sum(map(at_trivial, runs)))
                 if key == "macro_f1":
                     m, s = mean_std([100 * v for v in vals])
                     means.append(m)
@@ -493,7 +499,7 @@ def domain_table(rows: list[dict[str, Any]], opts: dict[str, Any], systems: list
         series[_name(system, tapt)] = (means, stds)
     columns = {"system": "System", **{f"{t}/{key}": f"{t} {key.replace('_f1', '-F1')}" for t in tasks
                                       for key in ("micro_f1", "macro_f1")}, **COMMON_HEADERS}
-    return ["\n## Domain tasks (official splits)\n", markdown_table(table, columns)], series
+    return ["\n## Domain tasks (official splits)\n", markdown_table(table, columns), *trivial_note(table)], series
 
 
 def qa_table(rows: list[dict[str, Any]], opts: dict[str, Any], systems: list[str]) -> tuple[list[str], dict]:
