@@ -76,6 +76,22 @@ def test_runs_at_the_trivial_baseline_are_marked_per_seed() -> None:
     assert trivial_note(summarize(rows[:3], [("t", 4)], ("task", "k"), ["majority"])) == []
 
 
+def test_a_log_from_before_regression_bias_was_recorded_ran_with_zero(tmp_path) -> None:
+    """Every experiment's log records regression_bias; one whose settings.json predates it ran with a zero bias,
+    so it is extended with 'zero' (and then records it) and refused with 'mean', naming the field."""
+    from adapterkit.experiments.common import logged_settings
+
+    assert logged_settings({"epochs": 3.0}, ("epochs",)) == {"epochs": 3.0, "regression_bias": "zero"}
+    assert logged_settings({"regression_bias": "mean"}, ())["regression_bias"] == "mean"
+    path = tmp_path / "runs.jsonl"
+    path.write_text('{"task": "t", "seed": 1, "system": "a"}\n')
+    (tmp_path / "settings.json").write_text(json.dumps({"epochs": 3.0}))
+    with pytest.raises(ConfigError, match="regression_bias: the runs in runs.jsonl used 'zero'"):
+        ResultLog(path, logged_settings({"epochs": 3.0, "regression_bias": "mean"}, ("epochs",)))
+    ResultLog(path, logged_settings({"epochs": 3.0, "regression_bias": "zero"}, ("epochs",)))
+    assert json.loads((tmp_path / "settings.json").read_text()) == {"epochs": 3.0, "regression_bias": "zero"}
+
+
 def test_a_row_added_after_a_cut_line_stays_readable(tmp_path) -> None:
     path = tmp_path / "runs.jsonl"
     path.write_text('{"task": "t", "seed": 1, "system": "a"}\n{"task": "t", "se')

@@ -383,3 +383,32 @@ def test_bf16_on_a_cpu_without_native_bf16_warns(tmp_path: Path, tok, monkeypatc
         inference.autocast("bf16", "cpu")
     monkeypatch.undo()
     assert inference.cpu_bf16_native() in (True, False, None)  # the real probe answers without raising
+
+
+def test_regression_bias_starts_at_the_training_labels_mean(tmp_path: Path, tok):
+    """``regression_bias: mean`` puts the pooled head's bias at the label mean before the first step (zero keeps
+    the initialisation); the model's own head (hf) is refused naming the field."""
+    from adapterkit.heads import HeadConfig
+    from adapterkit.training import init_regression_bias
+
+    spec = TaskSpec("synthetic-reg", "regression", ("text",), "label", None, "spearman", {"train": "unused"})
+    train_ex = [{**ex, "label": 2.0 + 1.5 * ex["label"]} for ex in examples(16, 0)]  # labels 2.0 / 3.5
+    seen: dict[str, float] = {}
+
+    class FirstStep(TrainerCallback):
+        def on_step_begin(self, args, state, control, model=None, **kw):
+            seen.setdefault("bias", float(model.pooled_head.classifier.bias.detach()))
+
+    for mode, expected in (("mean", 2.75), ("zero", 0.0)):
+        seen.clear()
+        adapted = AdaptedModel(tiny_model("bert", head="regression", vocab_size=len(SPECIAL_TOKENS) + len(WORDS)))
+        adapted.set_head(HeadConfig("mean"))
+        adapted.add_adapter("a", PfeifferConfig(reduction_factor=4))
+        train(adapted, tok, spec, train_ex, None, config(tmp_path / mode, epochs=1, regression_bias=mode),
+              callbacks=[FirstStep()])
+        assert seen["bias"] == pytest.approx(expected)
+    own_head = AdaptedModel(tiny_model("bert", head="regression", vocab_size=len(SPECIAL_TOKENS) + len(WORDS)))
+    with pytest.raises(ConfigError, match="regression_bias: 'mean' needs a pooled head"):
+        init_regression_bias(own_head, train_ex)
+    with pytest.raises(ConfigError, match="regression_bias"):
+        TrainConfig(output_dir=str(tmp_path), regression_bias="median")

@@ -27,7 +27,7 @@ class ExperimentOptions:
                             "many seeds they have)")
 
 
-TRAINING_OPTIONS = ("epochs", "learning_rate", "batch_size", "backbone_dropout", "progress")
+TRAINING_OPTIONS = ("epochs", "learning_rate", "batch_size", "backbone_dropout", "regression_bias", "progress")
 """The TrainConfig options every experiment offers (besides max_length, eval_batch_size and precision)."""
 
 
@@ -87,8 +87,14 @@ def baseline_row(system: str, adapted: Any, tokenizer: Any, spec: Any, data: tup
 
 def logged_settings(opts: dict[str, Any], names: Sequence[str]) -> dict[str, Any]:
     """The options ``names`` as a result log records them (``learning_rate`` under its earlier name ``lr``,
-    so that logs written before keep resuming)."""
-    return {("lr" if k == "learning_rate" else k): opts.get(k) for k in names}
+    so that logs written before keep resuming), and the options every experiment's protocol has
+    (:data:`PROTOCOL_LEGACY`)."""
+    return {**{("lr" if k == "learning_rate" else k): opts.get(k) for k in names},
+            **{k: opts.get(k) or v for k, v in PROTOCOL_LEGACY.items()}}
+
+
+PROTOCOL_LEGACY = {"regression_bias": "zero"}
+"""Options of every experiment that change results, with the value the runs of a log that predates them used."""
 
 
 def run_cell(adapted: Any, tokenizer: Any, spec: Any, data: tuple[list, list, list], opts: dict[str, Any], *,
@@ -118,7 +124,7 @@ class ResultLog:
         (e.g. ``{"pooling": "hf"}``: the head before pooling was an option)."""
         self.path = Path(path)
         self.rows: list[dict[str, Any]] = []
-        self.legacy = dict(legacy or {})
+        self.legacy = {**PROTOCOL_LEGACY, **(legacy or {})}
         if settings is not None:
             self._check_settings(settings)
         if not self.path.exists():

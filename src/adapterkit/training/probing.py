@@ -74,6 +74,20 @@ def probe_fit(adapted: Any, tokenizer: Any, spec: Any, train: Sequence[dict[str,
                       score_fn=score)
 
 
+def init_regression_bias(adapted: Any, train: Sequence[dict[str, Any]]) -> float:
+    """Set the pooled regression head's output bias to the mean of ``train``'s labels (the constant prediction,
+    ``TrainConfig.regression_bias = "mean"``); returns it."""
+    if adapted.pooled_head is None:
+        raise ConfigError("regression_bias: 'mean' needs a pooled head (pooling cls, mean, ...), not the model's own "
+                          "(hf); use regression_bias 'zero' or another pooling")
+    if not train:
+        raise ConfigError("regression_bias: 'mean' needs training examples")
+    mean = float(sum(float(ex["label"]) for ex in train) / len(train))
+    with torch.no_grad():
+        adapted.pooled_head.classifier.bias.fill_(mean)
+    return mean
+
+
 def init_head_from_probe(adapted: Any, tokenizer: Any, spec: Any, train: Sequence[dict[str, Any]],
                          dev: Sequence[dict[str, Any]] | None, max_length: int, batch_size: int = 64,
                          precision: str = "fp32", device: torch.device | str | None = None) -> LinearFit:

@@ -305,6 +305,12 @@ def train(adapted: Any, tokenizer: Any, spec: Any, train_examples: Sequence[Exam
             return spec.compute_metrics(logits, pred.label_ids)
         return compute_metrics(spec, logits, pred.label_ids)
 
+    if spec.kind == "regression" and config.regression_bias == "mean" and not config.lp_init:
+        from .probing import init_regression_bias
+
+        bias = init_regression_bias(adapted, train_examples)
+        if config.progress != "none":
+            say(f"[{name}] regression head: output bias set to the training labels' mean {bias:.4g}")
     if config.lp_init:
         from .probing import init_head_from_probe
 
