@@ -63,6 +63,7 @@ def test_unipelt_experiment_end_to_end(tmp_path, data_dir, capsys: pytest.Captur
     assert len((out / "runs.jsonl").read_text().splitlines()) == 18
     assert main([*argv, "--report-only", "true", "--seeds", "3,4"]) == 0
     assert "(n=1)" in (out / "results.md").read_text()
+    assert "36 runs, 18 already in" in capsys.readouterr().out  # report-only counts what is logged, not the plan
 
 
 def test_unipelt_glue_table_prints_the_papers_averages_beside_ours() -> None:

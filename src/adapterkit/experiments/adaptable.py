@@ -120,10 +120,11 @@ def run(opts: dict[str, Any]) -> int:
     # seeds outermost: an experiment stopped early (or extended with more seeds later) has whole seeds
     plan = [(t, n, s, sys) for s in opts["seeds"] for t in opts["tasks"] for n in opts["sizes"] for sys in order]
     todo = [p for p in plan if not log.has(KEYS, **dict(zip(KEYS, p, strict=True)))]
+    logged = len(plan) - len(todo)
     if opts["report_only"]:
         todo = []
     progress = Progress(len(plan), len(plan) - len(todo))
-    say(f"adaptable: {len(plan)} runs, {len(plan) - len(todo)} already in {log.path}")
+    say(f"adaptable: {len(plan)} runs, {logged} already in {log.path}")
     data_cache: dict[tuple, tuple] = {}
     for task, size, seed, system in todo:
         spec = get_task(task)

@@ -107,10 +107,11 @@ def run(opts: dict[str, Any]) -> int:
     plan = [(t, k, s, p, sys) for s in opts["seeds"] for t in opts["tasks"] for k in opts["k_shots"]
             for p in opts["poolings"] for sys in SYSTEMS if sys in opts["systems"]]
     todo = [p for p in plan if not log.has(KEYS, **dict(zip(KEYS, p, strict=True)))]
+    logged = len(plan) - len(todo)
     if opts["report_only"]:
         todo = []
     progress = Progress(len(plan), len(plan) - len(todo))
-    say(f"fewshot: {len(plan)} runs, {len(plan) - len(todo)} already in {log.path}")
+    say(f"fewshot: {len(plan)} runs, {logged} already in {log.path}")
     data_cache: dict[tuple, tuple] = {}
     for task, k, seed, pooling, system in todo:
         spec = get_task(task)

@@ -181,10 +181,11 @@ def run(opts: dict[str, Any]) -> int:
     # seeds outermost: an experiment stopped early (or extended with more seeds later) has whole seeds
     plan = [(t, k, s, sys) for s in opts["seeds"] for t in opts["tasks"] for k in opts["k_shots"] for sys in opts["systems"]]
     todo = [p for p in plan if not log.has(KEYS, **dict(zip(KEYS, p, strict=True)))]
+    logged = len(plan) - len(todo)
     if opts["report_only"]:
         todo = []
     progress = Progress(len(plan), len(plan) - len(todo))
-    say(f"mera: {len(plan)} runs, {len(plan) - len(todo)} already in {log.path}; zoo {opts['zoo_dir']} "
+    say(f"mera: {len(plan)} runs, {logged} already in {log.path}; zoo {opts['zoo_dir']} "
          f"({len(entries)} adapters)")
 
     def new_model(spec: Any) -> tuple[Any, Any]:

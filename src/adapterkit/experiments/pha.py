@@ -432,9 +432,10 @@ def run(opts: dict[str, Any]) -> int:
     out = Path(opts["output_dir"])
     log = ResultLog(out / "runs.jsonl", logged_settings(opts, SETTINGS))
     runs = plan(opts)
-    todo = [] if opts["report_only"] else [r for r in runs if not log.has(KEYS, **r)]
+    missing = [r for r in runs if not log.has(KEYS, **r)]
+    todo = [] if opts["report_only"] else missing
     progress = Progress(len(runs), len(runs) - len(todo))
-    say(f"pha: {len(runs)} runs, {len(runs) - len(todo)} already in {log.path}")
+    say(f"pha: {len(runs)} runs, {len(runs) - len(missing)} already in {log.path}")
     cache: dict[str, TaskData] = {}
 
     def task_data(name: str) -> TaskData:

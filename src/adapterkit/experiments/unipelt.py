@@ -361,10 +361,11 @@ def run(opts: dict[str, Any]) -> int:
                 for tapt in tapt_modes(opts):
                     plan += [(task, k, seed, s, tapt) for s in systems if not (tapt and s in BASELINES)]
     todo = [p for p in plan if not log.has(KEYS, **dict(zip(KEYS, p, strict=True)))]
+    logged = len(plan) - len(todo)
     if opts["report_only"]:
         todo = []
     progress = Progress(len(plan), len(plan) - len(todo))
-    say(f"unipelt: {len(plan)} runs, {len(plan) - len(todo)} already in {log.path}")
+    say(f"unipelt: {len(plan)} runs, {logged} already in {log.path}")
     cache: dict[tuple, tuple] = {}
     zero_shot = zero_shot_sets(opts["zero_shot_languages"], data_dir) if todo and any(
         part_of(t) == "qa" for t, *_ in todo) else {}
