@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -227,7 +227,7 @@ TRIVIAL_NOTE = (f"{TRIVIAL_MARK}k: k of the cell's runs scored exactly what the 
                 "left its start. A failed run to investigate, not a finding about the method.")
 
 
-def trivial_runs(rows: Sequence[dict[str, Any]], keys: Sequence[str]) -> Any:
+def trivial_runs(rows: Sequence[dict[str, Any]], keys: Sequence[str]) -> Callable[[dict[str, Any]], bool]:
     """A predicate: True for a row of a system other than the trivial baseline whose test score equals, to 1e-9,
     the trivial baseline's test score in ``rows`` with the same ``keys`` and seed (e.g. binary F1 of predicting
     the positive class everywhere; MCC 0 of any constant)."""
