@@ -252,6 +252,12 @@ def score_cell(values: Sequence[float], scale: float = 100.0, trivial: int = 0) 
     return f"{format_mean_std(values, 1, scale)} (n={len(values)}{flag})"
 
 
+def test_score_cell(runs: Sequence[dict[str, Any]], at_trivial: Callable[[dict[str, Any]], bool],
+                    scale: float = 100.0) -> str:
+    """:func:`score_cell` of the runs' test scores, counting those ``at_trivial`` (from :func:`trivial_runs`)."""
+    return score_cell([r["test_score"] for r in runs], scale, sum(map(at_trivial, runs)))
+
+
 def trivial_note(table: Sequence[dict[str, Any]]) -> list[str]:
     """``[TRIVIAL_NOTE]`` when a cell of ``table`` is marked, else ``[]``."""
     marked = any(TRIVIAL_MARK in str(v) for line in table for k, v in line.items() if k != "system")
@@ -271,8 +277,7 @@ def summarize(rows: Sequence[dict[str, Any]], settings: Sequence[tuple[str, ...]
         out: dict[str, Any] = {"system": system}
         for setting in settings:
             runs = [r for r in mine if tuple(r[k] for k in setting_keys) == setting and r["test_score"] is not None]
-            out["/".join(map(str, setting))] = score_cell([r["test_score"] for r in runs], scale,
-                                                          sum(map(at_trivial, runs)))
+            out["/".join(map(str, setting))] = test_score_cell(runs, at_trivial, scale)
         out["trainable"] = f"{int(mean_std([r['trainable'] for r in mine])[0]):,}"
         out["train_s"] = f"{mean_std([r['train_seconds'] for r in mine])[0]:.1f}"
         table.append(out)

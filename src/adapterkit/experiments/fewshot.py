@@ -143,7 +143,7 @@ def report(rows: list[dict[str, Any]], opts: dict[str, Any]) -> None:
     from ..console import say
     from ..data.tasks import get_task
     from ..reporting import markdown_table, mean_std
-    from .common import score_cell, trivial_note, trivial_runs
+    from .common import test_score_cell, trivial_note, trivial_runs
 
     out = Path(opts["output_dir"])
     out.mkdir(parents=True, exist_ok=True)
@@ -170,7 +170,7 @@ def report(rows: list[dict[str, Any]], opts: dict[str, Any]) -> None:
                 cells: dict[str, Any] = {"system": system}
                 for k in opts["k_shots"]:
                     runs = [r for r in mine if r["system"] == system and r["k"] == k and r["test_score"] is not None]
-                    cells[f"k{k}"] = score_cell([r["test_score"] for r in runs], 100.0, sum(map(at_trivial, runs)))
+                    cells[f"k{k}"] = test_score_cell(runs, at_trivial)
                 table.append(cells)
             columns = {"system": "System", **{f"k{k}": f"k={k}" for k in opts["k_shots"]}}
             text += [f"\n## {task} ({metric}), pooling `{pooling}`\n", markdown_table(table, columns),

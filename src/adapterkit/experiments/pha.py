@@ -480,7 +480,7 @@ def report(rows: list[dict[str, Any]], opts: dict[str, Any]) -> None:
     from ..console import say
     from ..data.tasks import get_task
     from ..reporting import format_mean_std, markdown_table, mean_std
-    from .common import score_cell, trivial_note, trivial_runs
+    from .common import test_score_cell, trivial_note, trivial_runs
 
     out = Path(opts["output_dir"])
     out.mkdir(parents=True, exist_ok=True)
@@ -507,7 +507,7 @@ def report(rows: list[dict[str, Any]], opts: dict[str, Any]) -> None:
         cells: dict[str, Any] = {"system": system}
         for n in opts["sizes"]:
             runs = [r for r in mine if r["size"] == n and r["test_score"] is not None]
-            cells[f"n{n}"] = score_cell([r["test_score"] for r in runs], 100.0, sum(map(at_trivial, runs)))
+            cells[f"n{n}"] = test_score_cell(runs, at_trivial)
         cells["trainable"] = f"{int(mean_std([r['trainable'] for r in mine])[0]):,}"
         for n in opts["sizes"]:
             secs = [r["train_seconds"] for r in mine if r["size"] == n]
@@ -546,7 +546,7 @@ def report(rows: list[dict[str, Any]], opts: dict[str, Any]) -> None:
             cells = {"system": system}
             for k in opts["k_shots"]:
                 runs = [r for r in mine if r["system"] == system and r["k"] == k and r["test_score"] is not None]
-                cells[f"k{k}"] = score_cell([r["test_score"] for r in runs], 100.0, sum(map(at_trivial_k, runs)))
+                cells[f"k{k}"] = test_score_cell(runs, at_trivial_k)
             params = [r["trainable"] for r in mine if r["system"] == system]
             cells["trainable"] = f"{int(mean_std(params)[0]):,}" if params else "–"
             ttable.append(cells)

@@ -408,12 +408,6 @@ def _metric(row: dict[str, Any], key: str, lang: str | None = None) -> float | N
     return None if value is None else float(value)
 
 
-def _cell(values: list[float], scale: float = 100.0, trivial: int = 0) -> str:
-    from .common import score_cell
-
-    return score_cell(values, scale, trivial)
-
-
 def _common_columns(mine: list[dict[str, Any]]) -> dict[str, str]:
     from ..reporting import mean_std
 
@@ -430,7 +424,7 @@ def glue_tables(rows: list[dict[str, Any]], opts: dict[str, Any], systems: list[
     paper's BERT-base averages; and ``{name: (ks, averages)}`` for the plot."""
     from ..data.tasks import get_task
     from ..reporting import markdown_table, mean_std
-    from .common import trivial_note, trivial_runs
+    from .common import score_cell, test_score_cell, trivial_note, trivial_runs
 
     tasks = [t for t in opts["tasks"] if part_of(t) == "glue"]
     text: list[str] = []
@@ -448,14 +442,13 @@ def glue_tables(rows: list[dict[str, Any]], opts: dict[str, Any], systems: list[
             mine = [r for r in mine_k if r["system"] == system and r["tapt"] == tapt and r["test_score"] is not None]
             cells: dict[str, Any] = {"system": _name(system, tapt)}
             for task in tasks:
-                runs = [r for r in mine if r["task"] == task]
-                cells[task] = _cell([r["test_score"] for r in runs], trivial=sum(map(at_trivial, runs)))
+                cells[task] = test_score_cell([r for r in mine if r["task"] == task], at_trivial)
             per_seed = []
             for seed in opts["seeds"]:
                 scores = {r["task"]: r["test_score"] for r in mine if r["seed"] == seed}
                 if all(t in scores for t in tasks):
                     per_seed.append(sum(scores[t] for t in tasks) / len(tasks))
-            cells["avg"] = _cell(per_seed)
+            cells["avg"] = score_cell(per_seed)
             paper = PAPER_GLUE_AVG.get(k, {}).get(system) if not tapt else None
             cells["paper"] = f"{paper:.2f}" if paper is not None else "–"
             cells.update(_common_columns(mine))
@@ -474,7 +467,7 @@ def glue_tables(rows: list[dict[str, Any]], opts: dict[str, Any], systems: list[
 def domain_table(rows: list[dict[str, Any]], opts: dict[str, Any], systems: list[str]) -> tuple[list[str], dict]:
     """ChemProt and ACL-ARC: micro- and macro-F1 per system; and grouped-bar series of macro-F1."""
     from ..reporting import markdown_table, mean_std
-    from .common import trivial_note, trivial_runs
+    from .common import score_cell, trivial_note, trivial_runs
 
     tasks = [t for t in opts["tasks"] if part_of(t) == "domain"]
     mine_all = [r for r in rows if r["task"] in tasks]
@@ -490,7 +483,7 @@ def domain_table(rows: list[dict[str, Any]], opts: dict[str, Any], systems: list
             for key in ("micro_f1", "macro_f1"):
                 runs = [r for r in mine if r["task"] == task and _metric(r, key) is not None]
                 vals = [_metric(r, key) for r in runs]
-                cells[f"{task}/{key}"] = _cell(vals, trivial=sum(map(at_trivial, runs)))
+                cells[f"{task}/{key}"] = score_cell(vals, 100.0, sum(map(at_trivial, runs)))
                 if key == "macro_f1":
                     m, s = mean_std([100 * v for v in vals])
                     means.append(m)
@@ -506,6 +499,7 @@ def domain_table(rows: list[dict[str, Any]], opts: dict[str, Any], systems: list
 def qa_table(rows: list[dict[str, Any]], opts: dict[str, Any], systems: list[str]) -> tuple[list[str], dict]:
     """XQuAD: EM/F1 on the English test articles and zero-shot on the same articles in other languages."""
     from ..reporting import markdown_table, mean_std
+    from .common import score_cell
 
     mine_all = [r for r in rows if r["task"] in QA and r["task"] in opts["tasks"]]
     if not mine_all:
@@ -519,7 +513,7 @@ def qa_table(rows: list[dict[str, Any]], opts: dict[str, Any], systems: list[str
         for lang in [None, *langs]:
             for key in ("exact_match", "f1"):
                 vals = [v for r in mine if (v := _metric(r, key, lang)) is not None]
-                cells[f"{lang or 'en'}/{key}"] = _cell(vals, 1.0)
+                cells[f"{lang or 'en'}/{key}"] = score_cell(vals, 1.0)
                 if key == "f1":
                     m, s = mean_std(vals)
                     means.append(m)
