@@ -22,6 +22,7 @@ from adapterkit.training.multitask import (
     add_task_heads,
     evaluate_tasks,
     init_heads_from_probes,
+    init_regression_biases,
     mix_tasks,
     task_metrics,
     train_multitask,
@@ -189,3 +190,29 @@ def test_lp_init_fits_each_task_head_on_frozen_features(tiny) -> None:
     after = evaluate_tasks(adapted, tok, spec, dev, config)
     assert after["b"]["accuracy"] == 1.0 and before["b"]["accuracy"] < 0.7  # no gradient step: the probe alone
     assert after["c"]["pearson"] > 0.9  # the colour count is linear in the mean-pooled features
+
+
+def test_regression_bias_mean_starts_each_regression_head_at_its_label_mean(tiny, tmp_path) -> None:
+    from transformers import TrainerCallback
+
+    spec = MultiTaskSpec((_spec("a"), _spec("c", "regression")))
+    adapted, tok = _model(tiny, spec)
+    train = {t: _examples(32, t, 1) for t in "ac"}
+    mean_c = sum(ex["label"] for ex in train["c"]) / 32
+    seen: list[torch.Tensor] = []
+
+    class AtStart(TrainerCallback):  # the biases the first step sees
+        def on_train_begin(self, args, state, control, **kwargs):
+            seen.extend(layer.bias.detach().clone() for layer in adapted.pooled_head.classifiers)
+
+    config = TrainConfig(output_dir=str(tmp_path / "run"), epochs=1, batch_size=8, max_length=8, progress="none",
+                         regression_bias="mean")
+    train_multitask(adapted, tok, spec, train, None, config, callbacks=[AtStart()])
+    assert seen[1].item() == pytest.approx(mean_c) and mean_c > 0.5
+    assert torch.equal(seen[0], torch.zeros(2))  # the classification head is untouched
+    # tasks sharing one regression head start at their pooled mean
+    shared = MultiTaskSpec((_spec("c", "regression"), _spec("d", "regression")))
+    adapted, _ = _model(tiny, shared, "shared_labels")
+    pooled = {"c": train["c"], "d": [{"text": "blue", "label": 0.0}] * 32}
+    assert init_regression_biases(adapted, shared, pooled) == {"c+d": pytest.approx(mean_c / 2)}
+    assert adapted.pooled_head.classifiers[0].bias.item() == pytest.approx(mean_c / 2)

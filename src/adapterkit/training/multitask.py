@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..console import say
 from ..errors import ConfigError, DataError
 from .config import TrainConfig
 
@@ -318,10 +319,32 @@ def train_multitask(adapted: Any, tokenizer: Any, spec: MultiTaskSpec, train: di
     if config.lp_init:
         init_heads_from_probes(adapted, tokenizer, spec, train, dev, config)
         config = config.replace(lp_init=False)
+    elif config.regression_bias == "mean":
+        for names, bias in init_regression_biases(adapted, spec, train).items():
+            if config.progress != "none":
+                say(f"[{name}] regression head {names}: output bias set to the training labels' mean {bias:.4g}")
     mixed = mix_tasks({t: train[t] for t in spec.names if t in train}, temperature, config.seed)
     dev_mixed = [ex for t in spec.names for ex in tag((dev or {}).get(t) or [], t)]
     return train_one(adapted, tokenizer, spec, mixed, dev_mixed or None, config, callbacks=callbacks,
                      extra_loss=extra_loss, name=name)
+
+
+def init_regression_biases(adapted: Any, spec: MultiTaskSpec, train: dict[str, Sequence[Example]]
+                           ) -> dict[str, float]:
+    """``regression_bias = "mean"`` for task heads: each regression head's output bias becomes the mean of its
+    tasks' training labels (tasks sharing a head are pooled). Returns head (task names joined by ``+``) -> bias."""
+    head = adapted.pooled_head
+    means: dict[str, float] = {}
+    for group in sorted(set(head.groups)):
+        tasks = [t for tid, t in enumerate(spec.tasks) if head.groups[tid] == group and t.kind == "regression"]
+        labels = [float(ex["label"]) for t in tasks for ex in train.get(t.name) or []]
+        if not labels:
+            continue
+        mean = sum(labels) / len(labels)
+        with torch.no_grad():
+            head.classifiers[group].bias.fill_(mean)
+        means["+".join(t.name for t in tasks)] = mean
+    return means
 
 
 def init_heads_from_probes(adapted: Any, tokenizer: Any, spec: MultiTaskSpec, train: dict[str, Sequence[Example]],
