@@ -97,6 +97,10 @@ def test_hyperfanin_init_bounds() -> None:
     assert module.weight_up.weight.abs().max() > 0.5e-3 * math.sqrt(3 / (d * 64))  # uniform over the range
     for head in (module.weight_down, module.weight_up, module.bias_down, module.bias_up):
         assert torch.count_nonzero(head.bias) == 0
+    plain = pha_module(model_with_pha(init_scale=1.0), "pha")  # init_scale replaces the authors' 1e-3
+    assert 0.5 * math.sqrt(3 / (d * 64)) < plain.weight_up.weight.abs().max() <= math.sqrt(3 / (d * 64))
+    with pytest.raises(ConfigError, match="init_scale"):
+        PHAConfig(tasks=("a",), init_scale=0.0)
 
 
 def test_gradients_reach_hypernetwork_retriever_prototypes_and_not_the_backbone() -> None:

@@ -55,7 +55,8 @@ from .hypernet import (
 
 PROTOTYPE_MODES = ("learned", "running_mean")
 HYPERFANIN_SCALE = 1e-3
-"""The authors multiply the hyperfanin bound by 1e-3, so that the generated adapters start close to a no-op."""
+"""The authors multiply the hyperfanin bound by 1e-3, so that the generated adapters start close to a no-op
+(``PHAConfig.init_scale``'s default)."""
 
 
 class NoPositivePairWarning(UserWarning):
@@ -127,17 +128,18 @@ class PHAShared(HyperNetShared):
             self.register_buffer("prototype_mean", torch.randn(len(config.tasks), config.prototype_dim))
             self.register_buffer("prototype_count", torch.zeros(len(config.tasks)))
             self.trained_buffers = ("prototype_mean", "prototype_count")  # training checkpoints keep them
-        self.hyperfanin_init()
+        self.hyperfanin_init(config.init_scale)
 
-    def hyperfanin_init(self) -> None:
-        """The authors' init: head weights U(+-1e-3 sqrt(3 / (d * fan))) with d the trunk width and fan the
-        generated layer's fan-in (size for Up, hidden for Down); bias heads U(+-1e-3 sqrt(3 / d)); head biases 0."""
+    def hyperfanin_init(self, scale: float = HYPERFANIN_SCALE) -> None:
+        """The authors' init: head weights U(+-s sqrt(3 / (d * fan))) with s = ``scale`` (theirs 1e-3), d the trunk
+        width and fan the generated layer's fan-in (size for Up, hidden for Down); bias heads U(+-s sqrt(3 / d));
+        head biases 0."""
         d = self.weight_down.in_features
         bounds = {"weight_down": math.sqrt(3 / (d * self.hidden)), "weight_up": math.sqrt(3 / (d * self.size)),
                   "bias_down": math.sqrt(3 / d), "bias_up": math.sqrt(3 / d)}
         for name, bound in bounds.items():
             head = getattr(self, name)
-            nn.init.uniform_(head.weight, -HYPERFANIN_SCALE * bound, HYPERFANIN_SCALE * bound)
+            nn.init.uniform_(head.weight, -scale * bound, scale * bound)
             nn.init.zeros_(head.bias)
 
     def slot_embeddings(self) -> torch.Tensor:
@@ -266,6 +268,9 @@ class PHAConfig(MethodConfig):
     instance_loss_weight: float = opt(0.1, "weight of the instance-instance InfoNCE loss (0 turns it off)")
     prototype_loss_weight: float = opt(0.1, "weight of the prototype-instance loss (0 turns it off)")
     temperature: float = opt(0.1, "temperature of both contrastive losses")
+    init_scale: float = opt(HYPERFANIN_SCALE, "multiplier of the hyperfanin bound of the weight heads: the authors' "
+                            "1e-3 starts the generated adapters near a no-op (slow to leave it in a short run); 1 "
+                            "gives generated weights of an ordinary fan-in init")
     layers: tuple[int, ...] | None = opt(None, "layer indices that get an adapter (default: all)")
     learning_rate: float | None = opt(None, "learning rate for the adapter's parameters (default: the trainer's; "
                                       "the authors use 3e-4 at batch 128)")
@@ -286,6 +291,7 @@ class PHAConfig(MethodConfig):
         check(self.instance_loss_weight >= 0, "instance_loss_weight", "must be >= 0")
         check(self.prototype_loss_weight >= 0, "prototype_loss_weight", "must be >= 0")
         check(self.temperature > 0, "temperature", "must be > 0")
+        check(self.init_scale > 0, "init_scale", "must be > 0")
 
     def bottleneck_config(self) -> BottleneckConfig:
         """The ordinary bottleneck adapter with this placement and size (what :func:`materialize` produces)."""
