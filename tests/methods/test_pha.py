@@ -127,6 +127,20 @@ def test_gradients_reach_hypernetwork_retriever_prototypes_and_not_the_backbone(
                    if n not in head and id(p) not in adapter_ids)
 
 
+@pytest.mark.parametrize("detach", [False, True])
+def test_detach_retriever_keeps_the_contrastive_losses_out_of_the_adapters(detach: bool) -> None:
+    model = model_with_pha(detach_retriever=detach, init_scale=0.1)
+    model.train()
+    sum(auxiliary_losses(model(**batch([0, 0, 1, 1]))).values()).backward()
+    params = model.adapter_parameters("pha")
+    for key in ("shared.retriever.0.weight", "shared.prototypes.weight"):  # trained by the losses either way
+        assert params[key].grad is not None and params[key].grad.abs().sum() > 0, key
+    reached = [key for key in ("shared.weight_down.weight", "shared.weight_up.weight", "shared.trunk.0.weight")
+               if params[key].grad is not None and params[key].grad.abs().sum() > 0]
+    assert reached == ([] if detach else ["shared.weight_down.weight", "shared.weight_up.weight",
+                                          "shared.trunk.0.weight"])
+
+
 def test_loss_is_task_loss_plus_weighted_auxiliary_losses() -> None:
     model = model_with_pha(instance_loss_weight=0.5, prototype_loss_weight=0.25)
     inputs = batch([0, 0, 1, 2])

@@ -194,16 +194,18 @@ class RetrieverTap(AdapterModule):
 
     order = 20  # after any other output transform at the site
 
-    def __init__(self, instance_weight: float, prototype_weight: float, temperature: float) -> None:
+    def __init__(self, instance_weight: float, prototype_weight: float, temperature: float,
+                 detach: bool = False) -> None:
         super().__init__()
         self.instance_weight, self.prototype_weight, self.temperature = instance_weight, prototype_weight, temperature
+        self.detach = detach
 
     def post(self, args: tuple, kwargs: dict[str, Any], output: Any) -> Any:
         hidden = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
         ctx = current()
         shared: PHAShared = self.shared_module  # type: ignore[assignment]
         mask = kwargs.get("attention_mask", ctx.attention_mask if ctx is not None else None)
-        z = shared.encode(mean_pool(hidden, mask))
+        z = shared.encode(mean_pool(hidden.detach() if self.detach else hidden, mask))
         if ctx is None:
             return output
         ctx.set_state(shared, "z", z)
@@ -268,6 +270,10 @@ class PHAConfig(MethodConfig):
     instance_loss_weight: float = opt(0.1, "weight of the instance-instance InfoNCE loss (0 turns it off)")
     prototype_loss_weight: float = opt(0.1, "weight of the prototype-instance loss (0 turns it off)")
     temperature: float = opt(0.1, "temperature of both contrastive losses")
+    detach_retriever: bool = opt(
+        False, "true: the retriever reads the backbone's output detached, so the contrastive losses train only the "
+        "retriever and the prototypes, not the adapters through the representations the task heads read (the "
+        "authors' T5 lets them reach the encoder; measured on MiniLM, docs/results/pha.md)")
     init_scale: float = opt(HYPERFANIN_SCALE, "multiplier of the hyperfanin bound of the weight heads: the authors' "
                             "1e-3 starts the generated adapters near a no-op (slow to leave it in a short run); 1 "
                             "gives generated weights of an ordinary fan-in init")
@@ -325,7 +331,8 @@ class PHAConfig(MethodConfig):
             raise ConfigError("layers: PHA generates no adapter here (every selected layer is an encoder layer with "
                               "encoder_adapter: shared); select decoder layers or use encoder_adapter: generated")
         shared = PHAShared(self, ctx.hidden_size, slots)
-        tap = RetrieverTap(self.instance_loss_weight, self.prototype_loss_weight, self.temperature)
+        tap = RetrieverTap(self.instance_loss_weight, self.prototype_loss_weight, self.temperature,
+                           self.detach_retriever)
         return [Attachment(None, "shared", shared), *out, Attachment(None, "prompt", tap)]
 
     def check_state_dict(self, state: dict[str, torch.Tensor], source: object = None) -> None:
