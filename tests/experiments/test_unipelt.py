@@ -75,6 +75,16 @@ def test_unipelt_glue_table_prints_the_papers_averages_beside_ours() -> None:
     assert series == {"unipelt": ([100], [pytest.approx(60.0)])}
 
 
+def test_unipelt_qa_table_shows_em_and_f1_x100_like_every_other_table() -> None:
+    rows = [{"task": "xquad_en_split", "k": None, "seed": s, "system": "full", "tapt": False, "test_score": f1,
+             "test": {"exact_match": em, "f1": f1}, "zero_shot": {"de": {"exact_match": 0.044, "f1": 0.119}},
+             "trainable": 10, "train_seconds": 1.0} for s, em, f1 in ((1, 0.26, 0.424), (2, 0.30, 0.444))]
+    opts = {"tasks": ["xquad_en_split"], "seeds": [1, 2], "zero_shot_languages": ["de"]}
+    text, series = unipelt.qa_table(rows, opts, ["full"])
+    assert "| full | 28.0 ± 2.8 (n=2) | 43.4 ± 1.4 (n=2) | 4.4 ± 0.0 (n=2) | 11.9 ± 0.0 (n=2) |" in "".join(text)
+    assert series == {"full": ([pytest.approx(43.4), pytest.approx(11.9)], [pytest.approx(1.414, abs=1e-3), 0.0])}
+
+
 def test_unipelt_tables_mark_runs_at_the_trivial_baseline() -> None:
     """GLUE and domain cells say how many of their runs scored exactly the constant prediction; the note follows
     the table only then."""

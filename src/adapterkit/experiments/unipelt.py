@@ -513,9 +513,9 @@ def qa_table(rows: list[dict[str, Any]], opts: dict[str, Any], systems: list[str
         for lang in [None, *langs]:
             for key in ("exact_match", "f1"):
                 vals = [v for r in mine if (v := _metric(r, key, lang)) is not None]
-                cells[f"{lang or 'en'}/{key}"] = score_cell(vals, 1.0)
+                cells[f"{lang or 'en'}/{key}"] = score_cell(vals)  # EM/F1 are fractions, shown x100
                 if key == "f1":
-                    m, s = mean_std(vals)
+                    m, s = mean_std([100 * v for v in vals])
                     means.append(m)
                     stds.append(s)
         cells.update(_common_columns(mine))
