@@ -71,18 +71,22 @@ def test_pha_options_are_checked() -> None:
 
 
 def test_pha_report_marks_runs_at_the_trivial_baseline(tmp_path) -> None:
-    """Grid and transfer cells count the runs whose score equals the majority baseline's on the same size
-    (or k) and seed."""
+    """Grid (mean and per task) and transfer cells count the runs whose score equals the majority baseline's on
+    the same size (or k), task and seed."""
     from adapterkit.options import defaults
 
     opts = {**defaults(pha.OPTIONS), "output_dir": str(tmp_path), "tasks": ["sst2", "rte"], "sizes": [100],
             "seeds": [1], "max_length": 64, "holdout": "rte", "transfer_tasks": [], "k_shots": [4]}
-    grid = [{"phase": "grid", "size": 100, "seed": 1, "system": s, "test_score": v, "scores": {"sst2": v, "rte": v},
-             "trainable": 1, "train_seconds": 1.0} for s, v in (("majority", 0.51), ("pfeiffer", 0.51), ("pha", 0.6))]
+    grid = [{"phase": "grid", "size": 100, "seed": 1, "system": s, "test_score": v, "scores": scores,
+             "trainable": 1, "train_seconds": 1.0}
+            for s, v, scores in (("majority", 0.51, {"sst2": 0.51, "rte": 0.51}), ("pfeiffer", 0.51, {"sst2": 0.51, "rte": 0.51}),
+                                 ("pha", 0.6, {"sst2": 0.51, "rte": 0.69}))]  # pha: SST-2 alone collapsed
     transfer = [{"phase": "transfer", "target": "rte", "k": 4, "seed": 1, "system": s, "test_score": v,
                  "trainable": 1} for s, v in (("majority", 0.527), ("pha", 0.527), ("pfeiffer", 0.55))]
     pha.report(grid + transfer, opts)
     text = (tmp_path / "results.md").read_text()
     assert "| pfeiffer | 51.0 ± 0.0 (n=1, †1) |" in text and "| pha | 60.0 ± 0.0 (n=1) |" in text
     assert "| pha | 52.7 ± 0.0 (n=1, †1) |" in text and "| pfeiffer | 55.0 ± 0.0 (n=1) |" in text
-    assert text.count("†k: k of the cell's runs") == 2
+    assert "| pha | 51.0 ± 0.0 (n=1, †1) | 69.0 ± 0.0 (n=1) |" in text  # the per-task table
+    assert "| pfeiffer | 51.0 ± 0.0 (n=1, †1) | 51.0 ± 0.0 (n=1, †1) |" in text
+    assert text.count("†k: k of the cell's runs") == 3

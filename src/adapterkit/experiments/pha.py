@@ -479,7 +479,7 @@ def report(rows: list[dict[str, Any]], opts: dict[str, Any]) -> None:
     """Tables (mean ± std over seeds) and plots from the logged runs."""
     from ..console import say
     from ..data.tasks import get_task
-    from ..reporting import format_mean_std, markdown_table, mean_std
+    from ..reporting import markdown_table, mean_std
     from .common import test_score_cell, trivial_note, trivial_runs
 
     out = Path(opts["output_dir"])
@@ -518,17 +518,21 @@ def report(rows: list[dict[str, Any]], opts: dict[str, Any]) -> None:
     text += ["\n## Multi-task: mean test score over tasks\n", markdown_table(table, columns), *trivial_note(table)]
     for n in opts["sizes"]:
         per = []
+        per_task = {t: {system: [{"system": r["system"], "seed": r["seed"], "test_score": r["scores"][t]}
+                                 for r in grid if r["system"] == system and r["size"] == n
+                                 and r["scores"].get(t) is not None] for system in systems} for t in opts["tasks"]}
+        at_trivial_task = {t: trivial_runs([r for runs in per_task[t].values() for r in runs], ()) for t in opts["tasks"]}
         for system in systems:
             mine = [r for r in grid if r["system"] == system and r["size"] == n]
             if not mine:
                 continue
             cells = {"system": system}
             for t in opts["tasks"]:
-                vals = [r["scores"][t] for r in mine if r["scores"].get(t) is not None]
-                cells[t] = format_mean_std(vals, 1, 100.0) if vals else "–"
+                cells[t] = test_score_cell(per_task[t][system], at_trivial_task[t])
             per.append(cells)
         if per:
-            text += [f"\n### Per task, N={n}\n", markdown_table(per, {"system": "System", **{t: t for t in opts["tasks"]}})]
+            text += [f"\n### Per task, N={n}\n", markdown_table(per, {"system": "System", **{t: t for t in opts["tasks"]}}),
+                     *trivial_note(per)]
     gaps = verdict_lines(grid, opts)
     if gaps:
         text += ["\n## PHA against the best other trained system, per N\n", *gaps]
