@@ -16,7 +16,7 @@ from adapterkit.data.tasks import TaskSpec
 from adapterkit.methods.bottleneck import BottleneckConfig
 from adapterkit.model import AdaptedModel
 from adapterkit.testing import tiny_model, tiny_tokenizer
-from adapterkit.training import TrainConfig, train
+from adapterkit.training import TrainConfig, close_distributed, train
 
 WORDS = ["good", "great", "bad", "awful", "the", "movie", "was", "plot"]
 
@@ -37,6 +37,7 @@ def main(out_dir: str) -> None:
     result = train(adapted, tokenizer, spec, data, None, config, name=f"rank{rank}")
     tensors = {k: v.contiguous() for k, v in adapted.adapter_state_dict("a").items()}
     save_file(tensors, str(out / f"rank{rank}.safetensors"), metadata={"global_step": str(result.global_step)})
+    assert close_distributed()  # the group torchrun's Trainer set up; left to interpreter exit, gloo can abort
 
 
 if __name__ == "__main__":

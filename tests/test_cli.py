@@ -63,6 +63,15 @@ def test_unknown_yaml_key_names_file_and_key(tmp_path: Path, capsys):
     assert "bad.yaml" in err and "learnin_rate" in err
 
 
+def test_a_successful_command_closes_the_process_group_and_a_failed_one_does_not(monkeypatch, capsys):
+    import adapterkit.training as training
+
+    calls = []
+    monkeypatch.setattr(training, "close_distributed", lambda: calls.append(1) or False)
+    assert main(["info", "--list"]) == 0 and calls == [1]
+    assert main(["info", "/nonexistent/adapter"]) == 2 and calls == [1]
+
+
 def test_info_list(capsys):
     assert main(["info", "--list"]) == 0
     out = capsys.readouterr().out

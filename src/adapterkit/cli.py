@@ -541,7 +541,17 @@ def _show_data_warnings() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``adapterkit`` command; returns the exit status (errors print one line and return 2)."""
+    """Run the ``adapterkit`` command; returns the exit status (errors print one line and return 2). After a
+    successful command under torchrun the process group is destroyed (:func:`training.close_distributed`)."""
+    status = _main(argv)
+    if status == 0:
+        from .training import close_distributed
+
+        close_distributed()
+    return status
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     quiet_transformers()

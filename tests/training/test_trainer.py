@@ -412,3 +412,17 @@ def test_regression_bias_starts_at_the_training_labels_mean(tmp_path: Path, tok)
         init_regression_bias(own_head, train_ex)
     with pytest.raises(ConfigError, match="regression_bias"):
         TrainConfig(output_dir=str(tmp_path), regression_bias="median")
+
+
+def test_close_distributed_destroys_the_process_group_once(tmp_path: Path) -> None:
+    from adapterkit.training import close_distributed
+
+    dist = torch.distributed
+    assert close_distributed() is False  # nothing to close
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        assert close_distributed() is True and not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    assert close_distributed() is False

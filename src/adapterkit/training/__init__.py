@@ -43,6 +43,7 @@ from .probing import example_features, init_head_from_probe, init_regression_bia
 from .trainer import (
     ExtraLoss,
     TrainResult,
+    close_distributed,
     compute_device,
     evaluation_history,
     has_accelerator,
@@ -53,7 +54,7 @@ from .trainer import (
 
 __all__ = [
     "CHECKPOINT_INFO_NAME", "DEFAULT_LEARNING_RATES", "FULL_NAME", "INDEX_NAME", "PRECISIONS", "TRAINABLE_NAME",
-    "Example", "ExtraLoss", "TrainConfig", "TrainResult", "autocast", "collator", "compute_device", "default_doc_stride", "encode",
+    "Example", "ExtraLoss", "TrainConfig", "TrainResult", "autocast", "close_distributed", "collator", "compute_device", "default_doc_stride", "encode",
     "evaluate", "evaluation_history", "example_features", "has_accelerator", "init_head_from_probe", "init_regression_bias", "probe_fit", "has_qa_references", "label_names", "last_checkpoint",
     "load_checkpoint_weights", "predict_logits", "predict_qa", "qa_references", "resume_point",
     "save_checkpoint_weights", "score_qa", "steps_per_epoch", "train", "trainable_state_dict", "trainer_class",

@@ -235,6 +235,19 @@ def training_arguments(config: TrainConfig, has_dev: bool, spec: Any) -> Any:
     )
 
 
+def close_distributed() -> bool:
+    """Destroy the default process group of a torchrun / accelerate run, if one is up; returns whether it was.
+
+    Call it when a script that trained under torchrun is done (the CLI does after a successful command): a
+    gloo group left to interpreter shutdown can abort the process (SIGABRT, "terminate called without an active
+    exception") after all the work is done."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+        return True
+    return False
+
+
 def has_accelerator() -> bool:
     """True when a GPU-like device is present (on CPU-only hosts, torchrun then means gloo DDP on CPU)."""
     probe = getattr(torch, "accelerator", None)
