@@ -518,17 +518,16 @@ def report(rows: list[dict[str, Any]], opts: dict[str, Any]) -> None:
     text += ["\n## Multi-task: mean test score over tasks\n", markdown_table(table, columns), *trivial_note(table)]
     for n in opts["sizes"]:
         per = []
-        per_task = {t: {system: [{"system": r["system"], "seed": r["seed"], "test_score": r["scores"][t]}
-                                 for r in grid if r["system"] == system and r["size"] == n
-                                 and r["scores"].get(t) is not None] for system in systems} for t in opts["tasks"]}
-        at_trivial_task = {t: trivial_runs([r for runs in per_task[t].values() for r in runs], ()) for t in opts["tasks"]}
+        # one row per run and task, scored as that task alone, so a collapsed task is marked inside a mean that is not
+        task_runs = {t: [{"system": r["system"], "seed": r["seed"], "test_score": r["scores"][t]} for r in grid
+                         if r["size"] == n and r["scores"].get(t) is not None] for t in opts["tasks"]}
+        at_trivial_task = {t: trivial_runs(task_runs[t], ()) for t in opts["tasks"]}
         for system in systems:
-            mine = [r for r in grid if r["system"] == system and r["size"] == n]
-            if not mine:
+            if not any(r["system"] == system and r["size"] == n for r in grid):
                 continue
             cells = {"system": system}
             for t in opts["tasks"]:
-                cells[t] = test_score_cell(per_task[t][system], at_trivial_task[t])
+                cells[t] = test_score_cell([r for r in task_runs[t] if r["system"] == system], at_trivial_task[t])
             per.append(cells)
         if per:
             text += [f"\n### Per task, N={n}\n", markdown_table(per, {"system": "System", **{t: t for t in opts["tasks"]}}),

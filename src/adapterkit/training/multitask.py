@@ -333,17 +333,15 @@ def init_regression_biases(adapted: Any, spec: MultiTaskSpec, train: dict[str, S
                            ) -> dict[str, float]:
     """``regression_bias = "mean"`` for task heads: each regression head's output bias becomes the mean of its
     tasks' training labels (tasks sharing a head are pooled). Returns head (task names joined by ``+``) -> bias."""
+    from .probing import fill_bias_with_label_mean
+
     head = adapted.pooled_head
     means: dict[str, float] = {}
     for group in sorted(set(head.groups)):
         tasks = [t for tid, t in enumerate(spec.tasks) if head.groups[tid] == group and t.kind == "regression"]
-        labels = [float(ex["label"]) for t in tasks for ex in train.get(t.name) or []]
-        if not labels:
-            continue
-        mean = sum(labels) / len(labels)
-        with torch.no_grad():
-            head.classifiers[group].bias.fill_(mean)
-        means["+".join(t.name for t in tasks)] = mean
+        examples = [ex for t in tasks for ex in train.get(t.name) or []]
+        if examples:
+            means["+".join(t.name for t in tasks)] = fill_bias_with_label_mean(head.classifiers[group], examples)
     return means
 
 

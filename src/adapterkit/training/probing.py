@@ -82,9 +82,14 @@ def init_regression_bias(adapted: Any, train: Sequence[dict[str, Any]]) -> float
                           "(hf); use regression_bias 'zero' or another pooling")
     if not train:
         raise ConfigError("regression_bias: 'mean' needs training examples")
-    mean = float(sum(float(ex["label"]) for ex in train) / len(train))
+    return fill_bias_with_label_mean(adapted.pooled_head.classifier, train)
+
+
+def fill_bias_with_label_mean(linear: torch.nn.Linear, examples: Sequence[dict[str, Any]]) -> float:
+    """Set ``linear``'s bias to the mean label of ``examples`` (non-empty); returns it."""
+    mean = float(sum(float(ex["label"]) for ex in examples) / len(examples))
     with torch.no_grad():
-        adapted.pooled_head.classifier.bias.fill_(mean)
+        linear.bias.fill_(mean)
     return mean
 
 
