@@ -105,10 +105,15 @@ def trainer_class() -> type:
 
         def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
                          num_items_in_batch: Any = None) -> Any:
-            if self.extra_loss is None:
+            if getattr(self.spec, "sparse_logits", False):  # masked LM: logits at the masked tokens only
+                from ..pretraining import masked_lm_loss
+
+                loss, outputs = masked_lm_loss(model, extract_model_from_parallel(model).model, inputs)
+            elif self.extra_loss is None:
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
-            if model.training:
+            else:
+                loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
+            if model.training and self.extra_loss is not None:
                 loss = loss + self.extra_loss(outputs, inputs)
             return (loss, outputs) if return_outputs else loss
 
