@@ -141,8 +141,9 @@ def test_detach_retriever_keeps_the_contrastive_losses_out_of_the_adapters(detac
                                           "shared.trunk.0.weight"])
 
 
-def test_loss_is_task_loss_plus_weighted_auxiliary_losses() -> None:
-    model = model_with_pha(instance_loss_weight=0.5, prototype_loss_weight=0.25)
+@pytest.mark.parametrize("denominator", ["negatives", "all"])
+def test_loss_is_task_loss_plus_weighted_auxiliary_losses(denominator: str) -> None:
+    model = model_with_pha(instance_loss_weight=0.5, prototype_loss_weight=0.25, prototype_denominator=denominator)
     inputs = batch([0, 0, 1, 2])
     model.backbone_dropout = False  # the backbone runs as in evaluation, so z is the same in both passes
     model.train()
@@ -152,7 +153,7 @@ def test_loss_is_task_loss_plus_weighted_auxiliary_losses() -> None:
     ids = inputs["task_ids"]
     expected_ins, _ = instance_loss(z, ids, 0.1)
     table = pha_module(model, "pha").prototypes.weight
-    expected_pro = prototype_loss(z, table, ids, 0.1)
+    expected_pro = prototype_loss(z, table, ids, 0.1, denominator)
     assert torch.allclose(aux["pha.instance"], 0.5 * expected_ins, atol=1e-5)
     assert torch.allclose(aux["pha.prototype"], 0.25 * expected_pro, atol=1e-5)
     task = out.loss - sum(aux.values())
@@ -236,11 +237,18 @@ def test_prototype_loss_equals_a_hand_computation() -> None:
     def cos(a: list[float], b: list[float]) -> float:
         return sum(x * y for x, y in zip(a, b, strict=True)) / (math.hypot(*a) * math.hypot(*b))
 
-    total = 0.0
+    total = {"negatives": 0.0, "all": 0.0}
     for i, target in enumerate(ids.tolist()):
         s = [cos(z[i].tolist(), p) / t for p in protos.tolist()]
-        total += -(s[target] - math.log(sum(math.exp(v) for k, v in enumerate(s) if k != target)))
-    assert prototype_loss(z, protos, ids, t).item() == pytest.approx(total / 2, rel=1e-5)
+        total["negatives"] += -(s[target] - math.log(sum(math.exp(v) for k, v in enumerate(s) if k != target)))
+        total["all"] += -(s[target] - math.log(sum(math.exp(v) for v in s)))
+    assert prototype_loss(z, protos, ids, t).item() == pytest.approx(total["negatives"] / 2, rel=1e-5)
+    assert prototype_loss(z, protos, ids, t, "all").item() == pytest.approx(total["all"] / 2, rel=1e-5)
+    # instances exactly on their prototypes: the authors' form is far below 0, the standard form just above it
+    on = protos[:2] * 5
+    assert prototype_loss(on, protos, ids, t).item() < -2 < 0 < prototype_loss(on, protos, ids, t, "all").item() < 0.1
+    with pytest.raises(ConfigError, match="prototype_denominator"):
+        prototype_loss(z, protos, ids, t, "positive")
     with pytest.raises(ConfigError, match="two tasks"):
         prototype_loss(z, protos[:1], torch.tensor([0, 0]), t)
 
@@ -371,6 +379,7 @@ def test_loading_onto_another_model_is_refused(tmp_path: Path) -> None:
     ({"activation": "rational"}, "activation"), ({"prototypes": "mean"}, "prototypes"),
     ({"prototype_momentum": 1.0}, "prototype_momentum"), ({"temperature": 0.0}, "temperature"),
     ({"instance_loss_weight": -1.0}, "instance_loss_weight"), ({"placement": "prefix"}, "placement"),
+    ({"prototype_denominator": "positive"}, "prototype_denominator"),
 ])
 def test_config_validation_names_the_field(fields: dict, field: str) -> None:
     with pytest.raises(ConfigError, match=field):

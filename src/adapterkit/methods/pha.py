@@ -59,6 +59,9 @@ HYPERFANIN_SCALE = 1e-3
 (``PHAConfig.init_scale``'s default)."""
 
 
+PROTOTYPE_DENOMINATORS = ("negatives", "all")
+
+
 class NoPositivePairWarning(UserWarning):
     """A training batch had no two examples of the same task: the instance loss is 0 for it."""
 
@@ -84,18 +87,24 @@ def instance_loss(z: torch.Tensor, task_ids: torch.Tensor, temperature: float = 
 
 
 def prototype_loss(z: torch.Tensor, prototypes: torch.Tensor, task_ids: torch.Tensor,
-                   temperature: float = 0.1) -> torch.Tensor:
-    """Prototype-instance loss as in the authors' code: with cosine s, mean over the batch of
-    -[s(z_i, p_t)/t - log sum_{k != t} exp(s(z_i, p_k)/t)] (the positive prototype is not in the denominator).
-    Needs at least two prototypes (ConfigError otherwise)."""
+                   temperature: float = 0.1, denominator: str = "negatives") -> torch.Tensor:
+    """Prototype-instance loss, mean over the batch of -[s(z_i, p_t)/t - log sum_k exp(s(z_i, p_k)/t)] with cosine s.
+
+    ``denominator="negatives"`` (the authors' code): the sum runs over k != t, the positive prototype left out. The
+    loss then goes below 0 (down to -2/t + log(tasks - 1)) and its gradient on s(z_i, p_t) stays -1/t however well
+    z_i already matches p_t, so it keeps pulling every instance of a task onto one direction. ``"all"``: the
+    standard InfoNCE over all prototypes (>= 0; its pull fades once the positive dominates). Needs at least two
+    prototypes (ConfigError otherwise)."""
     if prototypes.shape[0] < 2:
         raise ConfigError("tasks: the prototype loss needs at least two tasks (set prototype_loss_weight to 0)")
+    if denominator not in PROTOTYPE_DENOMINATORS:
+        raise ConfigError(f"prototype_denominator: {denominator!r}; use one of {list(PROTOTYPE_DENOMINATORS)}")
     sim = F.normalize(z, dim=-1) @ F.normalize(prototypes, dim=-1).T / temperature
     ids = task_ids.reshape(-1, 1)
     positive = sim.gather(1, ids).squeeze(1)
-    own = torch.zeros_like(sim, dtype=torch.bool).scatter_(1, ids, True)
-    negative = torch.logsumexp(sim.masked_fill(own, float("-inf")), dim=1)
-    return (negative - positive).mean()
+    if denominator == "negatives":
+        sim = sim.masked_fill(torch.zeros_like(sim, dtype=torch.bool).scatter_(1, ids, True), float("-inf"))
+    return (torch.logsumexp(sim, dim=1) - positive).mean()
 
 
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -195,10 +204,10 @@ class RetrieverTap(AdapterModule):
     order = 20  # after any other output transform at the site
 
     def __init__(self, instance_weight: float, prototype_weight: float, temperature: float,
-                 detach: bool = False) -> None:
+                 detach: bool = False, denominator: str = "negatives") -> None:
         super().__init__()
         self.instance_weight, self.prototype_weight, self.temperature = instance_weight, prototype_weight, temperature
-        self.detach = detach
+        self.detach, self.denominator = detach, denominator
 
     def post(self, args: tuple, kwargs: dict[str, Any], output: Any) -> Any:
         hidden = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
@@ -223,7 +232,7 @@ class RetrieverTap(AdapterModule):
                               "one example per task", NoPositivePairWarning, stacklevel=2)
             ctx.record("aux_loss", (f"{self.adapter_name}.instance", self.instance_weight * loss))
         if self.prototype_weight and len(shared.tasks) > 1:
-            loss = prototype_loss(z, shared.prototype_table(), ids, self.temperature)
+            loss = prototype_loss(z, shared.prototype_table(), ids, self.temperature, self.denominator)
             ctx.record("aux_loss", (f"{self.adapter_name}.prototype", self.prototype_weight * loss))
         if shared.mode == "running_mean":
             shared.update_prototypes(z, ids)
@@ -270,6 +279,10 @@ class PHAConfig(MethodConfig):
     instance_loss_weight: float = opt(0.1, "weight of the instance-instance InfoNCE loss (0 turns it off)")
     prototype_loss_weight: float = opt(0.1, "weight of the prototype-instance loss (0 turns it off)")
     temperature: float = opt(0.1, "temperature of both contrastive losses")
+    prototype_denominator: Literal["negatives", "all"] = opt(
+        "negatives", "prototype loss denominator: negatives = the other tasks' prototypes only (the authors' code; "
+        "unbounded pull of every instance onto its prototype, which collapsed MiniLM's features without LP-FT, "
+        "docs/results/pha.md); all = standard InfoNCE over every prototype")
     detach_retriever: bool = opt(
         False, "true: the retriever reads the backbone's output detached, so the contrastive losses train only the "
         "retriever and the prototypes, not the adapters through the representations the task heads read (the "
@@ -297,6 +310,8 @@ class PHAConfig(MethodConfig):
         check(self.instance_loss_weight >= 0, "instance_loss_weight", "must be >= 0")
         check(self.prototype_loss_weight >= 0, "prototype_loss_weight", "must be >= 0")
         check(self.temperature > 0, "temperature", "must be > 0")
+        check(self.prototype_denominator in PROTOTYPE_DENOMINATORS, "prototype_denominator",
+              f"use one of {list(PROTOTYPE_DENOMINATORS)}")
         check(self.init_scale > 0, "init_scale", "must be > 0")
 
     def bottleneck_config(self) -> BottleneckConfig:
@@ -332,7 +347,7 @@ class PHAConfig(MethodConfig):
                               "encoder_adapter: shared); select decoder layers or use encoder_adapter: generated")
         shared = PHAShared(self, ctx.hidden_size, slots)
         tap = RetrieverTap(self.instance_loss_weight, self.prototype_loss_weight, self.temperature,
-                           self.detach_retriever)
+                           self.detach_retriever, self.prototype_denominator)
         return [Attachment(None, "shared", shared), *out, Attachment(None, "prompt", tap)]
 
     def check_state_dict(self, state: dict[str, torch.Tensor], source: object = None) -> None:
