@@ -285,8 +285,9 @@ class PHAConfig(MethodConfig):
         "docs/results/pha.md); all = standard InfoNCE over every prototype")
     detach_retriever: bool = opt(
         False, "true: the retriever reads the backbone's output detached, so the contrastive losses train only the "
-        "retriever and the prototypes, not the adapters through the representations the task heads read (the "
-        "authors' T5 lets them reach the encoder; measured on MiniLM, docs/results/pha.md)")
+        "retriever and the prototypes, not the adapters through the representations the task heads read. Set it on "
+        "encoder-only models: there the losses collapse those representations to one vector per task "
+        "(docs/results/pha.md); the authors' T5 retriever reads an encoder with shared adapters")
     init_scale: float = opt(HYPERFANIN_SCALE, "multiplier of the hyperfanin bound of the weight heads: the authors' "
                             "1e-3 starts the generated adapters near a no-op (slow to leave it in a short run); 1 "
                             "gives generated weights of an ordinary fan-in init")
