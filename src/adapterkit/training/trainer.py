@@ -106,7 +106,7 @@ def trainer_class() -> type:
         def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
                          num_items_in_batch: Any = None) -> Any:
             if getattr(self.spec, "sparse_logits", False):  # masked LM: logits at the masked tokens only
-                from ..pretraining import masked_lm_loss
+                from .mlm import masked_lm_loss
 
                 loss, outputs = masked_lm_loss(model, extract_model_from_parallel(model).model, inputs)
             elif self.extra_loss is None:
