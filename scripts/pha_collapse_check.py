@@ -47,16 +47,16 @@ def load(run: Path, seed: int, size: int) -> tuple:
 
 
 def batch_of(tokenizer, mt, examples: dict[str, list], max_length: int) -> dict[str, torch.Tensor]:
+    """One batch of ``examples`` (task -> examples), encoded and padded as multi-task training does."""
+    from adapterkit.training import collator
     from adapterkit.training.multitask import tag
 
+    keys = ("input_ids", "attention_mask", "task_ids", "labels")
     rows = []
     for task, exs in examples.items():
         ds = mt.encode(tokenizer, tag(exs, task), max_length)
-        rows += [ds[i] for i in range(len(ds))]
-    batch = tokenizer.pad([{k: r[k] for k in ("input_ids", "attention_mask")} for r in rows], return_tensors="pt")
-    batch["task_ids"] = torch.tensor([r["task_ids"] for r in rows])
-    batch["labels"] = torch.tensor([r["labels"] for r in rows], dtype=torch.float)
-    return batch
+        rows += [{k: ds[i][k] for k in keys} for i in range(len(ds))]
+    return dict(collator(tokenizer)(rows))
 
 
 def mean_pairwise_cosine(x: torch.Tensor) -> float:

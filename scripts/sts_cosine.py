@@ -22,13 +22,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 @torch.no_grad()
 def embed(model, tokenizer, texts: list[str], batch_size: int = 64, max_length: int = 128) -> torch.Tensor:
     """Mean-pooled last hidden states (padding excluded), one row per text."""
+    from adapterkit.heads import pool
+
     rows = []
     for i in range(0, len(texts), batch_size):
         enc = tokenizer(texts[i : i + batch_size], padding=True, truncation=True, max_length=max_length,
                         return_tensors="pt")
-        hidden = model(**enc).last_hidden_state
-        mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        rows.append((hidden * mask).sum(1) / mask.sum(1).clamp(min=1))
+        rows.append(pool(model(**enc).last_hidden_state, enc["attention_mask"], "mean"))
     return torch.cat(rows)
 
 
