@@ -39,6 +39,7 @@ from torch import nn
 from ..config import MethodConfig, check, opt
 from ..context import current, forward_context
 from ..errors import ConfigError
+from ..heads import pool
 from ..injection import AdapterModule
 from ..registry import register_method
 from .base import Attachment, BuildContext
@@ -108,11 +109,10 @@ def prototype_loss(z: torch.Tensor, prototypes: torch.Tensor, task_ids: torch.Te
 
 
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Mean of ``hidden`` (batch, seq, d) over the positions where ``mask`` is 1 (all positions without a mask)."""
-    if mask is None or tuple(mask.shape) != tuple(hidden.shape[:2]):
-        return hidden.mean(dim=1)
-    m = mask.to(hidden.dtype).unsqueeze(-1)
-    return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
+    """Mean of ``hidden`` (batch, seq, d) over the positions where ``mask`` is 1 (all positions when the mask is
+    missing or does not fit, e.g. with prompt tokens prepended)."""
+    fits = mask is not None and tuple(mask.shape) == tuple(hidden.shape[:2])
+    return pool(hidden, mask if fits else None, "mean")
 
 
 # -- the model-level module -----------------------------------------------------------------------------------
