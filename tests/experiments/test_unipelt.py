@@ -106,6 +106,15 @@ def test_unipelt_tables_mark_runs_at_the_trivial_baseline() -> None:
                                                                                         "lora"])[0])
     assert "| prefix | 36.2 ± 0.0 (n=1, †1) | 4.4 ± 0.0 (n=1, †1) |" in text
     assert "| lora | 75.2 ± 0.0 (n=1) | 46.6 ± 0.0 (n=1) |" in text
+    qa = [{**row("xquad_en_split", system, 1, f1, exact_match=em, f1=f1),
+           "zero_shot": {"de": {"exact_match": de_em, "f1": de_f1}}}
+          for system, em, f1, de_em, de_f1 in (("majority", 0.0, 0.024, 0.0, 0.02), ("lora", 0.0, 0.024, 0.01, 0.05),
+                                               ("full", 0.3, 0.424, 0.0, 0.02))]
+    text = "".join(unipelt.qa_table(qa, {"tasks": ["xquad_en_split"], "seeds": [1], "zero_shot_languages": ["de"]},
+                                    ["majority", "lora", "full"])[0])
+    assert "| lora | 0.0 ± 0.0 (n=1, †1) | 2.4 ± 0.0 (n=1, †1) | 1.0 ± 0.0 (n=1) | 5.0 ± 0.0 (n=1) |" in text
+    assert "| full | 30.0 ± 0.0 (n=1) | 42.4 ± 0.0 (n=1) | 0.0 ± 0.0 (n=1, †1) | 2.0 ± 0.0 (n=1, †1) |" in text
+    assert "| majority | 0.0 ± 0.0 (n=1) |" in text and "†k: k of the cell's runs" in text
 
 
 def test_unipelt_experiment_rejects_bad_options() -> None:

@@ -499,12 +499,21 @@ def domain_table(rows: list[dict[str, Any]], opts: dict[str, Any], systems: list
 def qa_table(rows: list[dict[str, Any]], opts: dict[str, Any], systems: list[str]) -> tuple[list[str], dict]:
     """XQuAD: EM/F1 on the English test articles and zero-shot on the same articles in other languages."""
     from ..reporting import markdown_table, mean_std
-    from .common import score_cell
+    from .common import TRIVIAL_SYSTEMS, score_cell, trivial_note
 
     mine_all = [r for r in rows if r["task"] in QA and r["task"] in opts["tasks"]]
     if not mine_all:
         return [], {}
     langs = list(opts["zero_shot_languages"])
+    trivial = {(r["task"], r["seed"], lang, key): v for r in mine_all if r["system"] in TRIVIAL_SYSTEMS
+               for lang in [None, *langs] for key in ("exact_match", "f1") if (v := _metric(r, key, lang)) is not None}
+
+    def at_trivial(row: dict[str, Any], lang: str | None, key: str) -> bool:
+        """The run scored exactly what the trivial baseline (the context's first words) scored on the same
+        task, seed, language and metric."""
+        base, value = trivial.get((row["task"], row["seed"], lang, key)), _metric(row, key, lang)
+        return (row["system"] not in TRIVIAL_SYSTEMS and base is not None and value is not None
+                and abs(value - base) <= 1e-9)
     table, series = [], {}
     for system, tapt in _variants(mine_all, systems):
         mine = [r for r in mine_all if r["system"] == system and r["tapt"] == tapt]
@@ -513,7 +522,8 @@ def qa_table(rows: list[dict[str, Any]], opts: dict[str, Any], systems: list[str
         for lang in [None, *langs]:
             for key in ("exact_match", "f1"):
                 vals = [v for r in mine if (v := _metric(r, key, lang)) is not None]
-                cells[f"{lang or 'en'}/{key}"] = score_cell(vals)  # EM/F1 are fractions, shown x100
+                marked = sum(at_trivial(r, lang, key) for r in mine)
+                cells[f"{lang or 'en'}/{key}"] = score_cell(vals, 100.0, marked)  # EM/F1 are fractions, shown x100
                 if key == "f1":
                     m, s = mean_std([100 * v for v in vals])
                     means.append(m)
@@ -525,7 +535,7 @@ def qa_table(rows: list[dict[str, Any]], opts: dict[str, Any], systems: list[str
                **{f"{lang}/{key}": f"{lang.upper()} {'EM' if key == 'exact_match' else 'F1'} (zero-shot)"
                   for lang in langs for key in ("exact_match", "f1")}, **COMMON_HEADERS}
     return ["\n## XQuAD (English train/dev/test by article; zero-shot on the same test articles)\n",
-            markdown_table(table, columns)], series
+            markdown_table(table, columns), *trivial_note(table)], series
 
 
 def report(rows: list[dict[str, Any]], opts: dict[str, Any]) -> None:
