@@ -80,13 +80,23 @@ def test_zero_shot_command_end_to_end(setup: tuple[Path, Path], tmp_path: Path) 
     with pytest.warns(UserWarning, match="dev-es.tsv"):
         assert main(args) == 0
     rows = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
-    assert [r["system"] for r in rows] == ["houlsby:bottleneck_size=8", "full"]
-    assert all(set(r["languages"]) == {"en", "de", "fr"} and r["train"] == 30 for r in rows)
+    assert [r["system"] for r in rows] == ["houlsby:bottleneck_size=8", "full", "trivial", "linear probe"]
+    assert all(set(r["languages"]) == {"en", "de", "fr"} for r in rows)
+    assert all(r["train"] == 30 for r in rows[:2])
+    # the trivial baseline: the English training set's majority class, scored on the held-out rows of each language
+    train, _, heldout = english_data(SUITES["xnli"], data, seed=1, train_size=30, dev_size=6, eval_size=20)
+    labels = [ex["label"] for ex in train]
+    majority = max(set(labels), key=lambda lab: (labels.count(lab), -lab))
+    gold = [LABELS.index(line.split("\t")[2]) for i, line in
+            enumerate((data / "xtreme/xnli/dev-en.tsv").read_text().splitlines()) if i in heldout]
+    expected = sum(g == majority for g in gold) / len(gold)
+    assert all(v["score"] == pytest.approx(expected) and v["n"] == 20 for v in rows[2]["languages"].values())
     md = (out / "zero_shot.md").read_text()
     assert "missing" in md and "dev-es.tsv" in md and "mean (non-en)" in md
+    assert "| trivial |" in md and "| linear probe |" in md
     assert (out / "zero_shot_xnli.png").stat().st_size > 1000
     assert main(args) == 0  # resumes: nothing retrained
-    assert len((out / "runs.jsonl").read_text().splitlines()) == 2
+    assert len((out / "runs.jsonl").read_text().splitlines()) == 4
 
 
 def _squad(path: Path, articles: list[tuple[str, list[tuple[str, str, str]]]]) -> None:
@@ -123,6 +133,30 @@ def test_xquad_zero_shot_uses_only_the_other_half(tmp_path: Path) -> None:
                                           max_length=32)
     assert set(results) == {"en", "de"} and all(r["n"] == 1 and r["metric"] == "squad_f1" for r in results.values())
     assert missing == [str(root / "qa/xquad/xquad.es.json")]
+
+
+def test_xquad_zero_shot_command_shows_first_words_and_span_head_baselines(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    en = [("the cat sleeps", [("q1", "is the cat", "sleeps")]), ("a dog runs", [("q2", "is a dog", "runs")])]
+    held = [("dog sleeps not a cat", [("q3", "the dog is", "dog sleeps")])]  # the first two words are the answer
+    _squad(root / "qa/squad_v1.1_dev/dev-v1.1.json", en * 4)
+    _squad(root / "qa/squad_v1.1_dev/test-v1.1.json", held)
+    _squad(root / "qa/xquad/xquad.en.json", en + held)
+    _squad(root / "qa/xquad/xquad.de.json", [("der hund ist nicht ein katze", [("q3", "der hund ist", "ein katze")])])
+    model_dir = save_tiny_model(tmp_path / "m", words=[w for ws in VOCAB.values() for w in ws] + ["der"])
+    out = tmp_path / "out"
+    args = ["analyze", "zero-shot", "--suites", "xquad", "--languages", "en,de", "--data-dir", str(root), "--model",
+            str(model_dir), "--systems", "full", "--seeds", "0", "--dev-size", "2", "--epochs", "1", "--batch-size",
+            "4", "--max-length", "32", "--progress", "none", "--output-dir", str(out)]
+    assert main(args) == 0
+    rows = {r["system"]: r for r in map(json.loads, (out / "runs.jsonl").read_text().splitlines())}
+    assert set(rows) == {"full", "trivial", "linear probe"}
+    # first words: the training answers have one word each, so every question is answered with its context's first
+    # word: "dog" against "dog sleeps" (F1 2/3) in English, "der" against "ein katze" (F1 0) in German
+    assert rows["trivial"]["languages"]["en"]["score"] == pytest.approx(2 / 3)
+    assert rows["trivial"]["languages"]["de"]["score"] == 0.0
+    assert set(rows["linear probe"]["languages"]) == {"en", "de"} and rows["linear probe"]["trainable"] > 0
+    assert "| linear probe |" in (out / "zero_shot.md").read_text()
 
 
 def test_relative_data_dir(setup: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:

@@ -335,13 +335,34 @@ def cmd_lr_sweep(opts: dict[str, Any]) -> int:
 # --- zero-shot ----------------------------------------------------------------------------------------
 
 
+def _zero_shot_one(opts: dict[str, Any], suite: Any, system: Any, seed: int, data: tuple, data_dir: Any,
+                   label: str, lr: float) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
+    """Train ``system`` on the English ``data`` (train, dev, heldout) and evaluate it in every language:
+    (training row, {lang: result}, missing files)."""
+    from ..console import say as _say
+    from .crosslingual import zero_shot_eval
+    from .systems import full_head_lr, train_system
+
+    train, dev, heldout = data
+    model, tokenizer, row = train_system(
+        system, suite.spec("en"), (train, dev, []), model=opts.get("model"), lr=lr, seed=seed,
+        epochs=opts["epochs"], batch_size=opts["batch_size"], max_length=opts["max_length"],
+        eval_batch_size=opts["eval_batch_size"], precision=opts["precision"], progress=opts["progress"],
+        label=label, head_lr=full_head_lr(system, opts),
+        output_dir=Path(opts["output_dir"]) / "work" / label.replace(" ", "_"))
+    results, missing = zero_shot_eval(model, tokenizer, suite, data_dir, heldout,
+                                      languages=opts.get("languages") or None, max_length=opts["max_length"],
+                                      batch_size=opts["eval_batch_size"], precision=opts["precision"], log=_say)
+    return row, results, missing
+
+
 def zero_shot_runs(opts: dict[str, Any], log: Any, suite_name: str, *, part: str = "zero-shot") -> list[dict]:
     """Train each system x seed on English and evaluate every language (resumable); returns logged rows."""
     from ..console import Progress
     from ..console import say as _say
     from ..data.tasks import resolve_data_dir
-    from .crosslingual import english_data, get_suite, zero_shot_eval
-    from .systems import default_lr, full_head_lr, parse_system, train_system
+    from .crosslingual import english_data, get_suite
+    from .systems import default_lr, parse_system
 
     suite = get_suite(suite_name)
     data_dir = resolve_data_dir(opts.get("data_dir"))
@@ -358,25 +379,65 @@ def zero_shot_runs(opts: dict[str, Any], log: Any, suite_name: str, *, part: str
         if seed not in cache:
             cache = {seed: english_data(suite, data_dir, seed=seed, train_size=opts.get("train_size") or None,
                                         dev_size=opts["dev_size"], eval_size=opts.get("eval_size"))}
-        train, dev, heldout = cache[seed]
         label = f"{suite.name} seed={seed} {system.name}"
         progress.step(label)
         lr = default_lr(system, opts["learning_rate"], opts["full_lr"], opts["head_lr"])
-        model, tokenizer, row = train_system(
-            system, suite.spec("en"), (train, dev, []), model=opts.get("model"), lr=lr, seed=seed,
-            epochs=opts["epochs"], batch_size=opts["batch_size"], max_length=opts["max_length"],
-            eval_batch_size=opts["eval_batch_size"], precision=opts["precision"], progress=opts["progress"],
-            label=label, head_lr=full_head_lr(system, opts),
-            output_dir=Path(opts["output_dir"]) / "work" / label.replace(" ", "_"))
-        results, missing = zero_shot_eval(model, tokenizer, suite, data_dir, heldout,
-                                          languages=opts.get("languages") or None, max_length=opts["max_length"],
-                                          batch_size=opts["eval_batch_size"], precision=opts["precision"], log=_say)
+        row, results, missing = _zero_shot_one(opts, suite, system, seed, cache[seed], data_dir, label, lr)
         log.add({"part": part, "suite": suite.name, **row, "languages": results, "missing": missing,
-                 "train": len(train), "dev": len(dev)})
+                 "train": len(cache[seed][0]), "dev": len(cache[seed][1])})
         progress.finish()
     names = {s.name for s in systems}
     return [r for r in log.unique(keys) if r.get("part") == part and r["suite"] == suite.name
             and r["system"] in names and r["seed"] in opts["seeds"]]
+
+
+BASELINE_NAMES = ("trivial", "linear probe")
+"""The two baselines every zero-shot table shows beside the systems."""
+
+
+def zero_shot_baselines(opts: dict[str, Any], log: Any, suite_name: str, *, part: str = "zero-shot"
+                        ) -> list[dict[str, Any]]:
+    """Per seed and language (logged, resumable): ``trivial`` (the English training set's majority class; QA: the
+    context's first words) and ``linear probe`` (a linear model on the frozen model's mean-pooled features, fitted
+    on the English training set; QA: a span head trained on the frozen backbone at ``head_lr``)."""
+    from ..data.tasks import resolve_data_dir
+    from .crosslingual import _load, english_data, get_suite, select
+    from .systems import PRESETS, linear_probe_scores, trivial_score
+
+    suite = get_suite(suite_name)
+    data_dir = resolve_data_dir(opts.get("data_dir"))
+    if data_dir is None:
+        raise ConfigError("data_dir: zero-shot needs --data-dir (or $ADAPTERKIT_DATA_DIR)")
+    keys = ("part", "suite", "seed", "system")
+    for seed in opts["seeds"]:
+        if log.has(keys, part=part, suite=suite.name, seed=seed, system="linear probe"):
+            continue
+        data = english_data(suite, data_dir, seed=seed, train_size=opts.get("train_size") or None,
+                            dev_size=opts["dev_size"], eval_size=opts.get("eval_size"))
+        train, heldout = data[0], data[2]
+        tests, specs = {}, {}
+        for lang in opts.get("languages") or suite.languages:
+            path = Path(data_dir).resolve() / suite.eval_file.format(lang=lang)
+            if path.is_file():
+                specs[lang] = suite.spec(lang, path)
+                tests[lang] = select(suite, _load(suite, path, lang), heldout)
+        trivial = {lang: trivial_score(specs[lang], train, ex) for lang, ex in tests.items()}
+        log.add({"part": part, "suite": suite.name, "seed": seed, "system": "trivial", "trainable": 0,
+                 "train_seconds": 0.0, "languages": {k: {"score": v, "n": len(tests[k])} for k, v in trivial.items()}})
+        if suite.kind == "qa":
+            label = f"{suite.name} seed={seed} linear probe"
+            row, results, _ = _zero_shot_one(opts, suite, PRESETS["head"], seed, data, data_dir, label,
+                                             opts["head_lr"])
+            log.add({"part": part, "suite": suite.name, **row, "system": "linear probe", "languages": results})
+            continue
+        start = time.perf_counter()
+        probe = linear_probe_scores(suite.spec("en"), opts.get("model"), train, tests, specs=specs,
+                                    max_length=opts["max_length"])
+        log.add({"part": part, "suite": suite.name, "seed": seed, "system": "linear probe",
+                 "train_seconds": round(time.perf_counter() - start, 2),
+                 "languages": {k: {"score": v, "n": len(tests[k])} for k, v in probe.items()}})
+    return [r for r in log.unique(keys) if r.get("part") == part and r["suite"] == suite.name
+            and r["system"] in BASELINE_NAMES and r["seed"] in opts["seeds"]]
 
 
 def cmd_zero_shot(opts: dict[str, Any]) -> int:
@@ -392,17 +453,20 @@ def cmd_zero_shot(opts: dict[str, Any]) -> int:
     log = ResultLog(out / "runs.jsonl", {k: opts.get(k) for k in ZERO_SHOT_SETTINGS})
     text = [f"# Zero-shot cross-lingual transfer\n\nModel {opts.get('model') or 'bundled all-MiniLM-L6-v2'}; "
             f"trained on English ({opts.get('train_size') or 'all'} examples, dev {opts['dev_size']}), "
-            f"{opts['epochs']:g} epochs; scores x100, mean ± std over seeds {', '.join(map(str, opts['seeds']))}.\n"]
+            f"{opts['epochs']:g} epochs; scores x100, mean ± std over seeds {', '.join(map(str, opts['seeds']))}. "
+            "Baselines: trivial (the English majority class; QA: the first words of the context) and a linear probe "
+            "on the frozen model (QA: a span head trained on the frozen backbone).\n"]
     systems = [parse_system(s).name for s in opts["systems"]]
+    shown = [*systems, *BASELINE_NAMES]
     for name in opts["suites"]:
         suite = get_suite(name)
-        rows = zero_shot_runs(opts, log, name)
+        rows = zero_shot_runs(opts, log, name) + zero_shot_baselines(opts, log, name)
         languages = list(opts.get("languages") or suite.languages)
         missing = sorted({m for r in rows for m in r.get("missing", [])})
-        text += [f"\n## {suite.name}\n", markdown_table(zero_shot_table(rows, languages, systems))]
+        text += [f"\n## {suite.name}\n", markdown_table(zero_shot_table(rows, languages, shown))]
         if missing:
             text.append("\nMissing files (languages not evaluated): " + ", ".join(f"`{m}`" for m in missing) + "\n")
-        zero_shot_plot(out / f"zero_shot_{suite.name}.png", rows, languages, systems,
+        zero_shot_plot(out / f"zero_shot_{suite.name}.png", rows, languages, shown,
                        title=f"{suite.name}: zero-shot from English (x100)")
     out.mkdir(parents=True, exist_ok=True)
     (out / "zero_shot.md").write_text("\n".join(text) + "\n", encoding="utf-8")

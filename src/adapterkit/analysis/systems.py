@@ -130,12 +130,32 @@ def train_system(system: System, spec: Any, data: tuple[list, list, list], *, mo
 # --- baselines ----------------------------------------------------------------------------------------
 
 
+def first_words_count(train: Sequence[dict]) -> int:
+    """The median word count of the training answers (first answer of each question; at least 1)."""
+    lengths = [len(a.split()) for ex in train for a in (ex.get("answers") or {}).get("text", [])[:1]] or [1]
+    return max(1, int(np.median(lengths)))
+
+
+def first_words_answers(train: Sequence[dict], examples: Sequence[dict]) -> dict[str, str]:
+    """QA's trivial predictor: every question answered with the first n words of its context, n =
+    :func:`first_words_count` of ``train``; ``{id: answer}``."""
+    n = first_words_count(train)
+    return {str(ex["id"]): " ".join(ex["context"].split()[:n]) for ex in examples}
+
+
+def qa_references(examples: Sequence[dict]) -> dict[str, list[str]]:
+    """``{id: [answer texts]}`` of SQuAD-format examples (blank answers left out)."""
+    return {str(ex["id"]): [t for t in (ex.get("answers") or {}).get("text", []) if t.strip()] for ex in examples}
+
+
 def trivial_score(spec: Any, train: Sequence[dict], test: Sequence[dict]) -> float:
     """Test score of the trivial predictor: the majority training class, or (regression) the training mean,
     which a correlation metric scores 0.0 (the library's value for a constant prediction, as in every other
-    experiment's majority row)."""
+    experiment's majority row), or (QA) the first words of the context (:func:`first_words_answers`)."""
     from ..metrics import compute_metrics
 
+    if spec.kind == "qa":
+        return float(compute_metrics(spec, first_words_answers(train, test), qa_references(test))["score"])
     labels = np.asarray([ex["label"] for ex in test])
     if spec.kind == "classification":
         values, counts = np.unique([ex["label"] for ex in train], return_counts=True)

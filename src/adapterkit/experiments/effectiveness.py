@@ -183,37 +183,11 @@ def _xnli_opts(opts: dict[str, Any]) -> dict[str, Any]:
 
 def run_xnli(opts: dict[str, Any], log: Any) -> None:
     """Part (b): English training, zero-shot evaluation in every XNLI language; baselines per language."""
-    from ..analysis.commands import zero_shot_runs
-    from ..analysis.crosslingual import SUITES, english_data, select
-    from ..analysis.systems import linear_probe_scores
-    from ..data.tasks import load_split, resolve_data_dir
-    from ..metrics import compute_metrics
+    from ..analysis.commands import zero_shot_baselines, zero_shot_runs
 
     xopts = _xnli_opts(opts)
     zero_shot_runs(xopts, log, "xnli", part="xnli")
-    suite = SUITES["xnli"]
-    data_dir = resolve_data_dir(opts.get("data_dir"))
-    keys = ("part", "suite", "seed", "system")
-    for seed in opts["seeds"]:
-        if log.has(keys, part="xnli", suite="xnli", seed=seed, system="linear probe"):
-            continue
-        train, _, heldout = english_data(suite, data_dir, seed=seed, train_size=xopts["train_size"],
-                                         dev_size=opts["dev_size"], eval_size=xopts["eval_size"])
-        tests, specs = {}, {}
-        for lang in opts.get("languages") or suite.languages:
-            path = Path(data_dir).resolve() / suite.eval_file.format(lang=lang)
-            if path.is_file():
-                specs[lang] = suite.spec(lang, path)
-                tests[lang] = select(suite, load_split(specs[lang], "test", None), heldout)
-        labels = [ex["label"] for ex in train]
-        majority = max(set(labels), key=labels.count)
-        trivial = {lang: float(compute_metrics(specs[lang], [majority] * len(ex), [e["label"] for e in ex])["score"])
-                   for lang, ex in tests.items()}
-        probe = linear_probe_scores(suite.spec("en"), opts.get("model"), train, tests, specs=specs,
-                                    max_length=opts["max_length"])
-        for name, scores in (("trivial", trivial), ("linear probe", probe)):
-            log.add({"part": "xnli", "suite": "xnli", "seed": seed, "system": name,
-                     "languages": {k: {"score": v, "n": len(tests[k])} for k, v in scores.items()}})
+    zero_shot_baselines(xopts, log, "xnli", part="xnli")
 
 
 def _lr_opts(opts: dict[str, Any]) -> dict[str, Any]:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import random
-import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -258,25 +257,20 @@ def tapt_model(task: str, seed: int, opts: dict[str, Any], data_dir: Any) -> tup
 
 def _qa_first_words(spec: Any, data: tuple[list, list, list], zero_shot: dict[str, tuple[Any, list]]
                     ) -> dict[str, Any]:
-    """QA's trivial baseline: answer every question with the first n words of its context, n the median number
-    of words of the training answers."""
+    """QA's trivial baseline (:func:`adapterkit.analysis.systems.first_words_answers`) on dev, test and the
+    zero-shot languages."""
+    from ..analysis.systems import first_words_answers, first_words_count, qa_references
     from ..metrics import compute_metrics
 
     train, dev, test = data
-    lengths = [len(a.split()) for ex in train for a in (ex.get("answers") or {}).get("text", [])[:1]] or [1]
-    n = max(1, int(statistics.median(lengths)))
 
     def score(examples: list) -> dict[str, float] | None:
-        if not examples:
-            return None
-        answers = {str(ex["id"]): " ".join(ex["context"].split()[:n]) for ex in examples}
-        references = {str(ex["id"]): [t for t in (ex.get("answers") or {}).get("text", []) if t.strip()]
-                      for ex in examples}
-        return compute_metrics(spec, answers, references)
+        return compute_metrics(spec, first_words_answers(train, examples), qa_references(examples)) if examples \
+            else None
 
     dev_m, test_m = score(dev), score(test)
     return {"dev_score": dev_m["score"] if dev_m else None, "test": test_m, "trainable": 0, "train_seconds": 0.0,
-            "best_epoch": None, "history": [], "note": f"first {n} context words",
+            "best_epoch": None, "history": [], "note": f"first {first_words_count(train)} context words",
             "zero_shot": {lang: score(examples) for lang, (_, examples) in zero_shot.items()}}
 
 
