@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from adapterkit.cli import main
-from adapterkit.experiments.effectiveness import claims, paired, verdict
+from adapterkit.experiments.effectiveness import claims, paired, pairs_table, probe_margin, verdict
 from adapterkit.testing import save_tiny_model
 
 VOCAB = {"en": ["the", "cat", "dog", "sleeps", "runs", "is", "not", "a"],
@@ -50,7 +50,7 @@ def test_claims_directions() -> None:
                ("houlsby64", 0.6 + s / 100, 0.35, 0.95, 0.55, 0.79), ("full", 0.5 + s / 90, 1.0, 0.5, 1.5, 0.7))]
     rows = claims(low, [], [], ["houlsby64"])
     by = {r["claim"]: r for r in rows}
-    assert len(by) == len(rows) == 9 and {r["system"] for r in rows} == {"houlsby64"}
+    assert len(by) == len(rows) == 10 and {r["system"] for r in rows} == {"houlsby64"}
     top = [r for c, r in by.items() if c.startswith("(1)") and "top-layer" in c]
     mean = [r for c, r in by.items() if c.startswith("(1)") and "mean over the layers" in c]
     assert len(top) == len(mean) == 2
@@ -62,6 +62,28 @@ def test_claims_directions() -> None:
     drop = by["(3) overfits less: dev score falls less after its best epoch (full - adapter, x100)"]
     assert drop["verdict"] == "holds" and "+9.00" in drop["measurement (adapter - full)"]  # (10 - 1) points
     assert all(r["verdict"] == "not measured" for c, r in by.items() if c.startswith(("(2b)", "(4)")))
+    restricted = [r for c, r in by.items() if c.startswith("(2a) the same")]
+    assert [r["verdict"] for r in restricted] == ["not measured"]  # no baseline rows: no setting known to have signal
+
+
+def test_low_resource_claim_restricted_to_settings_where_the_probe_has_signal() -> None:
+    def rows(task: str, probe: float, adapter: float, full: float) -> list[dict]:
+        return [{"task": task, "size": 100, "seed": s, "system": sys, "test_score": v + s / 1000}
+                for s in (1, 2) for sys, v in (("trivial", 0.5), ("linear probe", probe), ("houlsby64", adapter),
+                                               ("full", full))]
+
+    # sst2: the probe is 20 points over trivial and the adapter leads by 10; mrpc: no signal, the adapter trails
+    low = rows("sst2", 0.7, 0.8, 0.7) + rows("mrpc", 0.49, 0.45, 0.5)
+    assert probe_margin(low, "sst2", 100) == pytest.approx(20.0) and probe_margin(low, "mrpc", 100) == pytest.approx(-1.0)
+    assert probe_margin(low, "cola", 100) is None
+    by = {r["claim"]: r for r in claims(low, [], [], ["houlsby64"])}
+    everywhere = by["(2a) better in low-resource settings (test score x100)"]
+    assert "+2.50" in everywhere["measurement (adapter - full)"] and everywhere["verdict"] == "inconclusive"
+    signal = next(r for c, r in by.items() if c.startswith("(2a) the same"))
+    assert signal["measurement (adapter - full)"].startswith("+10.00 ± 0.00 over 2 pairs") and signal["verdict"] == "holds"
+    table = pairs_table(low, [("sst2", 100), ("mrpc", 100)], ["houlsby64"])
+    assert table == [{"setting": "sst2/100", "houlsby64 - full": "10.0 ± 0.0 (n=2)", "probe - trivial": "+20.0"},
+                     {"setting": "mrpc/100", "houlsby64 - full": "-5.0 ± 0.0 (n=2)", "probe - trivial": "-1.0"}]
 
 
 def test_effectiveness_end_to_end(tmp_path: Path) -> None:
