@@ -82,7 +82,7 @@ def test_low_resource_claim_restricted_to_settings_where_the_probe_has_signal() 
     signal = next(r for c, r in by.items() if c.startswith("(2a) the same"))
     assert signal["measurement (adapter - full)"].startswith("+10.00 ± 0.00 over 2 pairs") and signal["verdict"] == "holds"
     table = pairs_table(low, [("sst2", 100), ("mrpc", 100)], ["houlsby64"])
-    assert table == [{"setting": "sst2/100", "houlsby64 - full": "10.0 ± 0.0 (n=2)", "probe - trivial": "+20.0"},
+    assert table == [{"setting": "sst2/100", "houlsby64 - full": "+10.0 ± 0.0 (n=2)", "probe - trivial": "+20.0"},
                      {"setting": "mrpc/100", "houlsby64 - full": "-5.0 ± 0.0 (n=2)", "probe - trivial": "-1.0"}]
 
 

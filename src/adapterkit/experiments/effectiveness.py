@@ -285,7 +285,7 @@ def probe_margin(low: list[dict], task: str, size: Any) -> float | None:
 def pairs_table(low: list[dict], settings: list[tuple], adapters: list[str]) -> list[dict[str, Any]]:
     """Claim (2a) per setting: each adapter's paired test-score difference to full fine-tuning (x100, mean ± std
     over seeds), beside the frozen probe's margin over the trivial baseline (signal in the frozen model)."""
-    from ..reporting import format_mean_std
+    from ..reporting import mean_std
 
     out = []
     for task, size in settings:
@@ -293,7 +293,7 @@ def pairs_table(low: list[dict], settings: list[tuple], adapters: list[str]) -> 
         line: dict[str, Any] = {"setting": f"{task}/{size}"}
         for ad in adapters:
             d = [100 * x for x in paired(scores, ad, "full")]
-            line[f"{ad} - full"] = f"{format_mean_std(d, 1)} (n={len(d)})" if d else "–"
+            line[f"{ad} - full"] = "{:+.1f} ± {:.1f} (n={})".format(*mean_std(d), len(d)) if d else "–"
         margin = probe_margin(low, task, size)
         line["probe - trivial"] = f"{margin:+.1f}" if margin is not None else "–"
         out.append(line)
