@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 
@@ -90,3 +91,33 @@ def test_pha_report_marks_runs_at_the_trivial_baseline(tmp_path) -> None:
     assert "| pha | 51.0 ± 0.0 (n=1, †1) | 69.0 ± 0.0 (n=1) |" in text  # the per-task table
     assert "| pfeiffer | 51.0 ± 0.0 (n=1, †1) | 51.0 ± 0.0 (n=1, †1) |" in text
     assert text.count("†k: k of the cell's runs") == 3
+
+
+def test_kshot_split_splits_short_classes_or_refuses_them() -> None:
+    from adapterkit.errors import DataError
+
+    target = object.__new__(pha.TaskData)
+    target.spec = SimpleNamespace(name="toy", labels=["a", "b", "c"])
+    target.pool = [{"id": i, "label": 0} for i in range(40)] + [{"id": 100 + i, "label": 1} for i in range(7)]
+    target.pool += [{"id": 200 + i, "label": 2} for i in range(12)]
+    assert target.short_classes(4) == {1: 7} and target.short_classes(2) == {}
+    train, dev = target.kshot_split(4, seed=0, short="split")
+    ids = [ex["id"] for ex in train + dev]
+    assert len(ids) == len(set(ids))  # disjoint
+    per = {(part, lab): sum(ex["label"] == lab for ex in rows) for part, rows in (("t", train), ("d", dev))
+           for lab in range(3)}
+    assert per == {("t", 0): 4, ("d", 0): 4, ("t", 1): 4, ("d", 1): 3, ("t", 2): 4, ("d", 2): 4}
+    assert target.kshot_split(2, seed=0, short="error") == target.kshot_split(2, seed=0, short="split")
+    with pytest.raises(DataError, match=r"toy: k_shots: k=4 needs 8 examples per class .* class 1 \(b\) has 7"):
+        target.kshot_split(4, seed=0, short="error")
+
+
+def test_pha_refuses_short_transfer_classes_before_training(tmp_path, data_dir, capsys) -> None:
+    argv = ["experiment", "pha", "--model", str(save_tiny_model(tmp_path / "m", head="base")), "--data-dir",
+            str(data_dir), "--output-dir", str(tmp_path / "out"), "--tasks", "sst2", "--sizes", "16", "--seeds", "3",
+            "--systems", "majority", "--holdout", "rte", "--transfer-tasks", "", "--k-shots", "100000",
+            "--short-classes", "error", "--progress", "none"]
+    assert main(argv) != 0
+    err = capsys.readouterr().err
+    assert "rte: k_shots: k=100000 needs 200000 examples per class" in err
+    assert not (tmp_path / "out" / "runs.jsonl").exists()  # nothing ran

@@ -38,12 +38,13 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from ..config import opt
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from .common import learning_rates as common_learning_rates
 from .common import option_groups
 
@@ -87,6 +88,10 @@ class Options:
     transfer_init: Literal["nearest", "mean"] = opt(
         "nearest", "new prototype: the nearest trained prototype to the mean retriever embedding of the k-shot "
         "examples, or that mean itself")
+    short_classes: Literal["split", "error"] = opt(
+        "split", "transfer: a class with fewer than 2k examples (k for training, k for dev) is split in half "
+        "between training and dev (split; ACL-ARC's rarest classes have 28-31 at k=32), or the run is refused "
+        "before any training (error)")
 
 
 OPTIONS = option_groups(
@@ -102,7 +107,7 @@ OPTIONS = option_groups(
 )
 SETTINGS = ("model", "epochs", "learning_rate", "lrs", "batch_size", "max_length", "precision", "pooling", "normalize",
             "dev_size", "test_size", "min_steps", "temperature", "heads", "pha_config", "hyperformer_config",
-            "transfer_size", "transfer_epochs", "transfer_init", "backbone_dropout", "lp_init")
+            "transfer_size", "transfer_epochs", "transfer_init", "backbone_dropout", "lp_init", "short_classes")
 """Options that change results: a log is never extended under other values (see ResultLog)."""
 
 
@@ -154,13 +159,40 @@ class TaskData:
         rest, dev = carve_dev(self.pool, min(dev_size, len(self.pool) // 2), seed, stratify=stratify)
         return subsample(rest, size, seed, stratify=stratify), dev
 
-    def kshot_split(self, k: int, seed: int) -> tuple[list, list]:
-        """(train, dev): k examples per class for each, disjoint, from the pool."""
+    def short_classes(self, k: int) -> dict[Any, int]:
+        """Classes of the pool with fewer than 2k examples (k for training and k for dev): {label: count}."""
+        counts = Counter(ex["label"] for ex in self.pool)
+        return {lab: n for lab, n in sorted(counts.items()) if n < 2 * k}
+
+    def kshot_split(self, k: int, seed: int, short: str = "error") -> tuple[list, list]:
+        """(train, dev): k examples per class for each, disjoint, from the pool. ``short``: ``error`` refuses a
+        class with fewer than 2k examples; ``split`` gives half of such a class to training (the larger half)
+        and the rest to dev."""
+        import random
+
         from ..data.sampling import k_shot
 
-        dev = k_shot(self.pool, k, seed)
+        few = self.short_classes(k)
+        if few and short != "split":
+            raise DataError(f"{self.spec.name}: k_shots: k={k} needs {2 * k} examples per class (k for training, k "
+                            f"for dev) but {_counts(few, self.spec)} (--short-classes split uses them all)")
+        enough = [ex for ex in self.pool if ex["label"] not in few]
+        dev = k_shot(enough, k, seed)
         taken = {id(ex) for ex in dev}
-        return k_shot([ex for ex in self.pool if id(ex) not in taken], k, seed), dev
+        train = k_shot([ex for ex in enough if id(ex) not in taken], k, seed)
+        rng = random.Random(seed)
+        for label in few:
+            mine = [ex for ex in self.pool if ex["label"] == label]
+            rng.shuffle(mine)
+            half = (len(mine) + 1) // 2
+            train, dev = train + mine[:half], dev + mine[half:]
+        return train, dev
+
+
+def _counts(few: dict[Any, int], spec: Any) -> str:
+    labels = list(spec.labels or [])
+    return ", ".join(f"class {lab!r}{f' ({labels[lab]})' if isinstance(lab, int) and lab < len(labels) else ''} "
+                     f"has {n}" for lab, n in few.items())
 
 
 GLUE_TASKS = ("sst2", "cola", "mrpc", "stsb", "rte", "qnli", "mnli", "qqp")
@@ -348,7 +380,7 @@ def run_transfer_cell(system: str, target: TaskData, k: int, seed: int, opts: di
     from ..runner import run_baseline, run_system
 
     spec = target.spec
-    train, dev = target.kshot_split(k, seed)
+    train, dev = target.kshot_split(k, seed, opts.get("short_classes") or "error")
     data = (train, dev, target.test)
     epochs = float(opts["transfer_epochs"])
     rate = rates["pha_prototype"] if system == "pha" else rates.get(system, LRS["pfeiffer"])
@@ -443,6 +475,13 @@ def run(opts: dict[str, Any]) -> int:
             cache[name] = TaskData(get_task(name), data_dir, opts.get("test_size"))
         return cache[name]
 
+    if opts.get("short_classes") == "error":  # refuse before hours of training, not at the transfer
+        for name in sorted({r["target"] for r in todo if r["phase"] == "transfer"}):
+            for k in opts["k_shots"]:
+                if few := task_data(name).short_classes(k):
+                    raise DataError(f"{name}: k_shots: k={k} needs {2 * k} examples per class (k for training, "
+                                    f"k for dev) but {_counts(few, task_data(name).spec)} (--short-classes split "
+                                    "uses them all)")
     specs = [get_task(t) for t in opts["tasks"]]
     holdout = opts.get("holdout")
     source_tasks = [s for s in specs if s.name != holdout]
