@@ -401,7 +401,7 @@ def zero_shot_baselines(opts: dict[str, Any], log: Any, suite_name: str, *, part
     context's first words) and ``linear probe`` (a linear model on the frozen model's mean-pooled features, fitted
     on the English training set; QA: a span head trained on the frozen backbone at ``head_lr``)."""
     from ..data.tasks import resolve_data_dir
-    from .crosslingual import _load, english_data, get_suite, select
+    from .crosslingual import english_data, eval_sets, get_suite
     from .systems import PRESETS, linear_probe_scores, trivial_score
 
     suite = get_suite(suite_name)
@@ -414,13 +414,10 @@ def zero_shot_baselines(opts: dict[str, Any], log: Any, suite_name: str, *, part
             continue
         data = english_data(suite, data_dir, seed=seed, train_size=opts.get("train_size") or None,
                             dev_size=opts["dev_size"], eval_size=opts.get("eval_size"))
-        train, heldout = data[0], data[2]
-        tests, specs = {}, {}
-        for lang in opts.get("languages") or suite.languages:
-            path = Path(data_dir).resolve() / suite.eval_file.format(lang=lang)
-            if path.is_file():
-                specs[lang] = suite.spec(lang, path)
-                tests[lang] = select(suite, _load(suite, path, lang), heldout)
+        train = data[0]
+        sets, _ = eval_sets(suite, data_dir, data[2], languages=opts.get("languages") or None)
+        specs = {lang: spec for lang, (spec, _) in sets.items()}
+        tests = {lang: examples for lang, (_, examples) in sets.items()}
         trivial = {lang: trivial_score(specs[lang], train, ex) for lang, ex in tests.items()}
         log.add({"part": part, "suite": suite.name, "seed": seed, "system": "trivial", "trainable": 0,
                  "train_seconds": 0.0, "languages": {k: {"score": v, "n": len(tests[k])} for k, v in trivial.items()}})

@@ -123,14 +123,11 @@ def select(suite: Suite, examples: Sequence[dict[str, Any]], heldout: Any) -> li
     return [ex for i, ex in enumerate(examples) if i in heldout]
 
 
-def zero_shot_eval(model: Any, tokenizer: Any, suite: Suite, data_dir: str | Path, heldout: Any = None, *,
-                   languages: Sequence[str] | None = None, max_length: int = 128, batch_size: int = 64,
-                   precision: str = "fp32", log: Any = None) -> tuple[dict[str, dict[str, Any]], list[str]]:
-    """Evaluate ``model`` unchanged on every language of ``suite``; returns ({lang: {score, n, ...}},
-    missing files). A missing file is named in a warning and skipped."""
-    from ..training import evaluate
-
-    results: dict[str, dict[str, Any]] = {}
+def eval_sets(suite: Suite, data_dir: str | Path, heldout: Any = None, *, languages: Sequence[str] | None = None,
+              log: Any = None) -> tuple[dict[str, tuple[Any, list[dict[str, Any]]]], list[str]]:
+    """The evaluation examples of every language of ``suite``: ({lang: (spec, examples)}, missing files). A
+    missing file is named in a warning and skipped; a file holding none of the held-out examples is an error."""
+    sets: dict[str, tuple[Any, list[dict[str, Any]]]] = {}
     missing: list[str] = []
     for lang in languages or suite.languages:
         path = Path(data_dir).resolve() / suite.eval_file.format(lang=lang)
@@ -144,7 +141,20 @@ def zero_shot_eval(model: Any, tokenizer: Any, suite: Suite, data_dir: str | Pat
         examples = select(suite, _load(suite, path, lang), heldout)
         if not examples:
             raise DataError(f"{path}: none of the held-out {suite.name} examples are in this file")
-        spec = suite.spec(lang, path)
+        sets[lang] = (suite.spec(lang, path), examples)
+    return sets, missing
+
+
+def zero_shot_eval(model: Any, tokenizer: Any, suite: Suite, data_dir: str | Path, heldout: Any = None, *,
+                   languages: Sequence[str] | None = None, max_length: int = 128, batch_size: int = 64,
+                   precision: str = "fp32", log: Any = None) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """Evaluate ``model`` unchanged on every language of ``suite`` (:func:`eval_sets`); returns
+    ({lang: {score, n, ...}}, missing files)."""
+    from ..training import evaluate
+
+    sets, missing = eval_sets(suite, data_dir, heldout, languages=languages, log=log)
+    results: dict[str, dict[str, Any]] = {}
+    for lang, (spec, examples) in sets.items():
         metrics = evaluate(model, tokenizer, spec, examples, batch_size, max_length, max(1, max_length // 4),
                            precision=precision)
         results[lang] = {"score": float(metrics["score"]), "n": len(examples), "metric": spec.metric}

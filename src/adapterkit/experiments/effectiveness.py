@@ -317,7 +317,8 @@ def claims(low: list[dict], xnli: list[dict], lr: list[dict], adapters: list[str
         d = [100 * x for x in paired(scores, ad, "full")]
         out.append({"claim": "(2a) better in low-resource settings (test score x100)", "system": ad,
                     "measurement (adapter - full)": _fmt(d), "verdict": verdict(d)})
-        signal = {(t, n) for t, n, *_ in scores if (m := probe_margin(low, t, n)) is not None and m > SIGNAL_MARGIN}
+        signal = {setting for setting in {key[:2] for key in scores}
+                  if (m := probe_margin(low, *setting)) is not None and m > SIGNAL_MARGIN}
         d = [100 * x for x in paired({k: v for k, v in scores.items() if k[:2] in signal}, ad, "full")]
         out.append({"claim": f"(2a) the same, on the settings where the frozen probe beats the trivial baseline by "
                              f"more than {SIGNAL_MARGIN:g} points", "system": ad,

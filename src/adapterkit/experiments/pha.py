@@ -164,6 +164,15 @@ class TaskData:
         counts = Counter(ex["label"] for ex in self.pool)
         return {lab: n for lab, n in sorted(counts.items()) if n < 2 * k}
 
+    def require_k(self, k: int) -> None:
+        """DataError naming the task, k and the classes when a class has fewer than 2k examples."""
+        if few := self.short_classes(k):
+            labels = list(self.spec.labels or [])
+            detail = ", ".join(f"class {lab!r}{f' ({labels[lab]})' if isinstance(lab, int) and lab < len(labels) else ''}"
+                               f" has {n}" for lab, n in few.items())
+            raise DataError(f"{self.spec.name}: k_shots: k={k} needs {2 * k} examples per class (k for training, k "
+                            f"for dev) but {detail} (--short-classes split uses them all)")
+
     def kshot_split(self, k: int, seed: int, short: str = "error") -> tuple[list, list]:
         """(train, dev): k examples per class for each, disjoint, from the pool. ``short``: ``error`` refuses a
         class with fewer than 2k examples; ``split`` gives half of such a class to training (the larger half)
@@ -172,10 +181,9 @@ class TaskData:
 
         from ..data.sampling import k_shot
 
+        if short != "split":
+            self.require_k(k)
         few = self.short_classes(k)
-        if few and short != "split":
-            raise DataError(f"{self.spec.name}: k_shots: k={k} needs {2 * k} examples per class (k for training, k "
-                            f"for dev) but {_counts(few, self.spec)} (--short-classes split uses them all)")
         enough = [ex for ex in self.pool if ex["label"] not in few]
         dev = k_shot(enough, k, seed)
         taken = {id(ex) for ex in dev}
@@ -187,12 +195,6 @@ class TaskData:
             half = (len(mine) + 1) // 2
             train, dev = train + mine[:half], dev + mine[half:]
         return train, dev
-
-
-def _counts(few: dict[Any, int], spec: Any) -> str:
-    labels = list(spec.labels or [])
-    return ", ".join(f"class {lab!r}{f' ({labels[lab]})' if isinstance(lab, int) and lab < len(labels) else ''} "
-                     f"has {n}" for lab, n in few.items())
 
 
 GLUE_TASKS = ("sst2", "cola", "mrpc", "stsb", "rte", "qnli", "mnli", "qqp")
@@ -478,10 +480,7 @@ def run(opts: dict[str, Any]) -> int:
     if opts.get("short_classes") == "error":  # refuse before hours of training, not at the transfer
         for name in sorted({r["target"] for r in todo if r["phase"] == "transfer"}):
             for k in opts["k_shots"]:
-                if few := task_data(name).short_classes(k):
-                    raise DataError(f"{name}: k_shots: k={k} needs {2 * k} examples per class (k for training, "
-                                    f"k for dev) but {_counts(few, task_data(name).spec)} (--short-classes split "
-                                    "uses them all)")
+                task_data(name).require_k(k)
     specs = [get_task(t) for t in opts["tasks"]]
     holdout = opts.get("holdout")
     source_tasks = [s for s in specs if s.name != holdout]
