@@ -120,4 +120,4 @@ def test_pha_refuses_short_transfer_classes_before_training(tmp_path, data_dir, 
     assert main(argv) != 0
     err = capsys.readouterr().err
     assert "rte: k_shots: k=100000 needs 200000 examples per class" in err
-    assert not (tmp_path / "out" / "runs.jsonl").exists()  # nothing ran
+    assert not (tmp_path / "out").exists()  # nothing ran, nothing written

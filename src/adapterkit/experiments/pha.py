@@ -464,12 +464,7 @@ def run(opts: dict[str, Any]) -> int:
     rates = learning_rates(opts)
     data_dir = resolve_data_dir(opts.get("data_dir"))
     out = Path(opts["output_dir"])
-    log = ResultLog(out / "runs.jsonl", logged_settings(opts, SETTINGS))
     runs = plan(opts)
-    missing = [r for r in runs if not log.has(KEYS, **r)]
-    todo = [] if opts["report_only"] else missing
-    progress = Progress(len(runs), len(runs) - len(todo))
-    say(f"pha: {len(runs)} runs, {len(runs) - len(missing)} already in {log.path}")
     cache: dict[str, TaskData] = {}
 
     def task_data(name: str) -> TaskData:
@@ -477,10 +472,16 @@ def run(opts: dict[str, Any]) -> int:
             cache[name] = TaskData(get_task(name), data_dir, opts.get("test_size"))
         return cache[name]
 
-    if opts.get("short_classes") == "error":  # refuse before hours of training, not at the transfer
-        for name in sorted({r["target"] for r in todo if r["phase"] == "transfer"}):
+    if opts.get("short_classes") == "error" and not opts["report_only"]:
+        # refused before anything is written or trained, not at the transfer after hours of training
+        for name in sorted({r["target"] for r in runs if r["phase"] == "transfer"}):
             for k in opts["k_shots"]:
                 task_data(name).require_k(k)
+    log = ResultLog(out / "runs.jsonl", logged_settings(opts, SETTINGS))
+    missing = [r for r in runs if not log.has(KEYS, **r)]
+    todo = [] if opts["report_only"] else missing
+    progress = Progress(len(runs), len(runs) - len(todo))
+    say(f"pha: {len(runs)} runs, {len(runs) - len(missing)} already in {log.path}")
     specs = [get_task(t) for t in opts["tasks"]]
     holdout = opts.get("holdout")
     source_tasks = [s for s in specs if s.name != holdout]
