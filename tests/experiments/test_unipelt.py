@@ -75,6 +75,24 @@ def test_unipelt_glue_table_prints_the_papers_averages_beside_ours() -> None:
     assert series == {"unipelt": ([100], [pytest.approx(60.0)])}
 
 
+def test_unipelt_per_task_series_needs_no_k_with_every_task(tmp_path) -> None:
+    """Score against K per task: a K where only some tasks ran still gives their points (the average cannot)."""
+    def row(task, k, seed, system, score, tapt=False):
+        return {"task": task, "k": k, "seed": seed, "system": system, "tapt": tapt, "test_score": score,
+                "trainable": 1, "train_seconds": 1.0}
+
+    rows = [row("sst2", 100, 1, "full", 0.7), row("sst2", 100, 2, "full", 0.8), row("stsb", 100, 1, "full", 0.5),
+            row("stsb", 1000, 1, "full", 0.84), row("stsb", 1000, 1, "full", 0.2, tapt=True),
+            row("stsb", 500, 1, "lora", None)]
+    opts = {"tasks": ["sst2", "stsb", "chemprot"], "k_shots": [1000, 100, 500], "seeds": [1, 2]}
+    series = unipelt.glue_task_series(rows, opts, ["full", "lora"])
+    assert series["sst2"] == {"full": ([100], [pytest.approx(75.0)], [pytest.approx(7.071, abs=1e-3)])}
+    assert series["stsb"] == {"full": ([100, 1000], [pytest.approx(50.0), pytest.approx(84.0)], [0.0, 0.0]),
+                              "full +TAPT": ([1000], [pytest.approx(20.0)], [0.0])}
+    assert unipelt.glue_tables(rows, opts, ["full"])[1] == {"full": ([100], [pytest.approx(60.0)])}  # seed 1 only; K=1000 lacks sst2
+    assert unipelt._glue_task_plot(tmp_path / "tasks.png", series).stat().st_size > 1000
+
+
 def test_unipelt_qa_table_shows_em_and_f1_x100_like_every_other_table() -> None:
     rows = [{"task": "xquad_en_split", "k": None, "seed": s, "system": "full", "tapt": False, "test_score": f1,
              "test": {"exact_match": em, "f1": f1}, "zero_shot": {"de": {"exact_match": 0.044, "f1": 0.119}},

@@ -458,6 +458,28 @@ def glue_tables(rows: list[dict[str, Any]], opts: dict[str, Any], systems: list[
     return text, series
 
 
+def glue_task_series(rows: list[dict[str, Any]], opts: dict[str, Any], systems: list[str]
+                     ) -> dict[str, dict[str, tuple[list[int], list[float], list[float]]]]:
+    """``{task: {system: (ks, means, stds)}}``: each GLUE task's test score x100 against K, mean ± std over the
+    seeds run at that K. Unlike the average over tasks, it needs no K to have every task done."""
+    from ..reporting import mean_std
+
+    out: dict[str, dict[str, tuple[list[int], list[float], list[float]]]] = {}
+    for task in [t for t in opts["tasks"] if part_of(t) == "glue"]:
+        mine_task = [r for r in rows if r["task"] == task and r["test_score"] is not None]
+        for system, tapt in _variants(mine_task, systems):
+            for k in sorted(int(k) for k in opts["k_shots"]):
+                scores = [100 * r["test_score"] for r in mine_task
+                          if r["k"] == k and r["system"] == system and r["tapt"] == tapt]
+                if scores:
+                    ks, means, stds = out.setdefault(task, {}).setdefault(_name(system, tapt), ([], [], []))
+                    m, s = mean_std(scores)
+                    ks.append(k)
+                    means.append(m)
+                    stds.append(s)
+    return out
+
+
 def domain_table(rows: list[dict[str, Any]], opts: dict[str, Any], systems: list[str]) -> tuple[list[str], dict]:
     """ChemProt and ACL-ARC: micro- and macro-F1 per system; and grouped-bar series of macro-F1."""
     from ..reporting import markdown_table, mean_std
@@ -563,6 +585,8 @@ def report(rows: list[dict[str, Any]], opts: dict[str, Any]) -> None:
     plots = []
     if glue_series:
         plots.append(_glue_plot(out / "unipelt_glue.png", glue_series, opts))
+    if len(opts["k_shots"]) > 1 and (task_series := glue_task_series(rows, opts, systems)):
+        plots.append(_glue_task_plot(out / "unipelt_glue_tasks.png", task_series))
     if domain_series:
         tasks = [t for t in opts["tasks"] if part_of(t) == "domain"]
         plots.append(grouped_bar_plot(out / "unipelt_domain.png", tasks, domain_series,
@@ -600,4 +624,25 @@ def _glue_plot(path: Path, series: dict[str, tuple[list[float], list[float]]], o
     ax.set_ylabel("average test score x100")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
+    return save_figure(fig, path)
+
+
+def _glue_task_plot(path: Path, series: dict[str, dict[str, tuple[list[int], list[float], list[float]]]]) -> Path:
+    """One panel per GLUE task: test score x100 against K per system (TAPT dashed), error bars = std over seeds."""
+    from ..reporting import new_figure, save_figure
+
+    fig, axes, path = new_figure(path, size=(4.2 * len(series), 4.2), panels=len(series))
+    axes = axes if len(series) > 1 else [axes]
+    names = list(dict.fromkeys(n.removesuffix(" +TAPT") for lines in series.values() for n in lines))
+    for ax, (task, lines) in zip(axes, series.items(), strict=True):
+        for name, (ks, means, stds) in lines.items():
+            system = name.removesuffix(" +TAPT")
+            ax.errorbar(ks, means, yerr=stds, fmt="--o" if name.endswith("+TAPT") else "-o", capsize=3,
+                        label=name, color=f"C{names.index(system) % 10}")
+        ax.set_xscale("log")
+        ax.set_title(f"{task}: test score x100 vs K", fontsize=10)
+        ax.set_xlabel("K (training examples)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("test score x100 (mean ± std over seeds)")
+    axes[-1].legend(fontsize=7)
     return save_figure(fig, path)
