@@ -300,3 +300,37 @@ def test_majority_breaks_a_balanced_tie_on_dev(tiny_dir) -> None:
     test_ex = [{"text": "good", "label": 1}] * 7 + [{"text": "bad", "label": 0}] * 3
     row = run_baseline("majority", AdaptedModel(hf), tok, f1_spec, (train_ex, dev_ex, test_ex), TrainConfig(max_length=8))
     assert row["test_score"] == pytest.approx(2 * 0.7 / 1.7)  # constant "yes": precision 0.7, recall 1
+
+
+def test_own_head_config_reads_the_token_the_models_own_head_reads() -> None:
+    """BERT: [CLS] through its pooler; DistilBERT (no pooler): [CLS]; decoders and T5: the last real token."""
+    from adapterkit.heads import own_head_config
+
+    expected = {"bert": "cls+pooler", "distilbert": "cls", "llama": "last", "t5": "last"}
+    for model_type, pooling in expected.items():
+        assert own_head_config(tiny_model(model_type)).pooling == pooling, model_type
+    assert resolve(HeadConfig("auto", True), tiny_model("llama"), None, "classification").pooling == "last"
+
+
+def test_a_pooled_head_on_t5_reads_the_decoder_output_t5s_own_head_reads() -> None:
+    """The pooled ``last`` head on T5 sees the decoder's output at ``</s>`` (input shifted right), exactly the vector
+    T5ForSequenceClassification classifies, and it trains (gradients reach the decoder)."""
+    model = tiny_model("t5")
+    batch = tiny_batch(batch_size=3, seq_len=8, eos_token_id=1, lengths=[8, 5, 3], num_labels=2)
+    adapted = AdaptedModel(model)
+    adapted.set_head(HeadConfig("last"))
+    adapted.eval()
+    with torch.no_grad():
+        features = adapted.pooled_features(**batch)
+        ids = batch["input_ids"]
+        out = model.transformer(input_ids=ids, attention_mask=batch["attention_mask"],
+                                decoder_input_ids=model.transformer._shift_right(ids))
+        expected = out.last_hidden_state[ids.eq(1)]
+    torch.testing.assert_close(features, expected)
+    adapted.set_train_mode("full")
+    adapted.train()
+    loss = adapted(**batch).loss
+    loss.backward()
+    assert model.transformer.decoder.block[0].layer[0].SelfAttention.q.weight.grad.abs().sum() > 0
+    with pytest.raises(ConfigError, match="cls\\+pooler: T5ForSequenceClassification has no pooler"):
+        adapted.set_head(HeadConfig("cls+pooler"))

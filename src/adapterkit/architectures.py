@@ -48,6 +48,9 @@ class ArchitectureSpec:
     """Sequence position where soft prompts go: 1 keeps a leading [CLS]/<s> first, 0 prepends."""
     prefix_supported: bool = True
     """False where the model's attention does not go through transformers' AttentionInterface."""
+    head_token: str = "cls"
+    """The token the model's own classification head reads: ``cls`` (the first) or ``last`` (the last real token:
+    decoders, and T5's decoder output at ``</s>``). Pooled heads standing in for the model's own use it."""
     aliases: tuple[str, ...] = field(default=())
 
 
@@ -157,6 +160,7 @@ for _spec in [
             (_t5_group("encoder.block", 1), _t5_group("decoder.block", 2)),
             prompt_module="encoder",
             prompt_insert_at=0,
+            head_token="last",
         ),
         ArchitectureSpec(
             "llama",
@@ -178,6 +182,7 @@ for _spec in [
                 ),
             ),
             prompt_insert_at=0,
+            head_token="last",
             aliases=("mistral", "qwen2", "qwen3", "gemma", "gemma2", "olmo", "olmo2"),
         ),
 ]:

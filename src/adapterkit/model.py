@@ -136,8 +136,6 @@ class AdaptedModel(nn.Module):
         name = type(self.model).__name__
         if self.model.base_model is self.model or not name.endswith("ForSequenceClassification"):
             raise ConfigError(f"pooling: {config.pooling!r}: needs a sequence-classification model, got {name}")
-        if getattr(cfg, "is_encoder_decoder", False):
-            raise ConfigError(f"pooling: {config.pooling!r}: encoder-decoder models keep their own head (use hf)")
         if config.pooling == "cls+pooler" and find_pooler(self.model) is None:
             raise ConfigError(f"pooling: cls+pooler: {name} has no pooler; use cls, mean or max")
         dropout = _attr(cfg, "classifier_dropout", "hidden_dropout_prob", "seq_classif_dropout", "dropout_rate")
@@ -165,7 +163,17 @@ class AdaptedModel(nn.Module):
         mask = kwargs.get("attention_mask")
         if mask is None and len(args) > 1:
             mask = args[1]
-        out = self.model.base_model(*args, **kwargs)
+        base = self.model.base_model
+        if getattr(self.model.config, "is_encoder_decoder", False) and kwargs.get("decoder_input_ids") is None \
+                and kwargs.get("decoder_inputs_embeds") is None:
+            # as T5ForSequenceClassification: the decoder reads the input shifted right, so its output at each
+            # position aligns with the encoder's input (and mask); the pooled head reads the decoder's output
+            ids = kwargs.get("input_ids", args[0] if args else None)
+            if ids is None or not hasattr(base, "_shift_right"):
+                raise ConfigError(f"pooled head on {type(self.model).__name__}: an encoder-decoder model needs "
+                                  "input_ids (to build decoder_input_ids) or decoder_input_ids")
+            kwargs = {**kwargs, "decoder_input_ids": base._shift_right(ids)}
+        out = base(*args, **kwargs)
         hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
         return hidden, mask
 

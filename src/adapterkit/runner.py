@@ -437,11 +437,11 @@ def run_baseline(method: str, adapted: Any, tokenizer: Any, spec: Any, data: tup
     total = adapted.count_parameters()["total"]
     length, batch, precision = config.max_length, config.eval_batch_size, config.precision
     if method == "probe":
-        from .heads import HeadConfig, find_pooler
+        from .heads import own_head_config
         from .training import compute_device, example_features, probe_fit
 
         if adapted.pooled_head is None:  # the model's own head: probe the features it sees ([CLS] via the pooler)
-            adapted.set_head(HeadConfig("cls+pooler" if find_pooler(adapted.model) is not None else "cls"))
+            adapted.set_head(own_head_config(adapted.model))
         device = compute_device(getattr(config, "use_cpu", False))  # where training would run (a GPU if present)
         fit = probe_fit(adapted, tokenizer, spec, train_ex, dev_ex, length, batch, precision, device)
 

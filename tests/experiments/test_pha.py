@@ -63,6 +63,25 @@ def test_pha_generated_systems_and_transfer(tmp_path, data_dir) -> None:
     assert (out / "pha_transfer_rte.png").stat().st_size > 1000
 
 
+def test_pha_experiment_runs_on_t5_the_papers_backbone(tmp_path, data_dir) -> None:
+    """On an encoder-decoder model the task heads read the decoder's last real token (as T5's own head does):
+    the grid, the probe and the few-shot transfer run; PHA's decoder adapters are generated."""
+    model = save_tiny_model(tmp_path / "tiny-t5", "t5", head="base")
+    out = tmp_path / "out"
+    argv = ["experiment", "pha", "--model", str(model), "--data-dir", str(data_dir), "--output-dir", str(out),
+            "--tasks", "sst2,stsb", "--sizes", "16", "--seeds", "3", "--epochs", "1", "--dev-size", "8",
+            "--test-size", "12", "--max-length", "16", "--systems", "majority,probe,pfeiffer,pha", "--holdout", "rte",
+            "--transfer-tasks", "", "--k-shots", "4", "--transfer-epochs", "1", "--progress", "none",
+            "--pha-config", '{"bottleneck_size": 8}']
+    assert main(argv) == 0
+    rows = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+    grid = {r["system"]: r for r in rows if r["phase"] == "grid"}
+    assert set(grid) == {"majority", "probe", "pfeiffer", "pha"}
+    assert all(r["test_score"] is not None for r in grid.values())
+    transfer = {r["system"] for r in rows if r["phase"] == "transfer"}
+    assert {"pha", "pha+hyper", "probe"} <= transfer
+
+
 def test_pha_options_are_checked() -> None:
     assert pha.learning_rates({"lrs": "pha=3e-3"})["pha"] == 3e-3
     with pytest.raises(ConfigError, match="lrs: 'bogus'"):

@@ -206,13 +206,13 @@ GLUE_TASKS = ("sst2", "cola", "mrpc", "stsb", "rte", "qnli", "mnli", "qqp")
 def _model(spec: Any, opts: dict[str, Any]) -> tuple[Any, Any]:
     """The model with ``spec``'s head pooled as ``--pooling`` says; the model's own head (``hf``) becomes [CLS] through
     the pooler, as the multi-task heads do, so that every system has the same kind of head (and LP-FT works)."""
-    from ..heads import HeadConfig, find_pooler
+    from ..heads import own_head_config
     from ..runner import load_model
     from .common import head_of
 
     adapted, tokenizer = load_model(spec, opts.get("model"), head_of(opts))
     if adapted.pooled_head is None and spec.kind in ("classification", "regression"):
-        adapted.set_head(HeadConfig("cls+pooler" if find_pooler(adapted.model) is not None else "cls"))
+        adapted.set_head(own_head_config(adapted.model))
     return adapted, tokenizer
 
 

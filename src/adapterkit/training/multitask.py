@@ -282,11 +282,11 @@ class MultiTaskHead(nn.Module):
 def add_task_heads(adapted: Any, spec: MultiTaskSpec, sharing: str = "per_task") -> MultiTaskHead:
     """Give ``adapted`` a :class:`MultiTaskHead` for ``spec``'s tasks, pooled as its current head (the model's own
     ``hf`` head becomes [CLS] through the pooler where there is one); it replaces the single-task head."""
-    from ..heads import HeadConfig, find_pooler
+    from ..heads import own_head_config
 
     config = adapted.head_config
     if config.pooling == "hf":
-        config = HeadConfig("cls+pooler" if find_pooler(adapted.model) is not None else "cls")
+        config = own_head_config(adapted.model)
     adapted.set_head(config)  # the pooled-head bookkeeping (pooler parameters for cls+pooler, train mode)
     cfg = adapted.model.config
     dropout = getattr(cfg, "classifier_dropout", None) or getattr(cfg, "hidden_dropout_prob", None) or 0.1
