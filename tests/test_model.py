@@ -401,3 +401,29 @@ def test_switching_touches_only_the_adapters_involved(model: AdaptedModel, monke
     model.set_train_mode(model.train_mode)  # the full recompute
     assert trainable == {n for n, p in model.named_parameters() if p.requires_grad}
     assert any(".a5." in n for n in trainable) and not any(".a3." in n or ".late." in n for n in trainable)
+
+
+def test_t5s_own_head_needs_a_tokenizer_that_ends_texts_with_eos(tmp_path) -> None:
+    """T5ForSequenceClassification reads the </s> token: a tokenizer without it is refused at load, naming the
+    tokenizer, instead of failing inside transformers mid-run; a pooled head (last token) does not need it."""
+    from adapterkit.model import load_base_model
+    from adapterkit.testing import save_tiny_model
+
+    path = save_tiny_model(tmp_path / "t5", "t5", head="base")  # a whole-word BERT tokenizer: no </s>
+    with pytest.raises(ConfigError, match=f"tokenizer: {path}: T5ForSequenceClassification's own head reads the </s>"):
+        load_base_model(str(path), "classification", 2)
+    model, _ = load_base_model(str(path), "classification", 2, pooling="last")
+    assert model.adapterkit_head.pooling == "last"
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    words = Tokenizer(models.WordLevel({"<pad>": 0, "</s>": 1, "<unk>": 2, "a": 3, "b": 4}, unk_token="<unk>"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    words.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
+                                                         special_tokens=[("</s>", 1)])
+    PreTrainedTokenizerFast(tokenizer_object=words, eos_token="</s>", pad_token="<pad>",
+                            unk_token="<unk>").save_pretrained(path)  # T5-style: each text ends with </s>
+    model, tokenizer = load_base_model(str(path), "classification", 2)
+    assert model.adapterkit_head.pooling == "hf"
+    batch = tokenizer(["a b", "b"], ["a", "a b a"], padding=True, return_tensors="pt")
+    assert torch.isfinite(AdaptedModel(model)(**batch, labels=torch.tensor([0, 1])).loss)

@@ -919,4 +919,20 @@ def load_base_model(name_or_path: str | None = None, kind: str = "classification
     if getattr(model.config, "pad_token_id", None) is None and tokenizer.pad_token_id is not None:
         model.config.pad_token_id = tokenizer.pad_token_id
     model.adapterkit_head = heads.resolve(requested, model, path, kind, (info or {}).get("missing_keys", ()))
+    _check_own_head_tokens(model, tokenizer, path)
     return model, tokenizer
+
+
+def _check_own_head_tokens(model: Any, tokenizer: Any, path: Any) -> None:
+    """An encoder-decoder model's own classification head (T5) reads the token at ``</s>``: a tokenizer that does
+    not end every input with ``eos_token_id`` would fail inside transformers mid-run; refuse it at load."""
+    cfg = model.config
+    if model.adapterkit_head.pooling != "hf" or not getattr(cfg, "is_encoder_decoder", False) \
+            or not type(model).__name__.endswith("ForSequenceClassification"):
+        return
+    eos = getattr(cfg, "eos_token_id", None)
+    ids = tokenizer("a b", "c")["input_ids"]
+    if eos is None or not ids or ids[-1] != eos or ids.count(eos) != tokenizer("a b")["input_ids"].count(eos) + 1:
+        raise ConfigError(f"tokenizer: {path}: {type(model).__name__}'s own head reads the </s> token "
+                          f"(eos_token_id {eos}), but this tokenizer does not end each text with it (a pair gives "
+                          f"{ids}); use the model's own tokenizer, or a pooled head (pooling: last)")
