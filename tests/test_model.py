@@ -404,16 +404,19 @@ def test_switching_touches_only_the_adapters_involved(model: AdaptedModel, monke
 
 
 def test_t5s_own_head_needs_a_tokenizer_that_ends_texts_with_eos(tmp_path) -> None:
-    """T5ForSequenceClassification reads the </s> token: a tokenizer without it is refused at load, naming the
-    tokenizer, instead of failing inside transformers mid-run; a pooled head (last token) does not need it."""
+    """T5ForSequenceClassification reads the </s> token: inputs from a tokenizer without it are refused, naming the
+    model's tokenizer, instead of failing inside transformers; a pooled head (last token) does not need it."""
     from adapterkit.model import load_base_model
     from adapterkit.testing import save_tiny_model
 
     path = save_tiny_model(tmp_path / "t5", "t5", head="base")  # a whole-word BERT tokenizer: no </s>
-    with pytest.raises(ConfigError, match=f"tokenizer: {path}: T5ForSequenceClassification's own head reads the </s>"):
-        load_base_model(str(path), "classification", 2)
+    model, tokenizer = load_base_model(str(path), "classification", 2)
+    batch = tokenizer(["the movie was good", "bad"], padding=True, return_tensors="pt")
+    with pytest.raises(ConfigError, match=f"eos_token: the tokenizer of {path} does not end each text with </s>"):
+        AdaptedModel(model)(**batch)
     model, _ = load_base_model(str(path), "classification", 2, pooling="last")
     assert model.adapterkit_head.pooling == "last"
+    assert AdaptedModel(model)(**batch).logits.shape == (2, 2)
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 

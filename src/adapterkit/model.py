@@ -715,11 +715,28 @@ class AdaptedModel(nn.Module):
             extras[ROUTING] = routing
         with forward_context(attention_mask=kwargs.get("attention_mask"), **extras) as ctx:
             before = len(ctx.records.get("aux_loss", ()))
+            if self.pooled_head is None:
+                self._check_own_head_tokens(kwargs.get("input_ids", args[0] if args else None))
             out = self.model(*args, **kwargs) if self.pooled_head is None else self._pooled_forward(args, kwargs)
             recorded = ctx.records.get("aux_loss", [])[before:]
         if routing is not None:
             out = routing.restore(out)
         return with_aux_losses(out, recorded) if recorded else out
+
+    def _check_own_head_tokens(self, input_ids: Any) -> None:
+        """An encoder-decoder model's own classification head (T5) reads the ``</s>`` token: inputs that do not all
+        hold it equally often would fail inside transformers; refuse them naming the tokenizer's model and field."""
+        cfg = self.model.config
+        if not (getattr(cfg, "is_encoder_decoder", False) and isinstance(input_ids, torch.Tensor)
+                and type(self.model).__name__.endswith("ForSequenceClassification")):
+            return
+        eos = getattr(cfg, "eos_token_id", None)
+        counts = input_ids.eq(-1 if eos is None else eos).sum(-1)
+        if eos is None or int(counts.min()) == 0 or bool((counts != counts[0]).any()):
+            raise ConfigError(f"eos_token: the tokenizer of {getattr(cfg, '_name_or_path', '') or 'this model'} does "
+                              f"not end each text with </s> (eos_token_id {eos}; per-row counts {counts.tolist()}), "
+                              f"which {type(self.model).__name__}'s own head reads; use the model's own tokenizer, "
+                              "or a pooled head (pooling: last)")
 
     def _pooled_forward(self, args: tuple, kwargs: dict[str, Any]) -> Any:
         from transformers.modeling_outputs import SequenceClassifierOutput
@@ -919,20 +936,5 @@ def load_base_model(name_or_path: str | None = None, kind: str = "classification
     if getattr(model.config, "pad_token_id", None) is None and tokenizer.pad_token_id is not None:
         model.config.pad_token_id = tokenizer.pad_token_id
     model.adapterkit_head = heads.resolve(requested, model, path, kind, (info or {}).get("missing_keys", ()))
-    _check_own_head_tokens(model, tokenizer, path)
     return model, tokenizer
 
-
-def _check_own_head_tokens(model: Any, tokenizer: Any, path: Any) -> None:
-    """An encoder-decoder model's own classification head (T5) reads the token at ``</s>``: a tokenizer that does
-    not end every input with ``eos_token_id`` would fail inside transformers mid-run; refuse it at load."""
-    cfg = model.config
-    if model.adapterkit_head.pooling != "hf" or not getattr(cfg, "is_encoder_decoder", False) \
-            or not type(model).__name__.endswith("ForSequenceClassification"):
-        return
-    eos = getattr(cfg, "eos_token_id", None)
-    ids = tokenizer("a b", "c")["input_ids"]
-    if eos is None or not ids or ids[-1] != eos or ids.count(eos) != tokenizer("a b")["input_ids"].count(eos) + 1:
-        raise ConfigError(f"tokenizer: {path}: {type(model).__name__}'s own head reads the </s> token "
-                          f"(eos_token_id {eos}), but this tokenizer does not end each text with it (a pair gives "
-                          f"{ids}); use the model's own tokenizer, or a pooled head (pooling: last)")
