@@ -39,15 +39,19 @@ def test_pha_grid_runs_every_system_and_resumes(tmp_path, data_dir, capsys: pyte
     assert "10 already in" in capsys.readouterr().out
 
 
+def _grid_and_transfer_argv(model, data_dir, out, systems: str) -> list[str]:
+    """A one-size grid of ``systems`` on SST-2 and STS-B, then 4-shot transfer to the held-out RTE."""
+    return ["experiment", "pha", "--model", str(model), "--data-dir", str(data_dir), "--output-dir", str(out),
+            "--tasks", "sst2,stsb", "--sizes", "16", "--seeds", "3", "--epochs", "1", "--dev-size", "8",
+            "--test-size", "20", "--max-length", "16", "--systems", systems, "--holdout", "rte",
+            "--transfer-tasks", "", "--k-shots", "4", "--transfer-epochs", "1", "--progress", "none",
+            "--pha-config", '{"bottleneck_size": 8}']
+
+
 def test_pha_generated_systems_and_transfer(tmp_path, data_dir) -> None:
     model = save_tiny_model(tmp_path / "tiny-bert", head="base")
     out = tmp_path / "out"
-    argv = ["experiment", "pha", "--model", str(model), "--data-dir", str(data_dir), "--output-dir", str(out),
-            "--tasks", "sst2,stsb", "--sizes", "16", "--seeds", "3", "--epochs", "1", "--dev-size", "8",
-            "--test-size", "20", "--max-length", "16", "--systems", "hyperformer,pha", "--holdout", "rte",
-            "--transfer-tasks", "", "--k-shots", "4", "--transfer-epochs", "1", "--progress", "none",
-            "--pha-config", '{"bottleneck_size": 8}']
-    assert main(argv) == 0
+    assert main(_grid_and_transfer_argv(model, data_dir, out, "hyperformer,pha")) == 0
     rows = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
     grid = {r["system"]: r for r in rows if r["phase"] == "grid"}
     assert set(grid) == {"hyperformer", "pha"} and all(set(r["scores"]) == {"sst2", "stsb"} for r in grid.values())
@@ -68,12 +72,7 @@ def test_pha_experiment_runs_on_t5_the_papers_backbone(tmp_path, data_dir) -> No
     the grid, the probe and the few-shot transfer run; PHA's decoder adapters are generated."""
     model = save_tiny_model(tmp_path / "tiny-t5", "t5", head="base")
     out = tmp_path / "out"
-    argv = ["experiment", "pha", "--model", str(model), "--data-dir", str(data_dir), "--output-dir", str(out),
-            "--tasks", "sst2,stsb", "--sizes", "16", "--seeds", "3", "--epochs", "1", "--dev-size", "8",
-            "--test-size", "12", "--max-length", "16", "--systems", "majority,probe,pfeiffer,pha", "--holdout", "rte",
-            "--transfer-tasks", "", "--k-shots", "4", "--transfer-epochs", "1", "--progress", "none",
-            "--pha-config", '{"bottleneck_size": 8}']
-    assert main(argv) == 0
+    assert main(_grid_and_transfer_argv(model, data_dir, out, "majority,probe,pfeiffer,pha")) == 0
     rows = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
     grid = {r["system"]: r for r in rows if r["phase"] == "grid"}
     assert set(grid) == {"majority", "probe", "pfeiffer", "pha"}
