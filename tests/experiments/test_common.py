@@ -10,6 +10,7 @@ from adapterkit.errors import ConfigError
 from adapterkit.experiments.common import (
     TRIVIAL_NOTE,
     ResultLog,
+    check_systems,
     probe_score,
     series_for_plot,
     summarize,
@@ -33,6 +34,22 @@ def test_result_log_appends_resumes_and_drops_a_cut_last_line(tmp_path) -> None:
     (tmp_path / "bad.jsonl").write_text('{"x": 1}\nnot json\n{"x": 2}\n')
     with pytest.raises(ConfigError, match="bad.jsonl: line 2"):
         ResultLog(tmp_path / "bad.jsonl")
+
+
+def test_pending_runs_skip_the_logged_ones_and_report_only_runs_none(tmp_path, capsys) -> None:
+    log = ResultLog(tmp_path / "runs.jsonl")
+    log.add({"task": "t", "seed": 1, "system": "a", "test_score": 0.5})
+    plan = [("t", 1, "a"), ("t", 1, "b"), ("t", 2, "a")]
+    todo, progress = log.pending(KEYS, plan, "demo", detail="; zoo z")
+    assert todo == plan[1:] and (progress.total, progress.done) == (3, 1)
+    assert "demo: 3 runs, 1 already in" in capsys.readouterr().out
+    as_dicts = [dict(zip(KEYS, p, strict=True)) for p in plan]
+    assert log.pending(KEYS, as_dicts, "demo")[0] == as_dicts[1:]
+    todo, progress = log.pending(KEYS, plan, "demo", report_only=True)
+    assert todo == [] and progress.done == 3
+    check_systems(["a"], ("a", "b"))
+    with pytest.raises(ConfigError, match="systems: unknown system 'c'; known: \\['a', 'b'\\]"):
+        check_systems(["a", "c"], ("a", "b"))
 
 
 def test_probe_score_separates_separable_features() -> None:

@@ -20,7 +20,7 @@ from typing import Any
 
 from ..config import opt
 from ..errors import ConfigError
-from .common import option_groups
+from .common import check_systems, option_groups
 
 DESCRIPTION = "Adaptable adapters: rational activations + layer switch vs standard adapters and AdapterDrop"
 SYSTEMS = ("majority", "probe", "head", "pfeiffer", "adapterdrop", "aa", "aa-focused")
@@ -94,7 +94,7 @@ def run(opts: dict[str, Any]) -> int:
     """Run the comparison (resumable), then write results.md, results.json and the plots."""
     from transformers import set_seed
 
-    from ..console import Progress, say
+    from ..console import say
     from ..data.tasks import get_task, resolve_data_dir
     from ..methods.adaptable import selection_record, switched_modules, write_selection
     from ..runner import load_model
@@ -108,9 +108,7 @@ def run(opts: dict[str, Any]) -> int:
         run_cell,
     )
 
-    unknown = [s for s in opts["systems"] if s not in SYSTEMS]
-    if unknown:
-        raise ConfigError(f"systems: unknown system {unknown[0]!r}; known: {list(SYSTEMS)}")
+    check_systems(opts["systems"], SYSTEMS)
     if opts["cache_frozen_layers"] and opts["backbone_dropout"]:
         raise ConfigError("cache_frozen_layers: needs --backbone-dropout false (cached layers must be deterministic)")
     data_dir = resolve_data_dir(opts.get("data_dir"))
@@ -119,12 +117,7 @@ def run(opts: dict[str, Any]) -> int:
     order = [s for s in SYSTEMS if s in opts["systems"]]  # AA before AA-focused
     # seeds outermost: an experiment stopped early (or extended with more seeds later) has whole seeds
     plan = [(t, n, s, sys) for s in opts["seeds"] for t in opts["tasks"] for n in opts["sizes"] for sys in order]
-    todo = [p for p in plan if not log.has(KEYS, **dict(zip(KEYS, p, strict=True)))]
-    logged = len(plan) - len(todo)
-    if opts["report_only"]:
-        todo = []
-    progress = Progress(len(plan), len(plan) - len(todo))
-    say(f"adaptable: {len(plan)} runs, {logged} already in {log.path}")
+    todo, progress = log.pending(KEYS, plan, "adaptable", opts["report_only"])
     data_cache: dict[tuple, tuple] = {}
     for task, size, seed, system in todo:
         spec = get_task(task)

@@ -85,6 +85,13 @@ def baseline_row(system: str, adapted: Any, tokenizer: Any, spec: Any, data: tup
     raise ConfigError(f"systems: {system!r}: not a baseline system; baselines: {list(BASELINE_SYSTEMS)}")
 
 
+def check_systems(systems: Sequence[str], known: Sequence[str]) -> None:
+    """Refuse a system name the experiment does not have, naming the known ones."""
+    unknown = [s for s in systems if s not in known]
+    if unknown:
+        raise ConfigError(f"systems: unknown system {unknown[0]!r}; known: {list(known)}")
+
+
 def logged_settings(opts: dict[str, Any], names: Sequence[str]) -> dict[str, Any]:
     """The options ``names`` as a result log records them (``learning_rate`` under its earlier name ``lr``,
     so that logs written before keep resuming), and the options every experiment's protocol has
@@ -173,6 +180,21 @@ class ResultLog:
     def has(self, fields: Sequence[str], **values: Any) -> bool:
         want = tuple(values[f] for f in fields)
         return any(self.key(r, fields) == want for r in self.rows)
+
+    def pending(self, fields: Sequence[str], plan: Sequence[Any], experiment: str, report_only: bool = False,
+                detail: str = "") -> tuple[list[Any], Any]:
+        """The runs of ``plan`` not logged yet (none under ``report_only``) and a Progress over the whole plan; says
+        how many are logged. A run is a tuple of ``fields``' values, or a dict of them."""
+        from ..console import Progress, say
+
+        def values(run: Any) -> dict[str, Any]:
+            return run if isinstance(run, dict) else dict(zip(fields, run, strict=True))
+
+        missing = [run for run in plan if not self.has(fields, **values(run))]
+        todo = [] if report_only else missing
+        progress = Progress(len(plan), len(plan) - len(todo))
+        say(f"{experiment}: {len(plan)} runs, {len(plan) - len(missing)} already in {self.path}{detail}")
+        return todo, progress
 
     def add(self, row: dict[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -24,8 +24,8 @@ from typing import Any, Literal
 
 from ..config import opt
 from ..errors import ConfigError
+from .common import check_systems, option_groups
 from .common import learning_rates as common_learning_rates
-from .common import option_groups
 
 DESCRIPTION = "Few-shot heads: majority, linear probe, head, adapters and full fine-tuning, old vs new pooling"
 SYSTEMS = ("majority", "probe", "head", "pfeiffer", "lora", "prompt", "full")
@@ -85,7 +85,6 @@ def split(spec: Any, data_dir: Any, k: int, seed: int, test_size: int | None,
 
 def run(opts: dict[str, Any]) -> int:
     """Run the grid (resumable), then write results.md, results.json and the plots."""
-    from ..console import Progress, say
     from ..data.tasks import get_task, resolve_data_dir
     from ..heads import REQUESTS, HeadConfig
     from ..options import DataOptions, ModelOptions, build
@@ -93,9 +92,7 @@ def run(opts: dict[str, Any]) -> int:
     from ..training import TrainConfig
     from .common import ResultLog, logged_settings
 
-    unknown = [s for s in opts["systems"] if s not in SYSTEMS]
-    if unknown:
-        raise ConfigError(f"systems: unknown system {unknown[0]!r}; known: {list(SYSTEMS)}")
+    check_systems(opts["systems"], SYSTEMS)
     bad = [p for p in opts["poolings"] if p not in REQUESTS]
     if bad:
         raise ConfigError(f"poolings: {bad[0]!r}: use any of {list(REQUESTS)}")
@@ -106,12 +103,7 @@ def run(opts: dict[str, Any]) -> int:
     # seeds outermost: an experiment stopped early has whole seeds; cheap baselines first within a cell
     plan = [(t, k, s, p, sys) for s in opts["seeds"] for t in opts["tasks"] for k in opts["k_shots"]
             for p in opts["poolings"] for sys in SYSTEMS if sys in opts["systems"]]
-    todo = [p for p in plan if not log.has(KEYS, **dict(zip(KEYS, p, strict=True)))]
-    logged = len(plan) - len(todo)
-    if opts["report_only"]:
-        todo = []
-    progress = Progress(len(plan), len(plan) - len(todo))
-    say(f"fewshot: {len(plan)} runs, {logged} already in {log.path}")
+    todo, progress = log.pending(KEYS, plan, "fewshot", opts["report_only"])
     data_cache: dict[tuple, tuple] = {}
     for task, k, seed, pooling, system in todo:
         spec = get_task(task)

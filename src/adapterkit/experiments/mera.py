@@ -22,7 +22,7 @@ from typing import Any
 
 from ..config import opt
 from ..errors import ConfigError
-from .common import option_groups
+from .common import check_systems, option_groups
 
 DESCRIPTION = "MerA: merged pretrained adapters vs single adapters, AdapterFusion and full fine-tuning (few-shot)"
 MERGE_SYSTEMS = {"mera-avg": "average", "mera-ot-w": "ot_weights", "mera-ot-act": "ot_activations"}
@@ -155,7 +155,7 @@ def run(opts: dict[str, Any]) -> int:
     """Run the comparison (resumable), then write results.md, results.json and mera.png."""
     from transformers import set_seed
 
-    from ..console import Progress, say
+    from ..console import say
     from ..data.tasks import get_task, resolve_data_dir
     from ..runner import load_model, split_data
     from ..zoo import TASK_TRACKS, read_zoo, select
@@ -169,9 +169,7 @@ def run(opts: dict[str, Any]) -> int:
         run_cell,
     )
 
-    unknown = [s for s in opts["systems"] if s not in SYSTEMS]
-    if unknown:
-        raise ConfigError(f"systems: unknown system {unknown[0]!r}; known: {list(SYSTEMS)}")
+    check_systems(opts["systems"], SYSTEMS)
     entries = read_zoo(opts["zoo_dir"])
     if not entries:
         raise ConfigError(f"{opts['zoo_dir']}: zoo_dir: no zoo.json; build the zoo first with `adapterkit zoo build`")
@@ -180,13 +178,8 @@ def run(opts: dict[str, Any]) -> int:
     log = ResultLog(out / "runs.jsonl", logged_settings(opts, SETTINGS), legacy=LEGACY_SETTINGS)
     # seeds outermost: an experiment stopped early (or extended with more seeds later) has whole seeds
     plan = [(t, k, s, sys) for s in opts["seeds"] for t in opts["tasks"] for k in opts["k_shots"] for sys in opts["systems"]]
-    todo = [p for p in plan if not log.has(KEYS, **dict(zip(KEYS, p, strict=True)))]
-    logged = len(plan) - len(todo)
-    if opts["report_only"]:
-        todo = []
-    progress = Progress(len(plan), len(plan) - len(todo))
-    say(f"mera: {len(plan)} runs, {logged} already in {log.path}; zoo {opts['zoo_dir']} "
-         f"({len(entries)} adapters)")
+    todo, progress = log.pending(KEYS, plan, "mera", opts["report_only"],
+                                 f"; zoo {opts['zoo_dir']} ({len(entries)} adapters)")
 
     def new_model(spec: Any) -> tuple[Any, Any]:
         return load_model(spec, opts.get("model"), head_of(opts))

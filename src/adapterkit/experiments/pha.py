@@ -456,7 +456,7 @@ def check(opts: dict[str, Any]) -> None:
 
 def run(opts: dict[str, Any]) -> int:
     """Run the grid and the transfer (resumable), then write results.md, results.json and the plots."""
-    from ..console import Progress, say
+    from ..console import say
     from ..data.tasks import get_task, resolve_data_dir
     from .common import ResultLog, logged_settings
 
@@ -478,10 +478,7 @@ def run(opts: dict[str, Any]) -> int:
             for k in opts["k_shots"]:
                 task_data(name).require_k(k)
     log = ResultLog(out / "runs.jsonl", logged_settings(opts, SETTINGS))
-    missing = [r for r in runs if not log.has(KEYS, **r)]
-    todo = [] if opts["report_only"] else missing
-    progress = Progress(len(runs), len(runs) - len(todo))
-    say(f"pha: {len(runs)} runs, {len(runs) - len(missing)} already in {log.path}")
+    todo, progress = log.pending(KEYS, runs, "pha", opts["report_only"])
     specs = [get_task(t) for t in opts["tasks"]]
     holdout = opts.get("holdout")
     source_tasks = [s for s in specs if s.name != holdout]

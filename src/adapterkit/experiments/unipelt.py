@@ -33,8 +33,8 @@ from typing import Any, Literal
 
 from ..config import opt
 from ..errors import ConfigError
+from .common import check_systems, option_groups
 from .common import learning_rates as common_learning_rates
-from .common import option_groups
 
 DESCRIPTION = "UniPELT vs adapter, prefix, LoRA, prompt and full fine-tuning, each with and without TAPT"
 BASELINES = ("majority", "probe")
@@ -160,9 +160,7 @@ def tapt_modes(opts: dict[str, Any]) -> list[bool]:
 
 
 def _check(opts: dict[str, Any]) -> None:
-    bad = [s for s in opts["systems"] if s not in SYSTEMS]
-    if bad:
-        raise ConfigError(f"systems: unknown system {bad[0]!r}; known: {list(SYSTEMS)}")
+    check_systems(opts["systems"], SYSTEMS)
     if not opts["tasks"]:
         raise ConfigError("tasks: none given")
     for task in opts["tasks"]:
@@ -331,7 +329,6 @@ def run_one(task: str, spec: Any, system: str, tapt_dir: str | None, data: tuple
 
 def run(opts: dict[str, Any]) -> int:
     """Run the grid (resumable), then write results.md, results.json and the plots."""
-    from ..console import Progress, say
     from ..data.tasks import get_task, resolve_data_dir
     from .common import ResultLog, logged_settings
 
@@ -354,12 +351,7 @@ def run(opts: dict[str, Any]) -> int:
             for k in ks:
                 for tapt in tapt_modes(opts):
                     plan += [(task, k, seed, s, tapt) for s in systems if not (tapt and s in BASELINES)]
-    todo = [p for p in plan if not log.has(KEYS, **dict(zip(KEYS, p, strict=True)))]
-    logged = len(plan) - len(todo)
-    if opts["report_only"]:
-        todo = []
-    progress = Progress(len(plan), len(plan) - len(todo))
-    say(f"unipelt: {len(plan)} runs, {logged} already in {log.path}")
+    todo, progress = log.pending(KEYS, plan, "unipelt", opts["report_only"])
     cache: dict[tuple, tuple] = {}
     zero_shot = zero_shot_sets(opts["zero_shot_languages"], data_dir) if todo and any(
         part_of(t) == "qa" for t, *_ in todo) else {}
