@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import random
+import warnings
 from pathlib import Path
 
 import pytest
@@ -404,14 +405,29 @@ def test_regression_bias_starts_at_the_training_labels_mean(tmp_path: Path, tok)
         adapted = AdaptedModel(tiny_model("bert", head="regression", vocab_size=len(SPECIAL_TOKENS) + len(WORDS)))
         adapted.set_head(HeadConfig("mean"))
         adapted.add_adapter("a", PfeifferConfig(reduction_factor=4))
-        train(adapted, tok, spec, train_ex, None, config(tmp_path / mode, epochs=1, regression_bias=mode),
-              callbacks=[FirstStep()])
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            train(adapted, tok, spec, train_ex, None, config(tmp_path / mode, epochs=1, regression_bias=mode),
+                  callbacks=[FirstStep()])
         assert seen["bias"] == pytest.approx(expected)
+        zero_start = [w for w in caught if "the head starts at 0 but the training labels' mean is 2.75" in str(w.message)]
+        assert len(zero_start) == (mode == "zero")  # labels 2.0-3.5 are > 1 std from 0: the trap is named
     own_head = AdaptedModel(tiny_model("bert", head="regression", vocab_size=len(SPECIAL_TOKENS) + len(WORDS)))
     with pytest.raises(ConfigError, match="regression_bias: 'mean' needs a pooled head"):
         init_regression_bias(own_head, train_ex)
     with pytest.raises(ConfigError, match="regression_bias"):
         TrainConfig(output_dir=str(tmp_path), regression_bias="median")
+
+
+def test_zero_start_warning_only_where_labels_sit_away_from_zero() -> None:
+    from adapterkit.training.probing import warn_zero_start
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_zero_start([{"label": v} for v in (-1.0, 0.5, 1.0, -0.2)], pooled=True)  # mean within one std of 0
+        warn_zero_start([{"label": 3.0}], pooled=True)  # one label: no spread to compare with
+    with pytest.warns(RuntimeWarning, match="consider a pooled head .* with --regression-bias mean"):
+        warn_zero_start([{"label": v} for v in (4.0, 5.0, 4.5)], pooled=False)  # the model's own head
 
 
 def test_close_distributed_destroys_the_process_group_once(tmp_path: Path) -> None:

@@ -323,6 +323,10 @@ def train(adapted: Any, tokenizer: Any, spec: Any, train_examples: Sequence[Exam
             return spec.compute_metrics(logits, pred.label_ids)
         return compute_metrics(spec, logits, pred.label_ids)
 
+    if spec.kind == "regression" and config.regression_bias == "zero" and not config.lp_init:
+        from .probing import warn_zero_start
+
+        warn_zero_start(train_examples, adapted.pooled_head is not None)
     if spec.kind == "regression" and config.regression_bias == "mean" and not config.lp_init:
         from .probing import init_regression_bias
 
