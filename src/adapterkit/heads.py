@@ -158,9 +158,8 @@ def resolve(config: HeadConfig, model: nn.Module, model_dir: str | Path | None, 
         if requested not in ("auto", "hf"):
             raise ConfigError(f"pooling: {requested!r}: QA (token-level) heads keep the model's own head; use auto or hf")
         return HeadConfig("hf", False)
-    own_token = "last" if own_head_config(model).pooling == "last" else "cls"
     if getattr(model.config, "is_encoder_decoder", False) and requested in ("auto", "sentence-transformers"):
-        return HeadConfig("hf", False) if not config.normalize else HeadConfig(own_token, True)
+        return HeadConfig("hf", False) if not config.normalize else HeadConfig(head_token(model), True)
     if requested in ("auto", "sentence-transformers"):
         st = sentence_transformers_pooling(model_dir)
         if st is not None:
@@ -169,7 +168,7 @@ def resolve(config: HeadConfig, model: nn.Module, model_dir: str | Path | None, 
             raise ConfigError(f"pooling: sentence-transformers: {model_dir}: no modules.json or 1_Pooling/config.json")
         if any(".pooler." in k or k.startswith("pooler.") for k in missing_keys):
             return HeadConfig("mean", config.normalize)
-        return HeadConfig("hf", False) if not config.normalize else HeadConfig(own_token, True)
+        return HeadConfig("hf", False) if not config.normalize else HeadConfig(head_token(model), True)
     if requested == "cls+pooler" and find_pooler(model) is None:
         raise ConfigError(f"pooling: cls+pooler: {type(model).__name__} has no pooler; use cls, mean or max")
     return HeadConfig(requested, config.normalize)
@@ -192,17 +191,20 @@ def find_pooler(model: nn.Module) -> nn.Module | None:
     return pooler if isinstance(pooler, nn.Module) else None
 
 
-def own_head_config(model: nn.Module) -> HeadConfig:
-    """The pooled head that reads what the model's own (``hf``) head reads: [CLS] through the pooler where the
-    backbone has one, else the token of the architecture's ``head_token`` (the first; decoders and T5: the last
-    real token). Multi-task heads, probes and LP-FT use it where the model's own head cannot serve."""
+def head_token(model: nn.Module) -> str:
+    """The pooling of the token the model's own head reads: the site table's ``head_token`` (``cls`` for encoders
+    and unknown types; ``last`` for decoders and T5)."""
     from .architectures import ARCHITECTURES
 
-    if find_pooler(model) is not None:
-        return HeadConfig("cls+pooler")
     model_type = getattr(model.config, "model_type", "")
-    token = ARCHITECTURES[model_type].head_token if model_type in ARCHITECTURES else "cls"
-    return HeadConfig("last" if token == "last" else "cls")
+    return ARCHITECTURES[model_type].head_token if model_type in ARCHITECTURES else "cls"
+
+
+def own_head_config(model: nn.Module) -> HeadConfig:
+    """The pooled head that reads what the model's own (``hf``) head reads: [CLS] through the pooler where the
+    backbone has one, else :func:`head_token`. Multi-task heads, probes and LP-FT use it where the model's own
+    head cannot serve."""
+    return HeadConfig("cls+pooler" if find_pooler(model) is not None else head_token(model))
 
 
 def pooler_with(pooler: nn.Module | None, head_tensors: dict[str, torch.Tensor]) -> Any:

@@ -732,7 +732,7 @@ class AdaptedModel(nn.Module):
             return
         eos = getattr(cfg, "eos_token_id", None)
         counts = input_ids.eq(-1 if eos is None else eos).sum(-1)
-        if eos is None or int(counts.min()) == 0 or bool((counts != counts[0]).any()):
+        if eos is None or bool(((counts == 0) | (counts != counts[0])).any()):  # one device sync per forward
             raise ConfigError(f"eos_token: the tokenizer of {getattr(cfg, '_name_or_path', '') or 'this model'} does "
                               f"not end each text with </s> (eos_token_id {eos}; per-row counts {counts.tolist()}), "
                               f"which {type(self.model).__name__}'s own head reads; use the model's own tokenizer, "
@@ -937,4 +937,3 @@ def load_base_model(name_or_path: str | None = None, kind: str = "classification
         model.config.pad_token_id = tokenizer.pad_token_id
     model.adapterkit_head = heads.resolve(requested, model, path, kind, (info or {}).get("missing_keys", ()))
     return model, tokenizer
-

@@ -5,7 +5,7 @@ pooled head sees (with the active adapters, no dropout).
 """
 from __future__ import annotations
 
-import math
+import statistics
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -94,8 +94,7 @@ def warn_zero_start(train: Sequence[dict[str, Any]], pooled: bool) -> None:
     labels = [float(ex["label"]) for ex in train]
     if len(labels) < 2:
         return
-    mean = sum(labels) / len(labels)
-    std = math.sqrt(sum((v - mean) ** 2 for v in labels) / (len(labels) - 1))
+    mean, std = statistics.fmean(labels), statistics.stdev(labels)
     if abs(mean) > max(std, 1e-12):
         fix = "--regression-bias mean (TrainConfig.regression_bias='mean')" if pooled else \
             "a pooled head (--pooling mean or cls) with --regression-bias mean"
