@@ -17,6 +17,7 @@ from adapterkit.methods.bottleneck import BottleneckConfig
 from adapterkit.methods.pha import (
     NoPositivePairWarning,
     PHAConfig,
+    RetrieverCollapseWarning,
     add_task,
     auxiliary_losses,
     generated_weights,
@@ -263,6 +264,30 @@ def test_warns_when_a_training_batch_has_no_positive_pair() -> None:
         model(**batch([0, 1, 1]))
         model.eval()
         model(**batch([0, 1, 2]))  # evaluation computes no loss, so no warning
+
+
+@pytest.mark.parametrize("model_type, fields, warns", [
+    ("bert", {}, True),  # the encoder's retriever trains the adapters the heads read
+    ("llama", {}, True),
+    ("bert", {"detach_retriever": True}, False),
+    ("bert", {"instance_loss_weight": 0.0, "prototype_loss_weight": 0.0}, False),
+    ("t5", {}, False),  # the authors' layout: the retriever reads an encoder with shared adapters
+])
+def test_warns_once_when_the_contrastive_losses_can_collapse_the_heads_input(model_type: str, fields: dict,
+                                                                             warns: bool) -> None:
+    model = model_with_pha(model_type, **fields)
+    inputs = {k: v for k, v in batch([0, 0, 1, 1]).items() if k != "labels"}
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        model.eval()
+        model(**inputs)  # inference never warns
+        model.train()
+        model(**inputs)
+        model(**inputs)
+    collapse = [w for w in seen if issubclass(w.category, RetrieverCollapseWarning)]
+    assert len(collapse) == (1 if warns else 0)
+    if warns:
+        assert "detach_retriever: true" in str(collapse[0].message)
 
 
 def test_running_mean_prototypes_follow_the_instances() -> None:

@@ -67,6 +67,11 @@ class NoPositivePairWarning(UserWarning):
     """A training batch had no two examples of the same task: the instance loss is 0 for it."""
 
 
+class RetrieverCollapseWarning(UserWarning):
+    """PHA trains its contrastive losses through the hidden states the task heads read (a single-stack model
+    without ``detach_retriever``): the losses can collapse those states to one vector per task."""
+
+
 # -- the losses (pure functions) ----------------------------------------------------------------------------
 def instance_loss(z: torch.Tensor, task_ids: torch.Tensor, temperature: float = 0.1) -> tuple[torch.Tensor, int]:
     """Supervised InfoNCE on L2-normalised instance embeddings ``z`` (batch, d); positives are the other examples
@@ -204,10 +209,21 @@ class RetrieverTap(AdapterModule):
     order = 20  # after any other output transform at the site
 
     def __init__(self, instance_weight: float, prototype_weight: float, temperature: float,
-                 detach: bool = False, denominator: str = "negatives") -> None:
+                 detach: bool = False, denominator: str = "negatives", single_stack: bool = False) -> None:
         super().__init__()
         self.instance_weight, self.prototype_weight, self.temperature = instance_weight, prototype_weight, temperature
         self.detach, self.denominator = detach, denominator
+        # the losses reach the generated adapters whose output the task heads read: warn once, at the first
+        # training forward (not at load or inference)
+        self.collapse_risk = single_stack and not detach and bool(instance_weight or prototype_weight)
+
+    def _warn_collapse_risk(self) -> None:
+        self.collapse_risk = False
+        warnings.warn(f"pha adapter {self.adapter_name!r}: on a model without a separate encoder the retriever "
+                      "reads the hidden states that the generated adapters write and the task heads read, so the "
+                      "contrastive losses can collapse them to one vector per task (measured on MiniLM: "
+                      "classification tasks at the majority class, docs/results/pha.md); set detach_retriever: true",
+                      RetrieverCollapseWarning, stacklevel=3)
 
     def post(self, args: tuple, kwargs: dict[str, Any], output: Any) -> Any:
         hidden = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
@@ -221,6 +237,8 @@ class RetrieverTap(AdapterModule):
         ctx.record(f"{self.adapter_name}.z", z)
         if not self.training:
             return output
+        if self.collapse_risk:
+            self._warn_collapse_risk()
         ids = shared.task_ids(ctx)
         if ids is None:
             ids = torch.zeros(z.shape[0], dtype=torch.long, device=z.device)
@@ -287,7 +305,8 @@ class PHAConfig(MethodConfig):
         False, "true: the retriever reads the backbone's output detached, so the contrastive losses train only the "
         "retriever and the prototypes, not the adapters through the representations the task heads read. Set it on "
         "encoder-only models: there the losses collapse those representations to one vector per task "
-        "(docs/results/pha.md); the authors' T5 retriever reads an encoder with shared adapters")
+        "(docs/results/pha.md; training warns there while this is false); the authors' T5 retriever reads an "
+        "encoder with shared adapters")
     init_scale: float = opt(HYPERFANIN_SCALE, "multiplier of the hyperfanin bound of the weight heads: the authors' "
                             "1e-3 starts the generated adapters near a no-op (slow to leave it in a short run); 1 "
                             "gives generated weights of an ordinary fan-in init")
@@ -348,7 +367,7 @@ class PHAConfig(MethodConfig):
                               "encoder_adapter: shared); select decoder layers or use encoder_adapter: generated")
         shared = PHAShared(self, ctx.hidden_size, slots)
         tap = RetrieverTap(self.instance_loss_weight, self.prototype_loss_weight, self.temperature,
-                           self.detach_retriever, self.prototype_denominator)
+                           self.detach_retriever, self.prototype_denominator, single_stack=len(ctx.spec.groups) < 2)
         return [Attachment(None, "shared", shared), *out, Attachment(None, "prompt", tap)]
 
     def check_state_dict(self, state: dict[str, torch.Tensor], source: object = None) -> None:
