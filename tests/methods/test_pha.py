@@ -272,6 +272,7 @@ def test_warns_when_a_training_batch_has_no_positive_pair() -> None:
     ("bert", {"detach_retriever": True}, False),
     ("bert", {"instance_loss_weight": 0.0, "prototype_loss_weight": 0.0}, False),
     ("t5", {}, False),  # the authors' layout: the retriever reads an encoder with shared adapters
+    ("t5", {"encoder_adapter": "generated"}, True),
 ])
 def test_warns_once_when_the_contrastive_losses_can_collapse_the_heads_input(model_type: str, fields: dict,
                                                                              warns: bool) -> None:

@@ -68,8 +68,8 @@ class NoPositivePairWarning(UserWarning):
 
 
 class RetrieverCollapseWarning(UserWarning):
-    """PHA trains its contrastive losses through the hidden states the task heads read (a single-stack model
-    without ``detach_retriever``): the losses can collapse those states to one vector per task."""
+    """PHA's retriever reads hidden states written by its generated adapters (no shared encoder adapters) and is
+    not detached: the contrastive losses can collapse those states to one vector per task."""
 
 
 # -- the losses (pure functions) ----------------------------------------------------------------------------
@@ -209,21 +209,13 @@ class RetrieverTap(AdapterModule):
     order = 20  # after any other output transform at the site
 
     def __init__(self, instance_weight: float, prototype_weight: float, temperature: float,
-                 detach: bool = False, denominator: str = "negatives", single_stack: bool = False) -> None:
+                 detach: bool = False, denominator: str = "negatives", reads_generated: bool = False) -> None:
         super().__init__()
         self.instance_weight, self.prototype_weight, self.temperature = instance_weight, prototype_weight, temperature
         self.detach, self.denominator = detach, denominator
-        # the losses reach the generated adapters whose output the task heads read: warn once, at the first
+        # the losses train the generated adapters through the states the retriever reads: warn once, at the first
         # training forward (not at load or inference)
-        self.collapse_risk = single_stack and not detach and bool(instance_weight or prototype_weight)
-
-    def _warn_collapse_risk(self) -> None:
-        self.collapse_risk = False
-        warnings.warn(f"pha adapter {self.adapter_name!r}: on a model without a separate encoder the retriever "
-                      "reads the hidden states that the generated adapters write and the task heads read, so the "
-                      "contrastive losses can collapse them to one vector per task (measured on MiniLM: "
-                      "classification tasks at the majority class, docs/results/pha.md); set detach_retriever: true",
-                      RetrieverCollapseWarning, stacklevel=3)
+        self.collapse_risk = reads_generated and not detach and bool(instance_weight or prototype_weight)
 
     def post(self, args: tuple, kwargs: dict[str, Any], output: Any) -> Any:
         hidden = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
@@ -238,7 +230,11 @@ class RetrieverTap(AdapterModule):
         if not self.training:
             return output
         if self.collapse_risk:
-            self._warn_collapse_risk()
+            self.collapse_risk = False
+            warnings.warn(f"pha adapter {self.adapter_name!r}: the retriever reads hidden states written by the "
+                          "generated adapters, so the contrastive losses can collapse them to one vector per task "
+                          "(measured on MiniLM: classification tasks at the majority class, docs/results/pha.md); "
+                          "set detach_retriever: true", RetrieverCollapseWarning, stacklevel=2)
         ids = shared.task_ids(ctx)
         if ids is None:
             ids = torch.zeros(z.shape[0], dtype=torch.long, device=z.device)
@@ -367,7 +363,7 @@ class PHAConfig(MethodConfig):
                               "encoder_adapter: shared); select decoder layers or use encoder_adapter: generated")
         shared = PHAShared(self, ctx.hidden_size, slots)
         tap = RetrieverTap(self.instance_loss_weight, self.prototype_loss_weight, self.temperature,
-                           self.detach_retriever, self.prototype_denominator, single_stack=len(ctx.spec.groups) < 2)
+                           self.detach_retriever, self.prototype_denominator, reads_generated=not shared_layers)
         return [Attachment(None, "shared", shared), *out, Attachment(None, "prompt", tap)]
 
     def check_state_dict(self, state: dict[str, torch.Tensor], source: object = None) -> None:
