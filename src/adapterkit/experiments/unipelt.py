@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -405,6 +406,34 @@ def _common_columns(mine: list[dict[str, Any]]) -> dict[str, str]:
 COMMON_HEADERS = {"trainable": "Trainable params", "train_s": "Train s (mean)", "tapt_s": "TAPT s (mean)"}
 
 
+def _metric_table(rows: list[dict[str, Any]], systems: list[str], slots: list[tuple[str, str | None, str, str | None]],
+                  plot_key: str, at_trivial: Callable[[dict[str, Any], str | None, str], bool]
+                  ) -> tuple[list[dict[str, Any]], dict[str, tuple[list[float], list[float]]]]:
+    """One row per system variant with a score cell x100 per ``(column, task or None for all, metric key,
+    zero-shot language or None)`` slot, runs ``at_trivial`` marked; and ``{name: (means, stds)}`` x100 of the
+    ``plot_key`` slots for the grouped-bar plot."""
+    from ..reporting import mean_std
+    from .common import score_cell
+
+    table, series = [], {}
+    for system, tapt in _variants(rows, systems):
+        mine = [r for r in rows if r["system"] == system and r["tapt"] == tapt]
+        cells: dict[str, Any] = {"system": _name(system, tapt)}
+        means, stds = [], []
+        for column, task, key, lang in slots:
+            runs = [r for r in mine if (task is None or r["task"] == task) and _metric(r, key, lang) is not None]
+            vals = [_metric(r, key, lang) for r in runs]
+            cells[column] = score_cell(vals, 100.0, sum(at_trivial(r, lang, key) for r in runs))
+            if key == plot_key:
+                m, s = mean_std([100 * v for v in vals])
+                means.append(m)
+                stds.append(s)
+        cells.update(_common_columns(mine))
+        table.append(cells)
+        series[_name(system, tapt)] = (means, stds)
+    return table, series
+
+
 def glue_tables(rows: list[dict[str, Any]], opts: dict[str, Any], systems: list[str]) -> tuple[list[str], dict]:
     """Per K: a table of test scores per task, the average over tasks (per seed, then mean ± std) and the
     paper's BERT-base averages; and ``{name: (ks, averages)}`` for the plot."""
@@ -474,31 +503,16 @@ def glue_task_series(rows: list[dict[str, Any]], opts: dict[str, Any], systems: 
 
 def domain_table(rows: list[dict[str, Any]], opts: dict[str, Any], systems: list[str]) -> tuple[list[str], dict]:
     """ChemProt and ACL-ARC: micro- and macro-F1 per system; and grouped-bar series of macro-F1."""
-    from ..reporting import markdown_table, mean_std
-    from .common import score_cell, trivial_note, trivial_runs
+    from ..reporting import markdown_table
+    from .common import trivial_note, trivial_runs
 
     tasks = [t for t in opts["tasks"] if part_of(t) == "domain"]
     mine_all = [r for r in rows if r["task"] in tasks]
     if not mine_all:
         return [], {}
     at_trivial = trivial_runs(mine_all, ("task", "k"))
-    table, series = [], {}
-    for system, tapt in _variants(mine_all, systems):
-        mine = [r for r in mine_all if r["system"] == system and r["tapt"] == tapt]
-        cells: dict[str, Any] = {"system": _name(system, tapt)}
-        means, stds = [], []
-        for task in tasks:
-            for key in ("micro_f1", "macro_f1"):
-                runs = [r for r in mine if r["task"] == task and _metric(r, key) is not None]
-                vals = [_metric(r, key) for r in runs]
-                cells[f"{task}/{key}"] = score_cell(vals, 100.0, sum(map(at_trivial, runs)))
-                if key == "macro_f1":
-                    m, s = mean_std([100 * v for v in vals])
-                    means.append(m)
-                    stds.append(s)
-        cells.update(_common_columns(mine))
-        table.append(cells)
-        series[_name(system, tapt)] = (means, stds)
+    slots = [(f"{task}/{key}", task, key, None) for task in tasks for key in ("micro_f1", "macro_f1")]
+    table, series = _metric_table(mine_all, systems, slots, "macro_f1", lambda row, lang, key: at_trivial(row))
     columns = {"system": "System", **{f"{t}/{key}": f"{t} {key.replace('_f1', '-F1')}" for t in tasks
                                       for key in ("micro_f1", "macro_f1")}, **COMMON_HEADERS}
     return ["\n## Domain tasks (official splits)\n", markdown_table(table, columns), *trivial_note(table)], series
@@ -506,8 +520,8 @@ def domain_table(rows: list[dict[str, Any]], opts: dict[str, Any], systems: list
 
 def qa_table(rows: list[dict[str, Any]], opts: dict[str, Any], systems: list[str]) -> tuple[list[str], dict]:
     """XQuAD: EM/F1 on the English test articles and zero-shot on the same articles in other languages."""
-    from ..reporting import markdown_table, mean_std
-    from .common import TRIVIAL_SYSTEMS, score_cell, trivial_note
+    from ..reporting import markdown_table
+    from .common import TRIVIAL_SYSTEMS, trivial_note
 
     mine_all = [r for r in rows if r["task"] in QA and r["task"] in opts["tasks"]]
     if not mine_all:
@@ -522,23 +536,8 @@ def qa_table(rows: list[dict[str, Any]], opts: dict[str, Any], systems: list[str
         base, value = trivial.get((row["task"], row["seed"], lang, key)), _metric(row, key, lang)
         return (row["system"] not in TRIVIAL_SYSTEMS and base is not None and value is not None
                 and abs(value - base) <= 1e-9)
-    table, series = [], {}
-    for system, tapt in _variants(mine_all, systems):
-        mine = [r for r in mine_all if r["system"] == system and r["tapt"] == tapt]
-        cells: dict[str, Any] = {"system": _name(system, tapt)}
-        means, stds = [], []
-        for lang in [None, *langs]:
-            for key in ("exact_match", "f1"):
-                vals = [v for r in mine if (v := _metric(r, key, lang)) is not None]
-                marked = sum(at_trivial(r, lang, key) for r in mine)
-                cells[f"{lang or 'en'}/{key}"] = score_cell(vals, 100.0, marked)  # EM/F1 are fractions, shown x100
-                if key == "f1":
-                    m, s = mean_std([100 * v for v in vals])
-                    means.append(m)
-                    stds.append(s)
-        cells.update(_common_columns(mine))
-        table.append(cells)
-        series[_name(system, tapt)] = (means, stds)
+    slots = [(f"{lang or 'en'}/{key}", None, key, lang) for lang in [None, *langs] for key in ("exact_match", "f1")]
+    table, series = _metric_table(mine_all, systems, slots, "f1", at_trivial)
     columns = {"system": "System", "en/exact_match": "EN EM", "en/f1": "EN F1",
                **{f"{lang}/{key}": f"{lang.upper()} {'EM' if key == 'exact_match' else 'F1'} (zero-shot)"
                   for lang in langs for key in ("exact_match", "f1")}, **COMMON_HEADERS}
